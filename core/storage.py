@@ -1,0 +1,197 @@
+"""Object storage: local disk by default, S3/MinIO through the `minio` SDK.
+
+Keys are `/`-separated paths such as `files/<file_id>` or `jobs/<job_id>/adapter/adapter_model.safetensors`.
+Every write goes to a temporary name first and is published in one step, so a reader never sees half an
+object: `os.replace` on disk, CompleteMultipartUpload on S3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class ObjectNotFound(KeyError):
+    """The key does not exist."""
+
+
+@runtime_checkable
+class ObjectWriter(Protocol):
+    """A write in progress. Nothing is visible under the key until `commit()`."""
+
+    def write(self, data: bytes) -> None: ...
+    def commit(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    def open_writer(self, key: str) -> ObjectWriter: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]: ...
+    def size(self, key: str) -> int: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
+    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]: ...
+    def download_dir(self, prefix: str, local_dir: Path) -> list[Path]: ...
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key: {key!r}")
+    return key
+
+
+class _LocalWriter:
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in commit/abort)
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def commit(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self._final)
+
+    def abort(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class LocalStorage:
+    """Objects as files under `root`. Temporary files start with a dot and are never listed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        return _LocalWriter(self._path(key))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        writer = self.open_writer(key)
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+    def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        try:
+            fh = open(self._path(key), "rb")  # noqa: SIM115
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(key) from None
+
+        def _gen() -> Iterator[bytes]:
+            with fh:
+                while chunk := fh.read(chunk_size):
+                    yield chunk
+
+        return _gen()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list_keys(prefix)
+        for key in keys:
+            self.delete(key)
+        base = self.root / prefix.rstrip("/")
+        if prefix and base.is_dir():
+            shutil.rmtree(base, ignore_errors=True)
+        return len(keys)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if base.is_file():
+            return [prefix.rstrip("/")]
+        if not base.is_dir():
+            return []
+        keys = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                keys.append(path.relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
+        return _upload_dir(self, local_dir, prefix)
+
+    def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
+        return _download_dir(self, prefix, local_dir)
+
+
+def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> list[str]:
+    keys = []
+    for path in sorted(local_dir.rglob("*")):
+        if path.is_file():
+            key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+            writer = storage.open_writer(key)
+            try:
+                with open(path, "rb") as fh:
+                    while chunk := fh.read(CHUNK_SIZE):
+                        writer.write(chunk)
+                writer.commit()
+            except BaseException:
+                writer.abort()
+                raise
+            keys.append(key)
+    return keys
+
+
+def _download_dir(storage: Storage, prefix: str, local_dir: Path) -> list[Path]:
+    prefix = prefix.rstrip("/") + "/"
+    paths = []
+    for key in storage.list_keys(prefix):
+        target = local_dir / key[len(prefix) :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as fh:
+            for chunk in storage.iter_chunks(key):
+                fh.write(chunk)
+        os.replace(tmp, target)
+        paths.append(target)
+    return paths
+
+
+def make_storage(url: str, **s3_options: object) -> Storage:
+    """`file:///abs/path` or a bare path gives LocalStorage; `s3://bucket[/prefix]` gives S3Storage."""
+    if url.startswith("s3://"):
+        from core.s3_storage import S3Storage
+
+        return S3Storage.from_url(url, **s3_options)  # type: ignore[arg-type]
+    return LocalStorage(Path(url.removeprefix("file://")))
