@@ -8,6 +8,7 @@ object: `os.replace` on disk, CompleteMultipartUpload on S3.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -52,6 +53,17 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _check_prefix(prefix: str) -> str:
+    """A listing prefix: "" (everything) or a valid key, maybe ending in "/". Returned without the "/"."""
+    if not prefix:
+        return ""
+    return _check_key(prefix.removesuffix("/"))
+
+
+# `_LocalWriter`'s temporary names. Only these are hidden from listings: other dotfiles are ordinary keys.
+_TMP_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
+
+
 class _LocalWriter:
     def __init__(self, final: Path) -> None:
         self._final = final
@@ -75,7 +87,7 @@ class _LocalWriter:
 
 
 class LocalStorage:
-    """Objects as files under `root`. Temporary files start with a dot and are never listed."""
+    """Objects as files under `root`. Temporary files (`.<name>.tmp-<hex>`) are never listed."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -116,10 +128,13 @@ class LocalStorage:
         return _gen()
 
     def size(self, key: str) -> int:
+        path = self._path(key)
         try:
-            return self._path(key).stat().st_size
+            if path.is_file():
+                return path.stat().st_size
         except FileNotFoundError:
-            raise ObjectNotFound(key) from None
+            pass
+        raise ObjectNotFound(key)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -131,20 +146,26 @@ class LocalStorage:
         keys = self.list_keys(prefix)
         for key in keys:
             self.delete(key)
-        base = self.root / prefix.rstrip("/")
-        if prefix and base.is_dir():
+        wanted = _check_prefix(prefix)
+        base = self.root / wanted
+        if wanted and base.is_dir():
             shutil.rmtree(base, ignore_errors=True)
         return len(keys)
 
     def list_keys(self, prefix: str) -> list[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        """Keys equal to `prefix` or under `prefix/` (whole path components), sorted.
+
+        A prefix ending in "/" names a directory only.
+        """
+        wanted = _check_prefix(prefix)
+        base = self.root / wanted if wanted else self.root
         if base.is_file():
-            return [prefix.rstrip("/")]
+            return [] if prefix.endswith("/") or _TMP_NAME.fullmatch(base.name) else [wanted]
         if not base.is_dir():
             return []
         keys = []
         for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith("."):
+            if path.is_file() and not _TMP_NAME.fullmatch(path.name):
                 keys.append(path.relative_to(self.root).as_posix())
         return sorted(keys)
 
@@ -159,7 +180,8 @@ def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> list[str]:
     keys = []
     for path in sorted(local_dir.rglob("*")):
         if path.is_file():
-            key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+            rel = path.relative_to(local_dir).as_posix()
+            key = f"{prefix.rstrip('/')}/{rel}" if prefix.rstrip("/") else rel
             writer = storage.open_writer(key)
             try:
                 with open(path, "rb") as fh:
@@ -174,10 +196,13 @@ def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> list[str]:
 
 
 def _download_dir(storage: Storage, prefix: str, local_dir: Path) -> list[Path]:
-    prefix = prefix.rstrip("/") + "/"
+    prefix = prefix.rstrip("/") + "/" if prefix.rstrip("/") else ""
     paths = []
     for key in storage.list_keys(prefix):
-        target = local_dir / key[len(prefix) :]
+        if not key.startswith(prefix):
+            continue
+        # keys listed from a shared bucket may come from other writers: never leave local_dir
+        target = local_dir / _check_key(key[len(prefix) :])
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as fh:
