@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -33,16 +33,33 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision. Safe to run on every start."""
+    """Bring the schema to the newest Alembic revision. Safe to run on every start, from many processes
+    at once: a lock (PostgreSQL advisory lock, or a file lock beside the SQLite file) serialises them."""
     from alembic import command
     from alembic.config import Config
 
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(config, "head")
+    if url.startswith("sqlite:///"):
+        import fcntl
+
+        db_path = Path(url.removeprefix("sqlite:///"))
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(db_path.with_suffix(".migrate.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            command.upgrade(config, "head")
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_lock(7461626)"))
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
+    finally:
+        engine.dispose()
 
 
 @contextmanager

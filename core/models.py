@@ -61,6 +61,7 @@ class File(SQLModel, table=True):
     example_count: int | None = None
     # The first 100 validation errors: [{line, field, message, code}], kept for the report endpoint.
     validation_errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    validation_error_count: int = 0
     storage_key: str = Field(max_length=512)
     sha256: str | None = Field(default=None, max_length=64)
     deleted_at: int | None = Field(default=None, index=True)

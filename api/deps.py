@@ -1,0 +1,55 @@
+"""FastAPI dependencies as `Annotated` aliases. Long-lived handles live on `app.state`, built in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from core.keys import authenticate
+from core.models import Organization
+from core.settings import Settings
+from core.storage import Storage
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+def get_session(engine: Annotated[Engine, Depends(get_engine)]) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as session:
+        yield session
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def get_current_org(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> Organization:
+    with Session(engine, expire_on_commit=False) as session:
+        _key, org = authenticate(session, key=_bearer(request))
+    request.state.organization_id = org.id
+    return org
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
+SessionDep = Annotated[Session, Depends(get_session)]
+CurrentOrg = Annotated[Organization, Depends(get_current_org)]

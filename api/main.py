@@ -1,0 +1,69 @@
+"""The API process: `create_app()` builds the FastAPI app; uvicorn serves `api.main:app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from api.errors import install_error_handlers
+from api.middleware import RequestIdMiddleware
+from api.routes import files
+from core.db import make_engine, migrate
+from core.settings import Settings, get_settings
+from core.storage import make_storage
+
+
+def build_storage(settings: Settings):  # type: ignore[no-untyped-def]
+    return make_storage(
+        settings.resolved_storage_url,
+        endpoint=settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        url = settings.resolved_database_url
+        migrate(url)
+        app.state.settings = settings
+        app.state.engine = make_engine(url)
+        app.state.storage = build_storage(settings)
+        yield
+        app.state.engine.dispose()
+
+    app = FastAPI(
+        title="ftserve",
+        version="0.1.0",
+        description="OpenAI-compatible fine-tuning as a service.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+    app.include_router(files.router)
+
+    @app.get("/healthz", tags=["health"], include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], include_in_schema=False)
+    def readyz() -> dict[str, str]:
+        with app.state.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return {"status": "ready"}
+
+    return app
+
+
+def app() -> FastAPI:
+    """uvicorn factory: `uvicorn --factory api.main:app`."""
+    return create_app()

@@ -1,0 +1,197 @@
+"""Streaming multipart upload: bytes go to storage and through the JSONL validator as they arrive.
+
+Neither the request nor the file is ever held whole: the parser sees the body in ~1 MiB batches, which run
+in a worker thread so validation never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from core.errors import InvalidRequestError, PayloadTooLargeError
+from core.storage import ObjectWriter, Storage
+from core.training_data import StreamingValidator, ValidationReport
+
+BATCH_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+
+
+@dataclass
+class UploadResult:
+    fields: dict[str, str]
+    filename: str | None
+    bytes: int
+    sha256: str
+    report: ValidationReport | None
+    stored: bool
+
+
+@dataclass
+class _Part:
+    name: str | None = None
+    filename: str | None = None
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class _StreamingForm:
+    """Callbacks for python-multipart's MultipartParser. One `file` part goes to storage; others are small."""
+
+    def __init__(self, *, storage: Storage, key: str, validator: StreamingValidator, max_bytes: int) -> None:
+        self.storage = storage
+        self.key = key
+        self.validator = validator
+        self.max_bytes = max_bytes
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.file_bytes = 0
+        self.sha = hashlib.sha256()
+        self.writer: ObjectWriter | None = None
+        self.file_seen = False
+        self._part = _Part()
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._field_value = bytearray()
+        self._in_file = False
+
+    # python-multipart callbacks -------------------------------------------------------------------------
+    def on_part_begin(self) -> None:
+        self._part = _Part()
+        self._field_value.clear()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._part.headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._part.headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        filename = options.get(b"filename")
+        self._part.name = name.decode("utf-8", "replace") if name is not None else None
+        self._part.filename = filename.decode("utf-8", "replace") if filename is not None else None
+        self._in_file = self._part.name == "file"
+        if self._in_file:
+            check_purpose(self.fields.get("purpose"))
+            if self.file_seen:
+                raise InvalidRequestError("Send exactly one 'file' part.", param="file")
+            self.file_seen = True
+            self.filename = self._part.filename or "upload.jsonl"
+            self.writer = self.storage.open_writer(self.key)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        chunk = data[start:end]
+        if self._in_file:
+            self.file_bytes += len(chunk)
+            if self.file_bytes > self.max_bytes:
+                raise PayloadTooLargeError(
+                    f"File is larger than the {self.max_bytes:,}-byte upload limit.", param="file"
+                )
+            self.sha.update(chunk)
+            self.validator.feed(chunk)
+            assert self.writer is not None
+            self.writer.write(chunk)
+        else:
+            self._field_value += chunk
+            if len(self._field_value) > MAX_FIELD_BYTES:
+                raise InvalidRequestError(f"Form field {self._part.name!r} is too large.", param=self._part.name)
+
+    def on_part_end(self) -> None:
+        if not self._in_file and self._part.name is not None:
+            self.fields[self._part.name] = self._field_value.decode("utf-8", "replace")
+        self._in_file = False
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            name: getattr(self, name)
+            for name in (
+                "on_part_begin",
+                "on_header_field",
+                "on_header_value",
+                "on_header_end",
+                "on_headers_finished",
+                "on_part_data",
+                "on_part_end",
+            )
+        }
+
+
+def check_purpose(purpose: str | None) -> None:
+    """Only fine-tune uploads are accepted. `None` means the field has not arrived (yet)."""
+    if purpose is not None and purpose != "fine-tune":
+        raise InvalidRequestError(
+            f"Invalid purpose {purpose!r}: this service accepts only purpose='fine-tune' uploads.",
+            param="purpose",
+            code="invalid_purpose",
+        )
+
+
+def _boundary(request: Request) -> bytes:
+    content_type = request.headers.get("content-type", "")
+    mime, options = parse_options_header(content_type)
+    if mime != b"multipart/form-data" or b"boundary" not in options:
+        raise InvalidRequestError(
+            "Uploads must be multipart/form-data with a 'file' part and a 'purpose' field.", param="file"
+        )
+    return options[b"boundary"]
+
+
+async def receive_upload(
+    *, request: Request, storage: Storage, key: str, max_bytes: int, max_line_bytes: int, min_examples: int
+) -> UploadResult:
+    """Stream the request body into `key` while validating it. The object is committed only if the
+    upload is complete; the caller decides from the report whether to keep it."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
+        raise PayloadTooLargeError(f"File is larger than the {max_bytes:,}-byte upload limit.", param="file")
+
+    form = _StreamingForm(
+        storage=storage,
+        key=key,
+        validator=StreamingValidator(max_line_bytes=max_line_bytes, min_examples=min_examples),
+        max_bytes=max_bytes,
+    )
+    parser = MultipartParser(_boundary(request), form.callbacks())  # type: ignore[arg-type]
+    batch = bytearray()
+    try:
+        async for chunk in request.stream():
+            batch += chunk
+            if len(batch) >= BATCH_BYTES:
+                await run_in_threadpool(parser.write, bytes(batch))
+                batch.clear()
+        if batch:
+            await run_in_threadpool(parser.write, bytes(batch))
+        parser.finalize()
+        if not form.file_seen:
+            raise InvalidRequestError("Missing the 'file' part of the upload.", param="file")
+        report = await run_in_threadpool(form.validator.finish)
+        assert form.writer is not None
+        if report.ok:
+            await run_in_threadpool(form.writer.commit)
+        else:
+            form.writer.abort()
+    except BaseException as exc:
+        if form.writer is not None:
+            form.writer.abort()
+        if isinstance(exc, FormParserError):
+            raise InvalidRequestError(f"Malformed multipart body: {exc}", param="file") from exc
+        raise
+    return UploadResult(
+        fields=form.fields,
+        filename=form.filename,
+        bytes=form.file_bytes,
+        sha256=form.sha.hexdigest(),
+        report=report,
+        stored=report.ok,
+    )

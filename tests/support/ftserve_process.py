@@ -1,0 +1,92 @@
+"""A real `ftserve up` process on a free port, for contract tests. Keys come from `ftserve keys create`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.redis_embedded import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class FtserveProcess:
+    def __init__(self, data_dir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "FTSERVE_DATA_DIR": str(data_dir),
+            "FTSERVE_HOST": "127.0.0.1",
+            "FTSERVE_PORT": str(self.port),
+            "PYTHONUNBUFFERED": "1",
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self._ready = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _pump(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+            if line.startswith("ftserve ready on "):
+                self._ready.set()
+
+    def start(self, timeout_s: float = 180) -> FtserveProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "up"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("ftserve up did not become ready:\n" + "".join(self.output[-80:]))
+        return self
+
+    def create_key(self, org: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", "keys", "create", "--org", org],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextmanager
+def run_ftserve(data_dir: Path, **kwargs: object) -> Iterator[FtserveProcess]:
+    proc = FtserveProcess(data_dir, **kwargs)  # type: ignore[arg-type]
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
