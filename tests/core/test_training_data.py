@@ -1,0 +1,924 @@
+"""Tests for core/training_data.py: the streaming JSONL validator and format normalisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.training_data import (
+    LineError,
+    StreamingValidator,
+    ValidationReport,
+    detect_format,
+    normalize_example,
+    validate_bytes,
+)
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def chat(i: int = 0) -> dict[str, Any]:
+    return {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": f"What is {i} + 1?"},
+            {"role": "assistant", "content": str(i + 1)},
+        ]
+    }
+
+
+def jsonl(objs: list[Any], sep: bytes = b"\n", trailing: bool = True) -> bytes:
+    out = sep.join(o if isinstance(o, bytes) else orjson.dumps(o) for o in objs)
+    return out + sep if trailing else out
+
+
+def chat_file(n: int = 10) -> list[Any]:
+    return [chat(i) for i in range(n)]
+
+
+def with_line(lineno: int, bad: Any, n: int = 12) -> bytes:
+    """A chat file of n lines whose line `lineno` (1-based) is replaced by `bad`."""
+    objs = chat_file(n)
+    objs[lineno - 1] = bad
+    return jsonl(objs)
+
+
+def feed_chunks(data: bytes, size: int, **kw: Any) -> ValidationReport:
+    v = StreamingValidator(**kw)
+    for i in range(0, len(data), size):
+        v.feed(data[i : i + size])
+    return v.finish()
+
+
+def feed_cuts(data: bytes, cuts: list[int], **kw: Any) -> ValidationReport:
+    v = StreamingValidator(**kw)
+    prev = 0
+    for c in sorted(set(cuts)) + [len(data)]:
+        v.feed(data[prev:c])
+        prev = c
+    return v.finish()
+
+
+def only_error(report: ValidationReport) -> LineError:
+    assert report.error_count == 1, report.errors
+    return report.errors[0]
+
+
+def assert_bad(data: bytes, line: int, field: str | None, code: str, **kw: Any) -> LineError:
+    report = validate_bytes(data, **kw)
+    assert not report.ok
+    err = report.errors[0]
+    assert (err.line, err.field, err.code) == (line, field, code), err
+    assert err.message.startswith(f"line {line}: ")
+    if field:
+        assert err.message.startswith(f"line {line}: {field}: ")
+    return err
+
+
+# ------------------------------------------------------------------------------------ accepted formats
+
+
+def test_chat_accepted() -> None:
+    report = validate_bytes(jsonl(chat_file(12)))
+    assert report.ok, report.errors
+    assert (report.data_format, report.example_count, report.line_count) == ("chat", 12, 12)
+    assert report.errors == [] and report.error_count == 0
+    assert report.summary().startswith("valid chat training file: 12 examples")
+
+
+def test_chat_rich_features_accepted() -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather for a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    line = {
+        "messages": [
+            {"role": "developer", "content": "Be helpful."},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Oslo?"}],
+            },
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                    }
+                ],
+                "weight": 0,
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
+            {"role": "assistant", "content": "It is 12C.", "weight": 1, "name": "bot", "refusal": None},
+            {"role": "user", "content": "Thanks", "some_extra_key": [1, 2]},
+            {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
+        ],
+        "tools": tools,
+        "parallel_tool_calls": False,
+        "metadata": {"anything": "goes"},
+    }
+    report = validate_bytes(jsonl([line] * 10))
+    assert report.ok, report.errors
+    assert report.data_format == "chat"
+
+
+def test_prompt_completion_accepted() -> None:
+    report = validate_bytes(jsonl([{"prompt": f"p{i}", "completion": f" c{i}"} for i in range(10)]))
+    assert report.ok, report.errors
+    assert report.data_format == "prompt_completion"
+
+
+def preference(i: int = 0, alias: bool = False) -> dict[str, Any]:
+    pref, non = (
+        ("preferred_completion", "non_preferred_completion")
+        if alias
+        else ("preferred_output", "non_preferred_output")
+    )
+    return {
+        "input": {
+            "messages": [{"role": "user", "content": f"Say hi {i}"}],
+            "tools": [],
+            "parallel_tool_calls": True,
+        },
+        pref: [{"role": "assistant", "content": "Hi!"}],
+        non: [{"role": "assistant", "content": [{"type": "text", "text": "Go away."}]}],
+    }
+
+
+def test_preference_accepted_with_both_key_spellings() -> None:
+    report = validate_bytes(jsonl([preference(i, alias=i % 2 == 1) for i in range(10)]))
+    assert report.ok, report.errors
+    assert report.data_format == "preference"
+
+
+def test_sharegpt_accepted() -> None:
+    line = {
+        "system": "Be nice.",
+        "conversations": [
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+            {"from": "user", "value": "Weather?"},
+            {"from": "function_call", "value": '{"name": "w", "arguments": {}}'},
+            {"from": "observation", "value": "sunny"},
+            {"from": "assistant", "value": "Sunny."},
+        ],
+    }
+    report = validate_bytes(jsonl([line] * 10))
+    assert report.ok, report.errors
+    assert report.data_format == "sharegpt"
+
+
+def test_alpaca_accepted() -> None:
+    lines: list[dict[str, Any]] = [
+        {"instruction": "Add one", "input": str(i), "output": str(i + 1)} for i in range(8)
+    ]
+    lines.append({"instruction": "Greet", "output": "Hello"})
+    lines.append(
+        {"instruction": "Greet", "input": None, "output": "Hi", "history": [["a", "b"]], "system": "s"}
+    )
+    report = validate_bytes(jsonl(lines))
+    assert report.ok, report.errors
+    assert report.data_format == "alpaca"
+
+
+# ----------------------------------------------------------------------------------- accepted framing
+
+
+def test_bom_crlf_blank_lines_and_no_final_newline() -> None:
+    body = jsonl(chat_file(10), sep=b"\r\n", trailing=False)
+    data = b"\xef\xbb\xbf" + b"\r\n\n   \r\n" + body.replace(b"\r\n", b"\r\n\r\n \t\r\n", 3) + b"\r\n\r\n\n\n"
+    report = validate_bytes(data)
+    assert report.ok, report.errors
+    assert (report.example_count, report.line_count, report.bytes) == (10, 10, len(data))
+    # ... and without any trailing newline at all
+    assert validate_bytes(b"\xef\xbb\xbf" + jsonl(chat_file(10), trailing=False)).ok
+
+
+def test_bom_directly_before_first_object() -> None:
+    report = validate_bytes(b"\xef\xbb\xbf" + jsonl(chat_file(10)))
+    assert report.ok, report.errors
+
+
+def test_bom_is_only_allowed_at_the_start() -> None:
+    data = jsonl(chat_file(10)) + b"\xef\xbb\xbf" + orjson.dumps(chat()) + b"\n"
+    err = assert_bad(data, 11, None, "invalid_json")
+    assert "BOM" in err.message
+
+
+def test_bom_then_invalid_json_is_invalid_json() -> None:
+    err = assert_bad(b"\xef\xbb\xbf{bad\n" + jsonl(chat_file(10)), 1, None, "invalid_json")
+    assert "BOM" not in err.message
+
+
+def test_line_numbers_count_blank_lines() -> None:
+    data = b"\n\n" + jsonl(chat_file(3)) + b"\n" + b"{oops\n" + jsonl(chat_file(10))
+    assert_bad(data, 7, None, "invalid_json")
+
+
+# ---------------------------------------------------------------------------------------- rejections
+
+
+def test_invalid_json() -> None:
+    err = assert_bad(with_line(3, b'{"messages": [}'), 3, None, "invalid_json")
+    assert "invalid JSON" in err.message
+
+
+def test_invalid_utf8_is_not_reported_as_json() -> None:
+    bad = b'{"messages": [{"role": "user", "content": "caf\xe9"}]}'
+    err = assert_bad(with_line(4, bad), 4, None, "invalid_utf8")
+    assert "UTF-8" in err.message
+
+
+def test_invalid_utf8_even_inside_invalid_json() -> None:
+    assert_bad(with_line(2, b"\xff\xfe{"), 2, None, "invalid_utf8")
+
+
+@pytest.mark.parametrize("value", [b"[1, 2]", b'"text"', b"42", b"null", b"true"])
+def test_line_not_an_object(value: bytes) -> None:
+    assert_bad(with_line(5, value), 5, None, "not_an_object")
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n\r\n  \n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\r\n"])
+def test_empty_file(data: bytes) -> None:
+    report = validate_bytes(data)
+    assert not report.ok
+    err = only_error(report)
+    assert (err.line, err.field, err.code) == (0, None, "empty_file")
+    assert report.summary() == err.message
+
+
+def test_too_few_examples() -> None:
+    report = validate_bytes(jsonl(chat_file(9)))
+    err = only_error(report)
+    assert (err.line, err.code) == (0, "too_few_examples")
+    assert "9 valid examples" in err.message and "at least 10" in err.message
+    assert validate_bytes(jsonl(chat_file(3)), min_examples=3).ok
+
+
+def test_too_few_counts_only_valid_lines() -> None:
+    report = validate_bytes(with_line(2, {"messages": []}, n=10))
+    assert [e.code for e in report.errors] == ["empty_messages", "too_few_examples"]
+    assert report.example_count == 9 and report.line_count == 10
+
+
+def test_mixed_formats() -> None:
+    err = assert_bad(with_line(4, {"prompt": "a", "completion": "b"}), 4, None, "mixed_formats")
+    assert "prompt_completion" in err.message and "chat" in err.message and "line 1" in err.message
+
+
+def test_format_is_fixed_by_first_valid_line() -> None:
+    data = jsonl([{"prompt": 1, "completion": "x"}] + chat_file(10))
+    report = validate_bytes(data)
+    assert report.data_format == "chat"
+    err = only_error(report)
+    assert (err.line, err.field, err.code) == (1, "prompt", "wrong_type")
+
+
+def test_unknown_format_and_missing_field_after_format_is_fixed() -> None:
+    assert_bad(jsonl([{"foo": 1}] + chat_file(10)), 1, None, "unknown_format")
+    assert_bad(with_line(3, {"foo": 1}), 3, "messages", "missing_field")
+
+
+def test_missing_assistant_message() -> None:
+    bad = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]}
+    err = assert_bad(with_line(6, bad), 6, "messages", "missing_assistant_message")
+    assert "no assistant" in err.message
+
+
+def test_all_assistant_turns_weight_zero() -> None:
+    bad = {
+        "messages": [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a", "weight": 0},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "b", "weight": 0.0},
+        ]
+    }
+    err = assert_bad(with_line(2, bad), 2, "messages", "missing_assistant_message")
+    assert "weight 0" in err.message
+
+
+@pytest.mark.parametrize("weight", [2, -1, 0.5, "1", True, False, [1], {}])
+def test_invalid_weight(weight: Any) -> None:
+    bad = {
+        "messages": [
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a", "weight": weight},
+        ]
+    }
+    assert_bad(with_line(3, bad), 3, "messages[1].weight", "invalid_weight")
+
+
+def test_unknown_role() -> None:
+    bad = chat()
+    bad["messages"][2]["role"] = "bot"
+    err = assert_bad(with_line(7, bad), 7, "messages[2].role", "unknown_role")
+    assert err.message.startswith("line 7: messages[2].role: unknown role 'bot' (expected system")
+
+
+def test_unknown_role_with_extra_keys_still_reported() -> None:
+    bad = chat()
+    bad["messages"][1] = {"role": "narrator", "content": "x", "name": "n"}
+    assert_bad(with_line(1, bad), 1, "messages[1].role", "unknown_role")
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "code"),
+    [
+        ({"messages": "hi"}, "messages", "wrong_type"),
+        ({"messages": None}, "messages", "missing_field"),
+        ({"messages": []}, "messages", "empty_messages"),
+        ({"messages": ["hi"]}, "messages[0]", "wrong_type"),
+        ({"messages": [{"role": 1, "content": "x"}]}, "messages[0].role", "wrong_type"),
+        ({"messages": [{"content": "x"}]}, "messages[0].role", "missing_field"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "wrong_type"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content", "missing_content"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content", "missing_content"),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant"}]},
+            "messages[1].content",
+            "missing_content",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "content": None, "tool_calls": []},
+                ]
+            },
+            "messages[1].content",
+            "missing_content",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0].type",
+            "invalid_content_part",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": 3}]}]},
+            "messages[0].content[0].text",
+            "wrong_type",
+        ),
+        ({"messages": [{"role": "user", "content": ["text"]}]}, "messages[0].content[0]", "wrong_type"),
+        ({"messages": [{"role": "user", "content": "u", "name": 3}]}, "messages[0].name", "wrong_type"),
+        (
+            {"messages": [{"role": "tool", "content": "u", "tool_call_id": 3}]},
+            "messages[0].tool_call_id",
+            "wrong_type",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "tool_calls": {"a": 1}}]},
+            "messages[1].tool_calls",
+            "wrong_type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]},
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments",
+            "missing_field",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "tool_calls": [{"id": 1, "function": {}}]},
+                ]
+            },
+            "messages[1].tool_calls[0].id",
+            "wrong_type",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "tool_calls": [{"type": "code", "function": {}}]},
+                ]
+            },
+            "messages[1].tool_calls[0].type",
+            "invalid_value",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "u"},
+                    {"role": "assistant", "tool_calls": [{"type": "function"}]},
+                ]
+            },
+            "messages[1].tool_calls[0].function",
+            "missing_field",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                "tools": [{"type": "x"}],
+            },
+            "tools[0].type",
+            "invalid_value",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}],
+            },
+            "tools[0].function.parameters",
+            "wrong_type",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                "tools": {"x": 1},
+            },
+            "tools",
+            "wrong_type",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                "tools": [{"function": {}}],
+            },
+            "tools[0].function.name",
+            "missing_field",
+        ),
+        (
+            {
+                "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                "parallel_tool_calls": "y",
+            },
+            "parallel_tool_calls",
+            "wrong_type",
+        ),
+    ],
+)
+def test_chat_wrong_types(line: dict[str, Any], field: str, code: str) -> None:
+    assert_bad(with_line(8, line), 8, field, code)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "code"),
+    [
+        (lambda o: o.pop("input"), "input", "missing_field"),
+        (lambda o: o.update(input="hi"), "input", "wrong_type"),
+        (lambda o: o["input"].update(messages=[]), "input.messages", "empty_messages"),
+        (lambda o: o["input"]["messages"][0].update(role="robot"), "input.messages[0].role", "unknown_role"),
+        (lambda o: o.pop("non_preferred_output"), "non_preferred_output", "missing_field"),
+        (
+            lambda o: o.update(preferred_output={"role": "assistant", "content": "x"}),
+            "preferred_output",
+            "wrong_type",
+        ),
+        (lambda o: o.update(preferred_output=[]), "preferred_output", "wrong_length"),
+        (lambda o: o["preferred_output"][0].update(role="user"), "preferred_output[0].role", "wrong_role"),
+        (
+            lambda o: o["preferred_output"][0].update(content=None),
+            "preferred_output[0].content",
+            "missing_content",
+        ),
+    ],
+)
+def test_preference_rejections(mutate: Any, field: str, code: str) -> None:
+    lines = [preference(i) for i in range(10)]
+    mutate(lines[5])
+    assert_bad(jsonl(lines), 6, field, code)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "code"),
+    [
+        ({"conversations": "x"}, "conversations", "wrong_type"),
+        ({"conversations": [{"from": "bot", "value": "x"}]}, "conversations[0].from", "unknown_role"),
+        ({"conversations": [{"from": "human", "value": 1}]}, "conversations[0].value", "wrong_type"),
+        ({"conversations": [{"from": "human", "value": "x"}]}, "conversations", "missing_assistant_message"),
+    ],
+)
+def test_sharegpt_rejections(line: dict[str, Any], field: str, code: str) -> None:
+    good = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    assert_bad(jsonl([good] * 3 + [line] + [good] * 8), 4, field, code)
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "code"),
+    [
+        ({"instruction": "i"}, "output", "missing_field"),
+        ({"instruction": 1, "output": "o"}, "instruction", "wrong_type"),
+        ({"instruction": "i", "input": 1, "output": "o"}, "input", "wrong_type"),
+        ({"instruction": "i", "output": "o", "history": [["a"]]}, "history[0]", "wrong_type"),
+    ],
+)
+def test_alpaca_rejections(line: dict[str, Any], field: str, code: str) -> None:
+    good = {"instruction": "i", "output": "o"}
+    assert_bad(jsonl([good] * 3 + [line] + [good] * 8), 4, field, code)
+
+
+def test_prompt_completion_rejections() -> None:
+    good = {"prompt": "p", "completion": "c"}
+    assert_bad(jsonl([good] * 2 + [{"prompt": "p"}] + [good] * 9), 3, "completion", "missing_field")
+    assert_bad(
+        jsonl([good] * 2 + [{"prompt": "p", "completion": 3}] + [good] * 9), 3, "completion", "wrong_type"
+    )
+
+
+def test_line_too_long_in_the_middle() -> None:
+    long_line = orjson.dumps(
+        {"messages": [{"role": "user", "content": "x" * 500}, {"role": "assistant", "content": "y"}]}
+    )
+    data = with_line(3, long_line)
+    err = assert_bad(data, 3, None, "line_too_long", max_line_bytes=400)
+    assert "400 bytes" in err.message
+    report = validate_bytes(data, max_line_bytes=400)
+    assert (report.error_count, report.example_count, report.line_count) == (1, 11, 12)
+    for size in (1, 7, 64, 4096):
+        assert feed_chunks(data, size, max_line_bytes=400) == report
+
+
+def test_line_length_limit_is_exact() -> None:
+    line = orjson.dumps(chat())
+    data = jsonl([line] * 10)
+    assert validate_bytes(data, max_line_bytes=len(line)).ok
+    assert validate_bytes(data, max_line_bytes=len(line) - 1).error_count == 11  # 10 lines + too_few
+    for size in (1, 5, len(line), len(line) + 1):
+        assert feed_chunks(data, size, max_line_bytes=len(line)).ok
+
+
+def test_ten_megabyte_line_is_rejected_without_buffering_and_later_lines_validate() -> None:
+    limit = 1024 * 1024
+    huge = b'{"messages": [{"role": "user", "content": "' + b"x" * (10 * 1024 * 1024) + b'"}]}'
+    data = jsonl(chat_file(2)) + huge + b"\n" + jsonl(chat_file(10)) + b"{bad\n"
+    v = StreamingValidator(max_line_bytes=limit)
+    chunk = 64 * 1024
+    for i in range(0, len(data), chunk):
+        v.feed(data[i : i + chunk])
+        assert len(v._pending) <= limit  # never buffers more than a line's allowance
+    report = v.finish()
+    assert [(e.line, e.code) for e in report.errors] == [(3, "line_too_long"), (14, "invalid_json")]
+    assert report.example_count == 12 and report.line_count == 14
+    assert report.bytes == len(data)
+    # the same when the huge line arrives inside one big chunk
+    assert validate_bytes(data, max_line_bytes=limit) == report
+
+
+def test_huge_last_line_without_newline() -> None:
+    data = jsonl(chat_file(10)) + b"{" + b" " * 5000
+    report = feed_chunks(data, 1000, max_line_bytes=1000)
+    assert [(e.line, e.code) for e in report.errors] == [(11, "line_too_long")]
+    assert report == validate_bytes(data, max_line_bytes=1000)
+
+
+# -------------------------------------------------------------------------------------- error capping
+
+
+def test_error_cap_keeps_first_hundred_and_true_count() -> None:
+    data = jsonl([b"{nope"] * 250 + chat_file(10))
+    report = validate_bytes(data)
+    assert len(report.errors) == 100
+    assert report.error_count == 250
+    assert [e.line for e in report.errors] == list(range(1, 101))
+    assert report.example_count == 10
+    assert report.summary().startswith("line 1: invalid JSON")
+    assert "249 more errors" in report.summary()
+    small = validate_bytes(data, max_errors=5)
+    assert len(small.errors) == 5 and small.error_count == 250
+
+
+def test_summary_names_first_bad_line_and_field() -> None:
+    bad = chat()
+    bad["messages"][2]["role"] = "bot"
+    report = validate_bytes(with_line(7, bad))
+    assert report.summary() == report.errors[0].message
+    assert "line 7" in report.summary() and "messages[2].role" in report.summary()
+    assert report.to_dict()["errors"][0] == {
+        "line": 7,
+        "field": "messages[2].role",
+        "code": "unknown_role",
+        "message": report.errors[0].message,
+    }
+
+
+# --------------------------------------------------------------------------------- chunk independence
+
+
+def tricky_file() -> bytes:
+    parts = [
+        b"\xef\xbb\xbf",
+        jsonl(
+            [
+                {
+                    "messages": [
+                        {"role": "user", "content": "héllo 日本語 🎉"},
+                        {"role": "assistant", "content": "ok"},
+                    ]
+                }
+            ]
+            * 4,
+            sep=b"\r\n",
+        ),
+        b"\r\n\n",
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\r\n',
+        b"[1]\n",
+        orjson.dumps({"messages": [{"role": "user", "content": "z" * 300}]}) + b"\n",
+        jsonl(chat_file(8)),
+        orjson.dumps({"prompt": "é", "completion": "🎉"}) + b"\r\n",
+        b"{broken\r\n",
+        jsonl([chat(1)] * 3, trailing=False),
+    ]
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 4096])
+def test_chunk_boundaries_do_not_matter(size: int) -> None:
+    data = tricky_file()
+    whole = validate_bytes(data, max_line_bytes=200)
+    assert whole.example_count == 15
+    assert [(e.line, e.code) for e in whole.errors] == [
+        (7, "invalid_utf8"),
+        (8, "not_an_object"),
+        (9, "line_too_long"),
+        (18, "mixed_formats"),
+        (19, "invalid_json"),
+    ]
+    assert feed_chunks(data, size, max_line_bytes=200) == whole
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    data = jsonl(chat_file(10))
+    v = StreamingValidator()
+    v.feed(bytearray(data[:100]))
+    v.feed(memoryview(data)[100:])
+    assert v.finish() == validate_bytes(data)
+
+
+def test_finish_is_idempotent_and_feed_after_finish_is_ignored() -> None:
+    v = StreamingValidator()
+    v.feed(jsonl(chat_file(10)))
+    first = v.finish()
+    v.feed(b"{bad\n")
+    assert v.finish() is first and first.ok
+
+
+# ---------------------------------------------------------------------------------------- fuzzing
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", "bot", ""]) | json_values
+contents = (
+    st.text(max_size=6)
+    | st.lists(
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "image_url"]), "text": st.text(max_size=4) | json_values}
+        ),
+        max_size=2,
+    )
+    | json_values
+)
+messages = st.fixed_dictionaries(
+    {"role": roles, "content": contents},
+    optional={
+        "weight": st.sampled_from([0, 1, 2, 0.0, 1.0, True, None, "1"]),
+        "name": st.text(max_size=3) | json_values,
+        "tool_calls": json_values
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "function": st.fixed_dictionaries(
+                        {"name": st.text(max_size=3), "arguments": st.text(max_size=3) | json_values}
+                    )
+                }
+            ),
+            max_size=2,
+        ),
+        "tool_call_id": json_values,
+    },
+)
+line_objects = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"messages": st.lists(messages, max_size=4) | json_values}, optional={"tools": json_values}
+    ),
+    st.fixed_dictionaries(
+        {"prompt": st.text(max_size=4) | json_values, "completion": st.text(max_size=4) | json_values}
+    ),
+    st.fixed_dictionaries(
+        {
+            "input": st.fixed_dictionaries({"messages": st.lists(messages, max_size=2)}) | json_values,
+            "preferred_output": st.lists(messages, max_size=2) | json_values,
+        },
+        optional={
+            "non_preferred_output": st.lists(messages, max_size=2),
+            "non_preferred_completion": json_values,
+        },
+    ),
+    st.fixed_dictionaries(
+        {
+            "conversations": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "from": st.sampled_from(["human", "gpt", "x"]) | json_values,
+                        "value": st.text(max_size=3) | json_values,
+                    }
+                ),
+                max_size=3,
+            )
+            | json_values
+        }
+    ),
+    st.fixed_dictionaries(
+        {"instruction": st.text(max_size=3) | json_values, "output": st.text(max_size=3) | json_values},
+        optional={"input": json_values, "history": json_values},
+    ),
+)
+separators = st.sampled_from([b"\n", b"\r\n", b"\n\n", b"\n \n"])
+
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+
+
+def check_everywhere(data: bytes, cuts: list[int], **kw: Any) -> ValidationReport:
+    whole = validate_bytes(data, **kw)
+    assert feed_cuts(data, cuts, **kw) == whole
+    assert feed_chunks(data, 1, **kw) == whole
+    assert whole.error_count >= len(whole.errors)
+    assert whole.ok == (whole.error_count == 0)
+    assert isinstance(whole.summary(), str)
+    for e in whole.errors:
+        assert e.message.startswith(f"line {e.line}: " if e.line else "file: ")
+    return whole
+
+
+@FUZZ
+@given(
+    data=st.binary(max_size=300),
+    cuts=st.lists(st.integers(0, 300), max_size=20),
+    limit=st.sampled_from([8, 64, 1 << 20]),
+)
+def test_fuzz_random_bytes(data: bytes, cuts: list[int], limit: int) -> None:
+    check_everywhere(data, [c for c in cuts if c <= len(data)], max_line_bytes=limit, min_examples=1)
+
+
+@FUZZ
+@given(
+    objs=st.lists(line_objects, max_size=12),
+    sep=separators,
+    bom=st.booleans(),
+    cuts=st.lists(st.integers(0, 2000), max_size=20),
+    limit=st.sampled_from([40, 1 << 20]),
+)
+def test_fuzz_json_lines(objs: list[Any], sep: bytes, bom: bool, cuts: list[int], limit: int) -> None:
+    data = (b"\xef\xbb\xbf" if bom else b"") + jsonl(objs, sep=sep)
+    report = check_everywhere(data, [c for c in cuts if c <= len(data)], max_line_bytes=limit, min_examples=1)
+    assert report.line_count == len(objs)
+    # every valid example must normalise without raising
+    for obj in objs:
+        if (
+            report.data_format
+            and isinstance(obj, dict)
+            and validate_bytes(orjson.dumps(obj), min_examples=1).ok
+        ):
+            if detect_format(obj) == report.data_format:
+                normalize_example(obj, report.data_format)
+
+
+@FUZZ
+@given(
+    objs=st.lists(st.sampled_from([orjson.dumps(chat(1)), b"{x", b"\xff", b"[]", b"", b"  "]), max_size=30),
+    cuts=st.lists(st.integers(0, 3000), max_size=30),
+)
+def test_fuzz_line_mixtures(objs: list[bytes], cuts: list[int]) -> None:
+    data = jsonl(objs)
+    check_everywhere(data, [c for c in cuts if c <= len(data)], max_line_bytes=64)
+
+
+# ----------------------------------------------------------------------------------- detect / normalise
+
+
+@pytest.mark.parametrize(
+    ("obj", "fmt"),
+    [
+        (chat(), "chat"),
+        ({"prompt": "a", "completion": "b"}, "prompt_completion"),
+        ({"prompt": "a"}, "prompt_completion"),
+        (preference(), "preference"),
+        (preference(alias=True), "preference"),
+        ({"input": {"messages": []}}, "preference"),
+        ({"conversations": []}, "sharegpt"),
+        ({"instruction": "i", "input": "x", "output": "o"}, "alpaca"),
+        ({"input": "x", "output": "o"}, "alpaca"),
+        ({"output": "o"}, "alpaca"),
+        ({"text": "raw"}, None),
+        ({}, None),
+    ],
+)
+def test_detect_format(obj: dict[str, Any], fmt: str | None) -> None:
+    assert detect_format(obj) == fmt
+
+
+def test_detect_format_of_non_object() -> None:
+    assert detect_format([1, 2]) is None  # type: ignore[arg-type]
+
+
+def test_normalize_chat() -> None:
+    obj = {
+        "messages": [
+            {"role": "developer", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+            {"role": "user", "content": "q", "extra": 1},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"function": {"name": "f", "arguments": {"x": 1}}}],
+                "weight": 0,
+            },
+            {"role": "tool", "content": "r", "tool_call_id": "call_0"},
+            {"role": "assistant", "content": "done", "weight": 1.0},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "junk": True,
+    }
+    assert normalize_example(obj, "chat") == {
+        "messages": [
+            {"role": "system", "content": "ab"},
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"x":1}'}}
+                ],
+                "weight": 0,
+            },
+            {"role": "tool", "content": "r", "tool_call_id": "call_0"},
+            {"role": "assistant", "content": "done", "weight": 1},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+    }
+
+
+def test_normalize_prompt_completion_and_preference() -> None:
+    assert normalize_example({"prompt": "p", "completion": "c", "x": 1}, "prompt_completion") == {
+        "prompt": "p",
+        "completion": "c",
+    }
+    out = normalize_example(preference(alias=True), "preference")
+    assert out == {
+        "input": {
+            "messages": [{"role": "user", "content": "Say hi 0"}],
+            "tools": [],
+            "parallel_tool_calls": True,
+        },
+        "preferred_output": [{"role": "assistant", "content": "Hi!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+
+
+def test_normalize_sharegpt_and_alpaca_keep_original() -> None:
+    sg = {"system": "s", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    assert normalize_example(sg, "sharegpt") == {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ],
+        "original": sg,
+    }
+    al = {"instruction": "Translate", "input": "hola", "output": "hello", "history": [["hi", "hello"]]}
+    assert normalize_example(al, "alpaca") == {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "Translate\n\nhola"},
+            {"role": "assistant", "content": "hello"},
+        ],
+        "original": al,
+    }
+    assert normalize_example({"instruction": "i", "input": "", "output": "o"}, "alpaca")["messages"][0] == {
+        "role": "user",
+        "content": "i",
+    }
+
+
+def test_normalize_unknown_format_raises() -> None:
+    with pytest.raises(ValueError):
+        normalize_example({}, "csv")
