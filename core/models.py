@@ -65,3 +65,83 @@ class File(SQLModel, table=True):
     storage_key: str = Field(max_length=512)
     sha256: str | None = Field(default=None, max_length=64)
     deleted_at: int | None = Field(default=None, index=True)
+
+
+class FineTuningJob(SQLModel, table=True):
+    __tablename__ = "fine_tuning_jobs"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    model: str = Field(max_length=256)
+    training_file: str = Field(max_length=64)
+    validation_file: str | None = Field(default=None, max_length=64)
+    method_type: str = Field(default="supervised", max_length=16)
+    # What the user asked for ("auto" kept), and what it resolved to once the job ran.
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    resolved_hyperparameters: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int = 0
+    job_metadata: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    integrations: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
+    # validating_files → queued → running → succeeded | failed | cancelled, and paused.
+    status: str = Field(default="validating_files", index=True, max_length=32)
+    # Bumped each time the job is placed on a worker; every worker write is fenced by it.
+    attempt: int = 0
+    worker_id: str | None = Field(default=None, index=True, max_length=128)
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    fine_tuned_model: str | None = Field(default=None, max_length=512)
+    result_files: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    trained_tokens: int | None = Field(default=None, sa_column=Column(BigInteger))
+    step: int = 0
+    total_steps: int | None = None
+    created_at: int = Field(default_factory=now_s)
+    started_at: int | None = None
+    finished_at: int | None = None
+    estimated_finish: int | None = None
+    updated_at: int = Field(default_factory=now_s)
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "fine_tuning_job_events"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    created_at: int = Field(default_factory=now_s)
+    level: str = Field(default="info", max_length=8)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    type: str = Field(default="message", max_length=16)
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class JobCheckpoint(SQLModel, table=True):
+    __tablename__ = "fine_tuning_job_checkpoints"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    step_number: int
+    attempt: int = 0
+    created_at: int = Field(default_factory=now_s)
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    fine_tuned_model_checkpoint: str = Field(max_length=512)
+    # Storage prefix of the complete checkpoint (published only after every object is written).
+    storage_prefix: str = Field(max_length=512)
+    deleted_at: int | None = None
+
+
+class FineTunedModel(SQLModel, table=True):
+    __tablename__ = "fine_tuned_models"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=512)
+    organization_id: str = Field(index=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    base_model: str = Field(max_length=256)
+    created_at: int = Field(default_factory=now_s)
+    # Storage prefix of the adapter (or the checkpoint, for `...:ckpt-step-N` models).
+    adapter_prefix: str = Field(max_length=512)
+    checkpoint_step: int | None = None
+    deleted_at: int | None = Field(default=None, index=True)

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     min_examples: int = Field(10, description="Fewest examples a fine-tune file may hold (OpenAI: 10).")
     log_level: str = "info"
 
+    model_registry: Path | None = Field(
+        None, description="JSON file mapping base-model ids to local HF directories. Default: DATA_DIR/models.json."
+    )
+    worker_id: str | None = Field(None, description="This worker's id. Default: <hostname>-<pid>.")
+    worker_max_jobs: int = Field(1, description="Jobs one worker trains at the same time.")
+    heartbeat_interval_s: float = Field(2.0, description="How often workers refresh their registry entry.")
+    heartbeat_ttl_s: float = Field(10.0, description="A worker whose heartbeat is older than this is dead.")
+    scheduler_interval_s: float = Field(0.5, description="How often the scheduler looks for work.")
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -52,6 +61,10 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url.split("://", 1)[1]
             return url
         return f"sqlite:///{self.data_dir / 'ftserve.db'}"
+
+    @property
+    def resolved_model_registry(self) -> Path:
+        return self.model_registry or self.data_dir / "models.json"
 
     @property
     def resolved_storage_url(self) -> str:
