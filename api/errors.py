@@ -24,7 +24,9 @@ STATUS_BY_ERROR: list[tuple[type[errors.FtserveError], int]] = [
 ]
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, object]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 

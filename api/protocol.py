@@ -64,7 +64,9 @@ class FileObject(OpenAIBaseModel):
     status: Literal["uploaded", "processed", "error"]
     status_details: str | None = None
     # Extensions: what the validator found.
-    data_format: str | None = Field(None, description="chat, prompt_completion, preference, sharegpt or alpaca")
+    data_format: str | None = Field(
+        None, description="chat, prompt_completion, preference, sharegpt or alpaca"
+    )
     example_count: int | None = None
 
 
@@ -106,3 +108,103 @@ def file_object(row: Any) -> FileObject:
         data_format=row.data_format,
         example_count=row.example_count,
     )
+
+
+# --- Fine-tuning jobs ----------------------------------------------------------------------------------------
+
+
+class MethodSection(OpenAIBaseModel):
+    # Kept loose here: core.hyperparameters validates it and names the bad field.
+    hyperparameters: dict[str, Any] | None = None
+
+
+class FineTuneMethod(OpenAIBaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: MethodSection | None = None
+    dpo: MethodSection | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class CreateFineTuningJobRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1)
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="Deprecated: use method.*.hyperparameters."
+    )
+    suffix: str | None = Field(None, min_length=1, max_length=64)
+    seed: int | None = Field(None, ge=0, le=2_147_483_647)
+    metadata: dict[str, str] | None = None
+    method: FineTuneMethod | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+
+class FineTuningJobError(OpenAIBaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJobObject(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: FineTuningJobError | None = None
+    fine_tuned_model: str | None = None
+    finished_at: int | None = None
+    hyperparameters: dict[str, Any] | None = None
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    status: str
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    integrations: list[dict[str, Any]] | None = None
+    seed: int
+    estimated_finish: int | None = None
+    method: dict[str, Any]
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+    # Extensions.
+    attempt: int = 0
+    step: int | None = None
+    total_steps: int | None = None
+
+
+class FineTuningJobEventObject(OpenAIBaseModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = None
+
+
+class FineTuningJobCheckpointObject(OpenAIBaseModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float | int | None]
+    step_number: int
+
+
+# --- Models --------------------------------------------------------------------------------------------------
+
+
+class ModelObject(OpenAIBaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelDeleted(OpenAIBaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    deleted: bool = True

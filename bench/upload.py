@@ -53,7 +53,9 @@ def write_chat_file(path: Path, size_bytes: int, seed: int = 0) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--keep-dir", type=Path, default=None, help="work dir (default: a temp dir)")
     args = parser.parse_args()
@@ -64,8 +66,10 @@ def main() -> None:
     if not data_file.exists() or data_file.stat().st_size < args.size_mb * 1024 * 1024:
         t0 = time.perf_counter()
         n = write_chat_file(data_file, args.size_mb * 1024 * 1024)
-        print(f"generated {n:,} lines ({data_file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s",
-              file=sys.stderr)
+        print(
+            f"generated {n:,} lines ({data_file.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f}s",
+            file=sys.stderr,
+        )
     size = data_file.stat().st_size
 
     port = free_port()
@@ -75,12 +79,22 @@ def main() -> None:
         "FTSERVE_MAX_UPLOAD_BYTES": str(size + 1024),
         "FTSERVE_LOG_LEVEL": "warning",
     }
-    key = subprocess.run(
-        [sys.executable, "-m", "cli.main", "keys", "create", "--org", "bench"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
+    key = (
+        subprocess.run(
+            [sys.executable, "-m", "cli.main", "keys", "create", "--org", "bench"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     api = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env
+        [sys.executable, "-m", "cli.main", "api", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=env,
     )
     try:
         base = f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col
 
 from core import ids
@@ -25,6 +25,11 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 ACTIVE = frozenset({VALIDATING, QUEUED, RUNNING, PAUSED})
 
 
+def _rowcount(session: Session, statement: Any) -> int:
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]
+    return int(result.rowcount)
+
+
 def append_event(
     session: Session,
     *,
@@ -34,7 +39,9 @@ def append_event(
     type: str = "message",
     data: dict[str, Any] | None = None,
 ) -> JobEvent:
-    event = JobEvent(id=ids.event_id(), job_id=job_id, message=message, level=level, type=type, data=data or {})
+    event = JobEvent(
+        id=ids.event_id(), job_id=job_id, message=message, level=level, type=type, data=data or {}
+    )
     session.add(event)
     return event
 
@@ -61,7 +68,7 @@ def transition(
     )
     if attempt is not None:
         statement = statement.where(col(FineTuningJob.attempt) == attempt)
-    changed = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    changed = _rowcount(session, statement) == 1
     if changed and message:
         append_event(session, job_id=job_id, message=message, level=level, data=event_data)
     return changed
@@ -85,7 +92,7 @@ def update_fenced(
         )
         .values(updated_at=now_s(), **fields)
     )
-    return session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    return _rowcount(session, statement) == 1
 
 
 def fine_tuned_model_name(*, base_model: str, org_name: str, suffix: str | None, job_id: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
 
 from sqlmodel import Session, select
 
@@ -29,7 +28,8 @@ def generate_key() -> str:
 def get_or_create_org(session: Session, *, name: str) -> Organization:
     if not _ORG_NAME.match(name):
         raise InvalidRequestError(
-            f"Invalid organization name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'.", param="org"
+            f"Invalid organization name {name!r}: use 1-64 lowercase letters, digits, '-' or '_'.",
+            param="org",
         )
     org = session.exec(select(Organization).where(Organization.name == name)).first()
     if org is None:

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     model_registry: Path | None = Field(
-        None, description="JSON file mapping base-model ids to local HF directories. Default: DATA_DIR/models.json."
+        None,
+        description="JSON file mapping base-model ids to local HF directories. Default: DATA_DIR/models.json.",
     )
     worker_id: str | None = Field(None, description="This worker's id. Default: <hostname>-<pid>.")
     worker_max_jobs: int = Field(1, description="Jobs one worker trains at the same time.")

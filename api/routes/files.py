@@ -47,7 +47,9 @@ UPLOAD_BODY = {
 async def create_file(
     request: Request, org: CurrentOrg, engine: EngineDep, storage: StorageDep, settings: SettingsDep
 ) -> FileObject:
-    return await service.create_file(request=request, engine=engine, storage=storage, settings=settings, org=org)
+    return await service.create_file(
+        request=request, engine=engine, storage=storage, settings=settings, org=org
+    )
 
 
 @router.get("", response_model=CursorListResponse[FileObject])
@@ -59,7 +61,9 @@ def list_files(
     limit: int = Query(10_000, ge=1, le=10_000),
     order: Literal["asc", "desc"] = "desc",
 ) -> CursorListResponse[FileObject]:
-    return service.list_files(session=session, org=org, purpose=purpose, after=after, limit=limit, order=order)
+    return service.list_files(
+        session=session, org=org, purpose=purpose, after=after, limit=limit, order=order
+    )
 
 
 @router.get("/{file_id}", response_model=FileObject)
@@ -76,9 +80,13 @@ def file_validation_report(file_id: str, org: CurrentOrg, session: SessionDep) -
 @router.get(
     "/{file_id}/content",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
 )
-def file_content(file_id: str, org: CurrentOrg, session: SessionDep, storage: StorageDep) -> StreamingResponse:
+def file_content(
+    file_id: str, org: CurrentOrg, session: SessionDep, storage: StorageDep
+) -> StreamingResponse:
     chunks = service.file_content(session=session, storage=storage, org=org, file_id=file_id)
     return StreamingResponse(iterate_in_threadpool(chunks), media_type="application/octet-stream")
 

@@ -148,7 +148,7 @@ def validation_report(*, session: Session, org: Organization, file_id: str) -> F
     errors = [ValidationLineError(**e) for e in (row.validation_errors or [])]
     return FileValidationReport(
         file_id=row.id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         data_format=row.data_format,
         example_count=row.example_count,
         error_count=row.validation_error_count,

@@ -105,7 +105,9 @@ class _StreamingForm:
         else:
             self._field_value += chunk
             if len(self._field_value) > MAX_FIELD_BYTES:
-                raise InvalidRequestError(f"Form field {self._part.name!r} is too large.", param=self._part.name)
+                raise InvalidRequestError(
+                    f"Form field {self._part.name!r} is too large.", param=self._part.name
+                )
 
     def on_part_end(self) -> None:
         if not self._in_file and self._part.name is not None:

@@ -14,7 +14,9 @@ def _auth(key: str) -> dict[str, str]:
 
 
 def _upload(client: TestClient, key: str, data: bytes, name: str = "train.jsonl", purpose: str = "fine-tune"):
-    return client.post("/v1/files", headers=_auth(key), data={"purpose": purpose}, files={"file": (name, data)})
+    return client.post(
+        "/v1/files", headers=_auth(key), data={"purpose": purpose}, files={"file": (name, data)}
+    )
 
 
 def test_upload_returns_processed_file_object(client: TestClient, org_a_key: str) -> None:
@@ -53,7 +55,9 @@ def test_list_pages_with_after_limit_order_and_purpose(client: TestClient, org_a
     first = client.get("/v1/files", params={"limit": 2}, headers=_auth(org_a_key)).json()
     assert [f["id"] for f in first["data"]] == ids[::-1][:2]
     assert first["has_more"] is True and first["first_id"] == ids[4] and first["last_id"] == ids[3]
-    second = client.get("/v1/files", params={"limit": 2, "after": first["last_id"]}, headers=_auth(org_a_key)).json()
+    second = client.get(
+        "/v1/files", params={"limit": 2, "after": first["last_id"]}, headers=_auth(org_a_key)
+    ).json()
     assert [f["id"] for f in second["data"]] == ids[::-1][2:4]
     asc = client.get("/v1/files", params={"order": "asc"}, headers=_auth(org_a_key)).json()
     assert [f["id"] for f in asc["data"]] == ids and asc["has_more"] is False
@@ -62,7 +66,11 @@ def test_list_pages_with_after_limit_order_and_purpose(client: TestClient, org_a
 
 
 def test_bad_list_params_are_400(client: TestClient, org_a_key: str) -> None:
-    for params, param in [({"limit": 0}, "limit"), ({"order": "sideways"}, "order"), ({"after": "file-nope"}, "after")]:
+    for params, param in [
+        ({"limit": 0}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"after": "file-nope"}, "after"),
+    ]:
         resp = client.get("/v1/files", params=params, headers=_auth(org_a_key))
         assert resp.status_code == 400, resp.text
         assert resp.json()["error"]["param"] == param
@@ -86,7 +94,9 @@ def test_missing_or_bad_key_is_401_with_envelope(client: TestClient, org_a_key: 
         assert resp.headers["x-request-id"]
 
 
-def test_every_files_route_hides_other_orgs_objects(client: TestClient, org_a_key: str, org_b_key: str) -> None:
+def test_every_files_route_hides_other_orgs_objects(
+    client: TestClient, org_a_key: str, org_b_key: str
+) -> None:
     file_id = _upload(client, org_a_key, chat_jsonl()).json()["id"]
     routes = [
         ("GET", f"/v1/files/{file_id}"),
@@ -111,7 +121,11 @@ def test_expires_after_sets_expires_at(client: TestClient, org_a_key: str) -> No
     resp = client.post(
         "/v1/files",
         headers=_auth(org_a_key),
-        data={"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"},
+        data={
+            "purpose": "fine-tune",
+            "expires_after[anchor]": "created_at",
+            "expires_after[seconds]": "3600",
+        },
         files={"file": ("t.jsonl", chat_jsonl())},
     )
     assert resp.status_code == 200, resp.text

@@ -13,12 +13,16 @@ from tests.support.ftserve_process import FtserveProcess
 
 @pytest.fixture(scope="module")
 def sdk(ftserve_server: FtserveProcess) -> openai.OpenAI:
-    return openai.OpenAI(api_key=ftserve_server.create_key("contract-files"), base_url=ftserve_server.base_url)
+    return openai.OpenAI(
+        api_key=ftserve_server.create_key("contract-files"), base_url=ftserve_server.base_url
+    )
 
 
 @pytest.fixture(scope="module")
 def other_sdk(ftserve_server: FtserveProcess) -> openai.OpenAI:
-    return openai.OpenAI(api_key=ftserve_server.create_key("contract-other"), base_url=ftserve_server.base_url)
+    return openai.OpenAI(
+        api_key=ftserve_server.create_key("contract-other"), base_url=ftserve_server.base_url
+    )
 
 
 def test_upload_retrieve_content_delete(sdk: openai.OpenAI) -> None:
@@ -29,7 +33,9 @@ def test_upload_retrieve_content_delete(sdk: openai.OpenAI) -> None:
     assert created.bytes == len(data)
     assert created._request_id and created._request_id.startswith("req_")
     # The SDK helper polls until processed; it must return at once.
-    assert sdk.files.wait_for_processing(created.id, poll_interval=0.1, max_wait_seconds=5).status == "processed"
+    assert (
+        sdk.files.wait_for_processing(created.id, poll_interval=0.1, max_wait_seconds=5).status == "processed"
+    )
 
     fetched = sdk.files.retrieve(created.id)
     assert fetched.filename == "train.jsonl" and fetched.purpose == "fine-tune"

@@ -1,0 +1,94 @@
+"""/v1/fine_tuning/jobs: OpenAI's fine-tuning jobs API."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.protocol import (
+    CreateFineTuningJobRequest,
+    CursorListResponse,
+    ErrorResponse,
+    FineTuningJobCheckpointObject,
+    FineTuningJobEventObject,
+    FineTuningJobObject,
+    ListResponse,
+)
+from api.services import fine_tuning as service
+
+router = APIRouter(
+    prefix="/v1/fine_tuning/jobs",
+    tags=["fine-tuning"],
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """`metadata[key]=value` query parameters (OpenAI's deepObject style)."""
+    return {
+        name[len("metadata[") : -1]: value
+        for name, value in request.query_params.items()
+        if name.startswith("metadata[") and name.endswith("]") and len(name) > len("metadata[]")
+    }
+
+
+@router.post("", response_model=FineTuningJobObject)
+def create_job(
+    body: CreateFineTuningJobRequest, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+) -> FineTuningJobObject:
+    return service.create_job(session=session, settings=settings, org=org, request=body)
+
+
+@router.get("", response_model=ListResponse[FineTuningJobObject])
+def list_jobs(
+    request: Request,
+    org: CurrentOrg,
+    session: SessionDep,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=100),
+) -> ListResponse[FineTuningJobObject]:
+    return service.list_jobs(
+        session=session, org=org, after=after, limit=limit, metadata=_metadata_filter(request)
+    )
+
+
+@router.get("/{job_id}", response_model=FineTuningJobObject)
+def retrieve_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    return service.retrieve_job(session=session, org=org, job_id=job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=FineTuningJobObject)
+def cancel_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    return service.cancel_job(session=session, org=org, job_id=job_id)
+
+
+@router.post("/{job_id}/pause", response_model=FineTuningJobObject)
+def pause_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    return service.pause_job(session=session, org=org, job_id=job_id)
+
+
+@router.post("/{job_id}/resume", response_model=FineTuningJobObject)
+def resume_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    return service.resume_job(session=session, org=org, job_id=job_id)
+
+
+@router.get("/{job_id}/events", response_model=ListResponse[FineTuningJobEventObject])
+def list_events(
+    job_id: str,
+    org: CurrentOrg,
+    session: SessionDep,
+    after: str | None = None,
+    limit: int = Query(20, ge=1, le=1000),
+) -> ListResponse[FineTuningJobEventObject]:
+    return service.list_events(session=session, org=org, job_id=job_id, after=after, limit=limit)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CursorListResponse[FineTuningJobCheckpointObject])
+def list_checkpoints(
+    job_id: str,
+    org: CurrentOrg,
+    session: SessionDep,
+    after: str | None = None,
+    limit: int = Query(10, ge=1, le=100),
+) -> CursorListResponse[FineTuningJobCheckpointObject]:
+    return service.list_checkpoints(session=session, org=org, job_id=job_id, after=after, limit=limit)

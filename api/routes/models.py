@@ -1,0 +1,30 @@
+"""/v1/models: base and fine-tuned models. Ids contain ':' (ft:base:org:suffix:job), so routes take paths."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.protocol import ErrorResponse, ListResponse, ModelDeleted, ModelObject
+from api.services import models as service
+
+router = APIRouter(
+    prefix="/v1/models",
+    tags=["models"],
+    responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}},
+)
+
+
+@router.get("", response_model=ListResponse[ModelObject])
+def list_models(org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ListResponse[ModelObject]:
+    return service.list_models(session=session, settings=settings, org=org)
+
+
+@router.get("/{model_id:path}", response_model=ModelObject)
+def retrieve_model(model_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ModelObject:
+    return service.retrieve_model(session=session, settings=settings, org=org, model_id=model_id)
+
+
+@router.delete("/{model_id:path}", response_model=ModelDeleted)
+def delete_model(model_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ModelDeleted:
+    return service.delete_model(session=session, settings=settings, org=org, model_id=model_id)

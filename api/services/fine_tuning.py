@@ -1,0 +1,353 @@
+"""Fine-tuning jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
+
+from api.protocol import (
+    CreateFineTuningJobRequest,
+    CursorListResponse,
+    FineTuningJobCheckpointObject,
+    FineTuningJobError,
+    FineTuningJobEventObject,
+    FineTuningJobObject,
+    ListResponse,
+)
+from api.services.pagination import paginate
+from core import ids, jobs
+from core.errors import ConflictError, InvalidRequestError, NotFoundError
+from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
+from core.model_registry import load_registry
+from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
+from core.settings import Settings
+
+# Which training-data formats each method can train on.
+FORMATS_FOR_METHOD = {
+    "supervised": {"chat", "prompt_completion", "sharegpt", "alpaca"},
+    "dpo": {"preference"},
+}
+OPENAI_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+SUFFIX_FORBIDDEN = set(":/ \t\r\n")
+
+
+def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
+    """The bad field and a useful reason. Each field is `"auto" | number`, so pydantic reports one error
+    per union branch; the branch names are not fields, and the non-"auto" branch says what is wrong."""
+    errors = exc.errors()
+    field = str(errors[0]["loc"][0]) if errors[0]["loc"] else ""
+    same_field = [e for e in errors if e["loc"] and str(e["loc"][0]) == field]
+    specific = [e for e in same_field if e["type"] != "literal_error"] or same_field
+    reason = specific[0]["msg"]
+    if len(same_field) > 1:
+        reason += ", or 'auto'"
+    if "input" in specific[0] and specific[0]["type"] != "extra_forbidden":
+        reason += f" (got {specific[0]['input']!r})"
+    elif specific[0]["type"] == "extra_forbidden":
+        reason = "unknown hyperparameter"
+    return (f"{prefix}.{field}" if field else prefix), reason
+
+
+def _method_and_hyperparameters(request: CreateFineTuningJobRequest) -> tuple[str, dict[str, Any], str]:
+    """Returns (method type, validated hyperparameters as a dict with "auto" kept, the param path)."""
+    method = request.method
+    method_type = method.type if method else "supervised"
+    if method_type == "reinforcement":
+        raise InvalidRequestError(
+            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
+        )
+    section = getattr(method, method_type, None) if method else None
+    raw = section.hyperparameters if section and section.hyperparameters is not None else None
+    param = f"method.{method_type}.hyperparameters"
+    if request.hyperparameters is not None:
+        if raw is not None:
+            raise InvalidRequestError(
+                "Pass hyperparameters in method.*.hyperparameters only, not also at the top level.",
+                param="hyperparameters",
+            )
+        if method_type != "supervised":
+            raise InvalidRequestError(
+                "Top-level 'hyperparameters' apply to supervised jobs only; use method.dpo.hyperparameters.",
+                param="hyperparameters",
+            )
+        raw, param = request.hyperparameters, "hyperparameters"
+    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
+    try:
+        validated = model.model_validate(raw or {})
+    except ValidationError as exc:
+        where, why = _pydantic_param(exc, param)
+        raise InvalidRequestError(
+            f"Invalid hyperparameter '{where}': {why}", param=where, code="invalid_hyperparameter"
+        ) from None
+    return method_type, validated.model_dump(mode="json", exclude_none=True), param
+
+
+def _training_file(session: Session, *, org: Organization, file_id: str | None, param: str) -> File | None:
+    if file_id is None:
+        return None
+    row = session.exec(
+        select(File).where(File.id == file_id, File.organization_id == org.id, col(File.deleted_at).is_(None))
+    ).first()
+    if row is None:
+        raise InvalidRequestError(f"No such File object: {file_id}", param=param, code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise InvalidRequestError(
+            f"File {file_id} has purpose '{row.purpose}'; fine-tuning needs purpose 'fine-tune'.", param=param
+        )
+    if row.status != "processed":
+        raise InvalidRequestError(
+            f"File {file_id} is not ready for training (status '{row.status}'): {row.status_details or ''}".strip(),
+            param=param,
+            code="invalid_file_status",
+        )
+    return row
+
+
+def _check_metadata(metadata: dict[str, str] | None) -> None:
+    if not metadata:
+        return
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequestError(f"metadata holds at most {MAX_METADATA_PAIRS} pairs.", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidRequestError(
+                f"metadata keys hold at most {MAX_METADATA_KEY} characters and values {MAX_METADATA_VALUE}.",
+                param=f"metadata.{key[:64]}",
+            )
+
+
+def create_job(
+    *, session: Session, settings: Settings, org: Organization, request: CreateFineTuningJobRequest
+) -> FineTuningJobObject:
+    method_type, hyperparameters, _param = _method_and_hyperparameters(request)
+    if request.model not in load_registry(settings):
+        known = ", ".join(sorted(load_registry(settings))) or "none registered"
+        raise InvalidRequestError(
+            f"The model '{request.model}' does not exist or cannot be fine-tuned (base models: {known}).",
+            param="model",
+            code="model_not_found",
+        )
+    if request.suffix is not None and SUFFIX_FORBIDDEN & set(request.suffix):
+        raise InvalidRequestError("suffix may not contain ':', '/' or whitespace.", param="suffix")
+    _check_metadata(request.metadata)
+    files = [
+        (
+            _training_file(session, org=org, file_id=request.training_file, param="training_file"),
+            "training_file",
+        ),
+        (
+            _training_file(session, org=org, file_id=request.validation_file, param="validation_file"),
+            "validation_file",
+        ),
+    ]
+    for row, param in files:
+        if row is not None and row.data_format not in FORMATS_FOR_METHOD[method_type]:
+            needs = (
+                "preference data (input, preferred_output, non_preferred_output)"
+                if method_type == "dpo"
+                else ("chat, prompt/completion, ShareGPT or Alpaca data")
+            )
+            raise InvalidRequestError(
+                f"File {row.id} holds {row.data_format} data, but a {method_type} job needs {needs}.",
+                param=param,
+                code="invalid_file_format",
+            )
+
+    job = FineTuningJob(
+        id=ids.job_id(),
+        organization_id=org.id,
+        model=request.model,
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        method_type=method_type,
+        hyperparameters=hyperparameters,
+        suffix=request.suffix,
+        seed=request.seed if request.seed is not None else secrets.randbelow(2_147_483_647),
+        job_metadata=request.metadata,
+        integrations=request.integrations,
+        status=jobs.VALIDATING,
+    )
+    session.add(job)
+    jobs.append_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}")
+    session.commit()
+    return job_object(job)
+
+
+def _hyperparameters_out(job: FineTuningJob) -> dict[str, Any]:
+    """What the user asked for, with "auto" replaced by the resolved value once the job has run."""
+    out: dict[str, Any] = dict.fromkeys(OPENAI_HYPERPARAMETERS, "auto")
+    if job.method_type == "dpo":
+        out["beta"] = "auto"
+    out.update(job.hyperparameters)
+    for name, value in (job.resolved_hyperparameters or {}).items():
+        if out.get(name) == "auto":
+            out[name] = value
+    return out
+
+
+def job_object(job: FineTuningJob) -> FineTuningJobObject:
+    hyperparameters = _hyperparameters_out(job)
+    return FineTuningJobObject(
+        id=job.id,
+        created_at=job.created_at,
+        error=FineTuningJobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=job.finished_at,
+        # OpenAI fills the top-level field for supervised jobs only.
+        hyperparameters=hyperparameters if job.method_type == "supervised" else None,
+        model=job.model,
+        organization_id=job.organization_id,
+        result_files=job.result_files,
+        status=job.status,
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        integrations=job.integrations,
+        seed=job.seed,
+        estimated_finish=job.estimated_finish if job.status == jobs.RUNNING else None,
+        method={"type": job.method_type, job.method_type: {"hyperparameters": hyperparameters}},
+        metadata=job.job_metadata,
+        user_provided_suffix=job.suffix,
+        attempt=job.attempt,
+        step=job.step,
+        total_steps=job.total_steps,
+    )
+
+
+def _job(session: Session, *, org: Organization, job_id: str) -> FineTuningJob:
+    job = session.exec(
+        select(FineTuningJob).where(FineTuningJob.id == job_id, FineTuningJob.organization_id == org.id)
+    ).first()
+    if job is None:
+        raise NotFoundError(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
+    return job
+
+
+def retrieve_job(*, session: Session, org: Organization, job_id: str) -> FineTuningJobObject:
+    return job_object(_job(session, org=org, job_id=job_id))
+
+
+def list_jobs(
+    *, session: Session, org: Organization, after: str | None, limit: int, metadata: dict[str, str]
+) -> ListResponse[FineTuningJobObject]:
+    filters: list[Any] = [FineTuningJob.organization_id == org.id]
+    metadata_col: Any = FineTuningJob.job_metadata
+    for key, value in metadata.items():
+        filters.append(metadata_col[key].as_string() == value)
+    rows, has_more = paginate(session, model=FineTuningJob, filters=filters, after=after, limit=limit)
+    return ListResponse[FineTuningJobObject](data=[job_object(r) for r in rows], has_more=has_more)
+
+
+def _control(
+    *,
+    session: Session,
+    org: Organization,
+    job_id: str,
+    verb: str,
+    from_status: set[str],
+    to_status: str,
+    message: str,
+    **fields: Any,
+) -> FineTuningJobObject:
+    job = _job(session, org=org, job_id=job_id)
+    if not jobs.transition(
+        session, job_id=job_id, from_status=from_status, to_status=to_status, message=message, **fields
+    ):
+        session.rollback()
+        current = _job(session, org=org, job_id=job_id).status
+        allowed = ", ".join(sorted(from_status))
+        raise ConflictError(
+            f"Cannot {verb} job {job_id}: it is {current}; only jobs that are {allowed} can be.",
+            param="fine_tuning_job_id",
+        )
+    session.commit()
+    session.refresh(job)
+    return job_object(job)
+
+
+def cancel_job(*, session: Session, org: Organization, job_id: str) -> FineTuningJobObject:
+    return _control(
+        session=session,
+        org=org,
+        job_id=job_id,
+        verb="cancel",
+        from_status=set(jobs.ACTIVE),
+        to_status=jobs.CANCELLED,
+        message="Job cancelled",
+        finished_at=now_s(),
+        estimated_finish=None,
+    )
+
+
+def pause_job(*, session: Session, org: Organization, job_id: str) -> FineTuningJobObject:
+    return _control(
+        session=session,
+        org=org,
+        job_id=job_id,
+        verb="pause",
+        from_status={jobs.QUEUED, jobs.RUNNING},
+        to_status=jobs.PAUSED,
+        message="Pause requested: the job checkpoints and stops",
+    )
+
+
+def resume_job(*, session: Session, org: Organization, job_id: str) -> FineTuningJobObject:
+    return _control(
+        session=session,
+        org=org,
+        job_id=job_id,
+        verb="resume",
+        from_status={jobs.PAUSED},
+        to_status=jobs.QUEUED,
+        message="Job resumed: queued to continue from its last checkpoint",
+    )
+
+
+def list_events(
+    *, session: Session, org: Organization, job_id: str, after: str | None, limit: int
+) -> ListResponse[FineTuningJobEventObject]:
+    _job(session, org=org, job_id=job_id)
+    rows, has_more = paginate(
+        session, model=JobEvent, filters=[JobEvent.job_id == job_id], after=after, limit=limit
+    )
+    data = [
+        FineTuningJobEventObject(
+            id=r.id,
+            created_at=r.created_at,
+            level=r.level,
+            message=r.message,
+            type=r.type,
+            data=r.data,
+        )
+        for r in rows
+    ]
+    return ListResponse[FineTuningJobEventObject](data=data, has_more=has_more)
+
+
+def list_checkpoints(
+    *, session: Session, org: Organization, job_id: str, after: str | None, limit: int
+) -> CursorListResponse[FineTuningJobCheckpointObject]:
+    _job(session, org=org, job_id=job_id)
+    filters = [JobCheckpoint.job_id == job_id, col(JobCheckpoint.deleted_at).is_(None)]
+    rows, has_more = paginate(session, model=JobCheckpoint, filters=filters, after=after, limit=limit)
+    data = [
+        FineTuningJobCheckpointObject(
+            id=r.id,
+            created_at=r.created_at,
+            fine_tuned_model_checkpoint=r.fine_tuned_model_checkpoint,
+            fine_tuning_job_id=r.job_id,
+            metrics=r.metrics,
+            step_number=r.step_number,
+        )
+        for r in rows
+    ]
+    return CursorListResponse[FineTuningJobCheckpointObject](
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
