@@ -1,0 +1,233 @@
+"""Fine-tuning hyperparameters: OpenAI's wire shape, our LoRA extensions, and how "auto" resolves.
+
+Pure pydantic (no torch), so the API can validate a job request and the scheduler can estimate memory from the
+same numbers the worker will train with.
+
+OpenAI's fields (`batch_size`, `learning_rate_multiplier`, `n_epochs`, and `beta` for DPO) accept `"auto"` or a
+number. Our extensions are optional and default to auto as well. Unknown keys are rejected (`extra="forbid"`)
+so a typo such as `n_epoch` is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Auto = Literal["auto"]
+Method = Literal["supervised", "dpo"]
+
+# -- the rules behind "auto" (see resolve_hyperparameters) ---------------------------------------------------
+REFERENCE_PARAMS = 7e9  # the size the base LoRA learning rate below is tuned for (Llama/Qwen 7-8B)
+REFERENCE_LORA_LR = 2e-4  # the widely used LoRA learning rate at that size (QLoRA, Unsloth, TRL guides)
+DPO_LR_FACTOR = 0.1  # preference optimisation needs a ~10x smaller step than SFT (DPO paper, TRL defaults)
+MIN_LR, MAX_LR = 5e-6, 1e-2
+TARGET_EPOCHS = 3  # OpenAI's default number of passes
+MIN_TARGET_EXAMPLES = 100  # OpenAI: at least this many example exposures for a >=1B model...
+MAX_TARGET_EXAMPLES = 25_000  # ...and at most this many before epochs are reduced
+SAMPLE_EFFICIENT_PARAMS = 1e9  # below this size a model needs more exposures to learn the same data
+MAX_AUTO_EPOCHS = 50
+MIN_STEPS_PER_EPOCH = 8  # keep batches small enough for several optimizer steps per pass
+MAX_AUTO_BATCH = 32
+DEFAULT_MAX_SEQ_LENGTH = 2048  # when the model's context length is unknown
+MAX_AUTO_SEQ_LENGTH = 8192  # longer examples are rare in fine-tuning sets and cost memory quadratically
+
+
+class _Hyperparameters(BaseModel):
+    """Fields shared by SFT and DPO. Every field may be omitted; omitted means "auto"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # OpenAI's fields
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+
+    # ftserve extensions: LoRA shape
+    lora_rank: Auto | Annotated[int, Field(ge=1, le=512)] = "auto"
+    lora_alpha: Auto | Annotated[float, Field(gt=0, le=4096)] = "auto"
+    lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = "auto"
+    target_modules: Auto | Literal["all-linear"] | Annotated[list[str], Field(min_length=1)] = "auto"
+    # ftserve extensions: training
+    max_seq_length: Auto | Annotated[int, Field(ge=16, le=1_048_576)] = "auto"
+    learning_rate: Auto | Annotated[float, Field(gt=0, le=1)] = "auto"  # absolute; overrides the multiplier
+    warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
+    eval_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
+    checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
+
+
+class SupervisedHyperparameters(_Hyperparameters):
+    """`method.supervised.hyperparameters` (and the legacy top-level `hyperparameters`)."""
+
+
+class DpoHyperparameters(_Hyperparameters):
+    """`method.dpo.hyperparameters`: adds `beta`, the strength of the pull towards the reference model."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+
+
+class ResolvedHyperparameters(BaseModel):
+    """Every value concrete: what the worker trains with, echoed back on the job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float  # the absolute rate the optimizer uses
+    n_epochs: int
+    beta: float | None = None  # DPO only
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    target_modules: list[str] | Literal["all-linear"]
+    max_seq_length: int
+    warmup_ratio: float
+    eval_every_steps: int
+    checkpoint_every_steps: int
+    # Derived, for progress reporting and memory estimates
+    n_examples: int
+    steps_per_epoch: int
+    total_steps: int
+
+    def openai_view(self) -> dict[str, Any]:
+        """The three (four for DPO) fields OpenAI's job object shows."""
+        out: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+            "n_epochs": self.n_epochs,
+        }
+        if self.beta is not None:
+            out["beta"] = self.beta
+        return out
+
+
+def base_learning_rate(method: str, base_model_params: int | None) -> float:
+    """The LoRA learning rate that a multiplier of 1.0 means, for a model of this size.
+
+    Adam's best step size shrinks roughly as 1/width (muP), and a transformer's width grows roughly as the
+    cube root of its parameter count, so we scale a known-good rate at 7B by (7B / params) ** (1/3):
+    70B -> 9e-5, 8B -> 1.9e-4, 1B -> 3.8e-4, 135M -> 7.5e-4, a 0.5M toy -> 5e-3. Unknown size: the 7B rate.
+    """
+    params = base_model_params or REFERENCE_PARAMS
+    lr = REFERENCE_LORA_LR * (REFERENCE_PARAMS / params) ** (1 / 3)
+    if method == "dpo":
+        lr *= DPO_LR_FACTOR
+    return min(MAX_LR, max(MIN_LR, lr))
+
+
+def auto_n_epochs(n_examples: int, base_model_params: int | None) -> int:
+    """OpenAI's epoch rule, with a floor on exposures that rises for small models.
+
+    OpenAI trains 3 epochs, raised so a small file is seen at least 100 times in total and lowered so a huge
+    one is seen at most 25,000 times. That floor suits >=1B models. Smaller models are less sample-efficient
+    (loss per token seen falls more slowly as models shrink: Kaplan et al. 2020; memorisation is slower in
+    smaller models: Tirumala et al. 2022), so below 1B the floor grows as sqrt(1B / params): 4 exposures per
+    100 at 60M... a 0.5M-parameter toy needs ~4,600 (measured: it memorises 100 random codes after ~3,000).
+    """
+    params = base_model_params or SAMPLE_EFFICIENT_PARAMS
+    min_exposures = MIN_TARGET_EXAMPLES * max(1.0, math.sqrt(SAMPLE_EFFICIENT_PARAMS / params))
+    if n_examples * TARGET_EPOCHS < min_exposures:
+        return min(MAX_AUTO_EPOCHS, math.ceil(min_exposures / n_examples))
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(1, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """A power of two giving at least MIN_STEPS_PER_EPOCH steps per epoch, capped at MAX_AUTO_BATCH.
+
+    Like OpenAI, batches grow with the dataset (more examples -> less gradient noise needed per step) but stay
+    small in absolute terms: fine-tuning sets are small, and several updates per pass matter more than GPU
+    utilisation. 100 examples -> 8, 500 -> 32.
+    """
+    target = max(1, n_examples // MIN_STEPS_PER_EPOCH)
+    return min(MAX_AUTO_BATCH, 1 << (target.bit_length() - 1))
+
+
+def resolve_hyperparameters(
+    method: str,
+    hp: SupervisedHyperparameters | DpoHyperparameters | None,
+    *,
+    n_examples: int,
+    base_model_params: int | None = None,
+    base_model_max_length: int | None = None,
+) -> ResolvedHyperparameters:
+    """Turn every "auto" into a number, the way OpenAI does, sized by the data and (where it matters) the model.
+
+    - `batch_size`: `auto_batch_size(n_examples)` (a power of two, >= 8 steps per epoch, at most 32).
+    - `n_epochs`: `auto_n_epochs(n_examples, base_model_params)`: 3, more for small files (>= 100 exposures at
+      >= 1B params, more for smaller models), fewer for huge ones (<= 25,000 exposures).
+    - `learning_rate`: explicit `learning_rate` wins; else `base_learning_rate(method, params)` times
+      `learning_rate_multiplier` (auto = 1.0). DPO uses a 10x smaller base.
+    - `beta` (DPO): 0.1, the DPO paper's and TRL's default.
+    - LoRA: rank 16, alpha = 2 x rank, dropout 0, all linear layers: the common QLoRA/"LoRA without regret"
+      setting, which vLLM serves (rank <= its max_lora_rank).
+    - `max_seq_length`: the model's context length, capped at 8192; 2048 when unknown. Longer examples fail
+      the job with their line numbers rather than being truncated.
+    - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
+    - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
+    """
+    if method not in ("supervised", "dpo"):
+        raise ValueError(f"method must be 'supervised' or 'dpo', got {method!r}")
+    if n_examples < 1:
+        raise ValueError("n_examples must be at least 1")
+    if hp is None:
+        hp = DpoHyperparameters() if method == "dpo" else SupervisedHyperparameters()
+    if method == "supervised" and isinstance(hp, DpoHyperparameters) and hp.beta != "auto":
+        raise ValueError("beta applies to dpo only")
+
+    batch_size = auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size
+    batch_size = min(batch_size, n_examples)  # a batch larger than the data would just repeat nothing
+    n_epochs = auto_n_epochs(n_examples, base_model_params) if hp.n_epochs == "auto" else hp.n_epochs
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
+    base_lr = base_learning_rate(method, base_model_params)
+    lr = float(hp.learning_rate) if hp.learning_rate != "auto" else base_lr * multiplier
+    if hp.learning_rate != "auto":
+        multiplier = lr / base_lr  # keep the OpenAI-visible multiplier consistent with what actually runs
+
+    rank = 16 if hp.lora_rank == "auto" else hp.lora_rank
+    alpha = float(2 * rank) if hp.lora_alpha == "auto" else float(hp.lora_alpha)
+    dropout = 0.0 if hp.lora_dropout == "auto" else float(hp.lora_dropout)
+    targets: list[str] | Literal["all-linear"] = (
+        "all-linear" if hp.target_modules == "auto" else hp.target_modules
+    )
+
+    if hp.max_seq_length != "auto":
+        max_seq_length = hp.max_seq_length
+    elif base_model_max_length:
+        max_seq_length = min(base_model_max_length, MAX_AUTO_SEQ_LENGTH)
+    else:
+        max_seq_length = DEFAULT_MAX_SEQ_LENGTH
+
+    steps_per_epoch = math.ceil(n_examples / batch_size)
+    total_steps = steps_per_epoch * n_epochs
+    every_tenth = max(1, math.ceil(total_steps / 10))
+
+    beta: float | None = None
+    if method == "dpo":
+        hp_beta = getattr(hp, "beta", "auto")
+        beta = 0.1 if hp_beta == "auto" else float(hp_beta)
+
+    return ResolvedHyperparameters(
+        method=method,  # type: ignore[arg-type]  # checked above
+        batch_size=batch_size,
+        learning_rate_multiplier=round(multiplier, 6),
+        learning_rate=lr,
+        n_epochs=n_epochs,
+        beta=beta,
+        lora_rank=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        max_seq_length=max_seq_length,
+        warmup_ratio=0.03 if hp.warmup_ratio == "auto" else float(hp.warmup_ratio),
+        eval_every_steps=every_tenth if hp.eval_every_steps == "auto" else hp.eval_every_steps,
+        checkpoint_every_steps=every_tenth
+        if hp.checkpoint_every_steps == "auto"
+        else hp.checkpoint_every_steps,
+        n_examples=n_examples,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )

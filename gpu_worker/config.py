@@ -1,0 +1,89 @@
+"""Configuration of one training run, TRL-style: a dataclass whose every field documents itself.
+
+The worker builds a `TrainJobConfig` from the job row (hyperparameters already resolved, files already
+downloaded to local paths) and hands it to `gpu_worker.train.run_training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from core.hyperparameters import ResolvedHyperparameters
+
+DataFormat = Literal["chat", "prompt_completion", "preference", "sharegpt", "alpaca"]
+
+
+@dataclass
+class TrainJobConfig:
+    """One fine-tuning run: what to train, on what, where to write, and with which numbers."""
+
+    job_id: str = field(metadata={"help": "The ftjob-... id; used in log lines and adapter metadata."})
+    method: Literal["supervised", "dpo"] = field(
+        metadata={"help": "Training objective: 'supervised' (SFT, LoRA) or 'dpo' (preference, LoRA)."}
+    )
+    base_model_path: Path = field(
+        metadata={"help": "Local Hugging Face model directory (config.json, safetensors, tokenizer)."}
+    )
+    training_file: Path = field(metadata={"help": "Local path of the validated training JSONL file."})
+    data_format: DataFormat = field(
+        metadata={
+            "help": "Format detected by the upload validator: chat, prompt_completion, preference, sharegpt "
+            "or alpaca. sharegpt and alpaca are normalised to chat."
+        }
+    )
+    output_dir: Path = field(
+        metadata={
+            "help": "Local working directory: checkpoints go to output_dir/checkpoints, the final "
+            "adapter to output_dir/adapter."
+        }
+    )
+    hyperparameters: ResolvedHyperparameters = field(
+        metadata={"help": "Fully resolved hyperparameters (core.hyperparameters.resolve_hyperparameters)."}
+    )
+    validation_file: Path | None = field(
+        default=None, metadata={"help": "Local path of the validation JSONL file, same format; optional."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed for LoRA initialisation, data order and dropout."})
+    resume_from_checkpoint: Path | None = field(
+        default=None,
+        metadata={
+            "help": "A checkpoint dir written by a previous attempt of this job: training continues "
+            "from its step with optimizer, scheduler and RNG state restored."
+        },
+    )
+    max_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch. None: 1 thread for tiny models (<50M params; measured far "
+            "faster on CPU), torch's default otherwise."
+        },
+    )
+    max_eval_examples: int = field(
+        default=256,
+        metadata={
+            "help": "Periodic validation uses at most this many validation examples (the first ones); "
+            "the final full_valid_* metrics use all of them."
+        },
+    )
+    keep_local_checkpoints: int = field(
+        default=3, metadata={"help": "Checkpoints kept on local disk (older ones are deleted)."}
+    )
+
+    def __post_init__(self) -> None:
+        self.base_model_path = Path(self.base_model_path)
+        self.training_file = Path(self.training_file)
+        self.output_dir = Path(self.output_dir)
+        if self.validation_file is not None:
+            self.validation_file = Path(self.validation_file)
+        if self.resume_from_checkpoint is not None:
+            self.resume_from_checkpoint = Path(self.resume_from_checkpoint)
+        if self.method not in ("supervised", "dpo"):
+            raise ValueError(f"method must be 'supervised' or 'dpo', got {self.method!r}")
+        if self.method != self.hyperparameters.method:
+            raise ValueError(
+                f"hyperparameters were resolved for {self.hyperparameters.method!r}, not {self.method!r}"
+            )
+        if (self.method == "dpo") != (self.data_format == "preference"):
+            raise ValueError(f"method {self.method!r} cannot train on {self.data_format!r} data")

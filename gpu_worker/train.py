@@ -1,0 +1,333 @@
+"""Train one LoRA adapter: SFT or DPO, with TRL + PEFT, on CPU or one GPU.
+
+Reads top to bottom, nanoGPT-style: threads and seed, data (fails fast, before the model loads), model and
+LoRA, trainer arguments, a callback that bridges the HF Trainer to our `TrainingReporter`, train (or resume),
+then the final adapter and a full validation pass.
+
+    result = run_training(TrainJobConfig(...), reporter)
+
+Stopping: the reporter's `should_stop()` is polled after every optimizer step. "cancel" stops within that step
+and writes nothing more; "pause" writes a checkpoint at the current step first. A later attempt passes that
+checkpoint as `resume_from_checkpoint` and continues at the same step, with optimizer, scheduler, RNG and data
+order restored, so its losses match an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from core.hyperparameters import ResolvedHyperparameters
+from gpu_worker.config import TrainJobConfig
+from gpu_worker.data import (
+    TrainingDataError,
+    build_dpo_rows,
+    build_sft_rows,
+    count_trainable_tokens,
+    load_examples,
+)
+from gpu_worker.reporting import StopRequest, TrainingReporter
+
+TINY_MODEL_PARAMS = 50_000_000  # below this, one CPU thread beats many (thread sync dominates tiny matmuls)
+MAX_LOGGED_STEPS = 500  # log every step up to this many steps, then throttle to ~this many rows per run
+
+
+@dataclass
+class TrainResult:
+    stopped: StopRequest | None  # None: finished; "cancel" / "pause": stopped on request
+    adapter_dir: Path | None  # final PEFT adapter (+ tokenizer and chat template); None unless finished
+    global_step: int
+    total_steps: int
+    # Loss-bearing tokens actually trained on: unmasked label tokens per epoch (SFT) or chosen+rejected
+    # completion tokens (DPO), times the epochs run (fractional when stopped early).
+    trained_tokens: int
+    resolved_hyperparameters: ResolvedHyperparameters
+    metrics: dict[str, Any] = field(default_factory=dict)  # last row, + full_valid_* when validated
+    metrics_history: list[dict[str, Any]] = field(default_factory=list)  # one row per logging step
+
+
+def run_training(config: TrainJobConfig, reporter: TrainingReporter) -> TrainResult:
+    hp = config.hyperparameters
+    t0 = time.perf_counter()
+    old_threads = torch.get_num_threads()
+    try:
+        return _run(config, reporter, hp, t0)
+    finally:
+        torch.set_num_threads(old_threads)  # tests and the worker run several jobs in one process
+
+
+def _run(
+    config: TrainJobConfig, reporter: TrainingReporter, hp: ResolvedHyperparameters, t0: float
+) -> TrainResult:
+    # -- device, dtype, threads ----------------------------------------------------------------------------
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    model_config = transformers.AutoConfig.from_pretrained(config.base_model_path, trust_remote_code=False)
+    n_params_est = _estimate_params(model_config)
+    if config.max_threads:
+        torch.set_num_threads(config.max_threads)
+    elif not cuda and n_params_est < TINY_MODEL_PARAMS:
+        torch.set_num_threads(1)
+
+    # -- data: tokenise and check everything before the model is loaded (fail in seconds, not minutes) ------
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model_path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss, so eos is safe here
+    dpo = config.method == "dpo"
+    train_rows, tokens_per_epoch = _prepare(config, tokenizer, config.training_file, "training")
+    valid_rows: list[dict[str, Any]] = []
+    if config.validation_file is not None:
+        valid_rows, _ = _prepare(config, tokenizer, config.validation_file, "validation")
+    if len(train_rows) != hp.n_examples:
+        # The hyperparameters were resolved on the validator's count; a mismatch means a different file.
+        raise TrainingDataError(
+            f"training file has {len(train_rows)} examples, hyperparameters expect {hp.n_examples}"
+        )
+
+    from datasets import Dataset  # heavy import; only the worker needs it
+
+    train_ds = Dataset.from_list(train_rows)
+    eval_ds = Dataset.from_list(valid_rows[: config.max_eval_examples]) if valid_rows else None
+
+    # -- model + LoRA --------------------------------------------------------------------------------------
+    # Seed *before* LoRA is attached: adapter init consumes RNG, and a resumed run must see the same stream.
+    transformers.set_seed(config.seed)
+    model = AutoModelForCausalLM.from_pretrained(config.base_model_path, dtype=dtype, trust_remote_code=False)
+    model.config.use_cache = False  # no KV cache during training
+    lora = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=hp.target_modules,
+        bias="none",  # vLLM serves no LoRA biases
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # -- trainer arguments ---------------------------------------------------------------------------------
+    log_every = max(1, math.ceil(hp.total_steps / MAX_LOGGED_STEPS))
+    common: dict[str, Any] = {
+        "output_dir": str(config.output_dir / "checkpoints"),
+        "per_device_train_batch_size": hp.batch_size,
+        "per_device_eval_batch_size": hp.batch_size,
+        "num_train_epochs": hp.n_epochs,
+        "learning_rate": hp.learning_rate,
+        "lr_scheduler_type": "linear",  # OpenAI-style linear decay after warmup
+        "warmup_steps": hp.warmup_ratio,  # a float < 1 is a ratio of total steps (transformers 5)
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "logging_steps": log_every,
+        "save_strategy": "steps",
+        "save_steps": hp.checkpoint_every_steps,
+        "save_total_limit": config.keep_local_checkpoints,
+        "eval_strategy": "steps" if eval_ds is not None else "no",
+        "eval_steps": hp.eval_every_steps,
+        "bf16": dtype == torch.bfloat16,  # TRL defaults bf16=True, which on CPU means slow autocast
+        "gradient_checkpointing": cuda,  # trades ~20% speed for memory: worth it on GPU, not for CPU toys
+        "use_cpu": not cuda,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "max_length": hp.max_seq_length,  # nothing is longer (checked above), so TRL truncates nothing
+    }
+    bridge = _ReporterBridge(reporter, hp.total_steps)
+    if dpo:
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**common, beta=hp.beta, loss_type=["sigmoid"])
+        trainer: Any = DPOTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=tokenizer, callbacks=[bridge],
+        )  # fmt: skip
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        # Our rows already carry input_ids and labels (assistant-only / completion-only, weight 0 masked).
+        args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=tokenizer, callbacks=[bridge],
+        )  # fmt: skip
+    bridge.trainer = trainer
+    trainer.remove_callback(transformers.PrinterCallback)  # we report through `reporter`, not stdout
+
+    reporter.event(
+        f"Fine-tuning started: {config.method}, {hp.n_examples} examples, {hp.n_epochs} epochs x "
+        f"{hp.steps_per_epoch} steps of batch {hp.batch_size} = {hp.total_steps} steps, lr {hp.learning_rate:.3g}",
+        data={
+            "parameters": n_params,
+            "trainable_parameters": n_trainable,
+            "trainable_percent": round(100 * n_trainable / n_params, 3),
+            "trainable_tokens_per_epoch": tokens_per_epoch,
+            "device": "cuda" if cuda else f"cpu ({torch.get_num_threads()} threads)",
+            "dtype": str(dtype).removeprefix("torch."),
+            "log_every_steps": log_every,
+        },
+    )
+
+    # -- train (or resume) ---------------------------------------------------------------------------------
+    resume = None
+    if config.resume_from_checkpoint is not None:
+        state_file = config.resume_from_checkpoint / "trainer_state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(
+                f"{config.resume_from_checkpoint} is not a complete checkpoint (no trainer_state.json)"
+            )
+        resumed_step = json.loads(state_file.read_text())["global_step"]
+        resume = str(config.resume_from_checkpoint)
+        reporter.event(f"Resumed from checkpoint at step {resumed_step}", data={"step": resumed_step})
+    trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    trained_tokens = round(tokens_per_epoch * (state.epoch or 0.0))
+    result = TrainResult(
+        stopped=bridge.stopped,
+        adapter_dir=None,
+        global_step=state.global_step,
+        total_steps=hp.total_steps,
+        trained_tokens=trained_tokens,
+        resolved_hyperparameters=hp,
+        metrics=dict(bridge.history[-1]) if bridge.history else {},
+        metrics_history=bridge.history,
+    )
+    if bridge.stopped is not None:
+        reporter.event(
+            f"Training {'paused' if bridge.stopped == 'pause' else 'cancelled'} at step {state.global_step}"
+        )
+        return result
+
+    # -- final adapter + full validation -------------------------------------------------------------------
+    adapter_dir = config.output_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
+    result.adapter_dir = adapter_dir
+    if valid_rows:
+        bridge.final_eval = True
+        trainer.evaluate(eval_dataset=Dataset.from_list(valid_rows), metric_key_prefix="full_valid")
+        result.metrics.update(bridge.full_valid)
+    elapsed = time.perf_counter() - t0
+    result.metrics["trained_tokens"] = trained_tokens
+    result.metrics["elapsed_s"] = round(elapsed, 2)
+    reporter.event(
+        f"Fine-tuning finished: {state.global_step} steps, {trained_tokens} trained tokens in {elapsed:.1f}s",
+        data={k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+    )
+    return result
+
+
+def _prepare(
+    config: TrainJobConfig, tokenizer: Any, path: Path, label: str
+) -> tuple[list[dict[str, Any]], int]:
+    """Rows for the trainer and their loss-bearing tokens per epoch."""
+    hp = config.hyperparameters
+    examples = load_examples(path, config.data_format)
+    if config.method == "dpo":
+        rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
+        return rows, tokens
+    rows = build_sft_rows(
+        examples,
+        tokenizer,
+        data_format=config.data_format,
+        max_seq_length=hp.max_seq_length,
+        file_label=label,
+    )
+    tokens = count_trainable_tokens(rows)
+    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], tokens
+
+
+def _estimate_params(model_config: Any) -> int:
+    """Rough parameter count from the config alone (12 d^2 per layer + embeddings), to pick threads early."""
+    cfg = getattr(model_config, "text_config", None) or model_config
+    d = int(getattr(cfg, "hidden_size", 4096))
+    layers = int(getattr(cfg, "num_hidden_layers", 32))
+    vocab = int(getattr(cfg, "vocab_size", 32000))
+    return 12 * d * d * layers + 2 * vocab * d
+
+
+class _ReporterBridge(TrainerCallback):
+    """Turns Trainer callbacks into reporter calls, and reporter stop requests into Trainer control flags."""
+
+    def __init__(self, reporter: TrainingReporter, total_steps: int) -> None:
+        self.reporter = reporter
+        self.total_steps = total_steps
+        self.trainer: Any = None
+        self.history: list[dict[str, Any]] = []
+        self.pending: dict[str, Any] | None = None  # a train row waiting for this step's validation numbers
+        self.stopped: StopRequest | None = None
+        self.final_eval = False
+        self.full_valid: dict[str, Any] = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True  # always checkpoint the final step: it is the finished model
+            control.should_log = True  # and report its numbers even when logging is throttled
+        request = self.reporter.should_stop()
+        if request == "cancel":
+            self.stopped = "cancel"
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False  # cancel means: nothing more is written
+        elif request == "pause" and state.global_step < state.max_steps:
+            self.stopped = "pause"
+            control.should_training_stop = True
+            control.should_save = True  # the checkpoint that the resumed attempt will start from
+            control.should_evaluate = False
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if self.final_eval:
+            if "full_valid_loss" in logs:
+                self.full_valid = {
+                    "full_valid_loss": logs["full_valid_loss"],
+                    "full_valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
+                }
+            return
+        if "eval_loss" in logs:
+            if self.pending is None or self.pending["step"] != state.global_step:
+                self._flush()  # this step had no training log (throttled): a validation-only row
+                self.pending = {"step": state.global_step, "total_steps": self.total_steps}
+            self.pending["valid_loss"] = logs["eval_loss"]
+            self.pending["valid_mean_token_accuracy"] = logs.get("eval_mean_token_accuracy")
+            self._flush()
+        elif "loss" in logs:  # a training log (the end-of-run summary has train_loss instead)
+            self._flush()
+            self.pending = {
+                "step": state.global_step,
+                "total_steps": self.total_steps,
+                "epoch": round(state.epoch or 0.0, 4),
+                "learning_rate": logs.get("learning_rate"),
+                "train_loss": logs["loss"],
+                "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+            }
+            if "rewards/accuracies" in logs:  # DPO: how often chosen outscores rejected, and by how much
+                self.pending["train_reward_accuracy"] = logs["rewards/accuracies"]
+                self.pending["train_reward_margin"] = logs.get("rewards/margins")
+            if not control.should_evaluate:  # no validation pass follows this log: report now
+                self._flush()
+
+    def on_save(self, args, state, control, **kwargs):
+        self._flush()
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        metrics = dict(self.history[-1]) if self.history else {"step": state.global_step}
+        self.reporter.checkpoint(state.global_step, ckpt, metrics)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            self.history.append(self.pending)
+            self.reporter.metrics(self.pending)
+            self.pending = None
