@@ -13,7 +13,10 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -220,3 +223,15 @@ def make_storage(url: str, **s3_options: object) -> Storage:
 
         return S3Storage.from_url(url, **s3_options)  # type: ignore[arg-type]
     return LocalStorage(Path(url.removeprefix("file://")))
+
+
+def make_storage_from_settings(settings: Settings) -> Storage:
+    """The storage every process uses, built from FTSERVE_STORAGE_URL and the S3 options."""
+    return make_storage(
+        settings.resolved_storage_url,
+        endpoint=settings.s3_endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )

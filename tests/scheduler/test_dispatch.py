@@ -1,0 +1,165 @@
+"""validating_files → queued → running, against real Redis and SQLite: the arq task lands on the chosen
+worker's queue as JSON, and the DB (not Redis) decides what runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from arq.connections import ArqRedis
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from core import jobs
+from core.db import session_scope
+from core.models import File
+from core.queue import WorkerInfo, publish_worker, queue_name
+from core.redis_embedded import EmbeddedRedis
+from core.storage import Storage
+from scheduler.dispatch import claim, place_queued, validate_pending
+from scheduler.main import Scheduler, connect_redis
+from scheduler.placement import choose_worker
+from tests.scheduler.factories import chat_rows, get_job, make_file, make_job, make_org, messages
+
+
+async def _worker(
+    redis: ArqRedis, worker_id: str = "w1", *, max_jobs: int = 1, ttl_s: float = 30
+) -> WorkerInfo:
+    info = WorkerInfo(id=worker_id, max_jobs=max_jobs)
+    await publish_worker(redis, info, ttl_s=ttl_s)
+    return info
+
+
+async def test_validating_to_queued_to_running_enqueues_json_train_task(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis
+) -> None:
+    org = make_org(engine)
+    training = make_file(engine, storage, org, chat_rows(12))
+    validation = make_file(engine, storage, org, chat_rows(4))
+    job_id = make_job(engine, org, training, validation_file=validation)
+    await _worker(arq_redis, "w1")
+
+    result = await Scheduler(engine, arq_redis).tick()
+
+    assert result.validated == 1 and [(p.job_id, p.attempt, p.worker_id) for p in result.placed] == [
+        (job_id, 1, "w1")
+    ]
+    job = get_job(engine, job_id)
+    assert (job.status, job.attempt, job.worker_id) == (jobs.RUNNING, 1, "w1")
+    assert job.started_at is not None
+    assert messages(engine, job_id) == [
+        f"Created fine-tuning job: {job_id}",
+        "Validated training file: 12 examples",
+        "Validated validation file: 4 examples",
+        "Job queued",
+        "Fine-tuning job started",
+    ]
+    # The task is on w1's queue, under an idempotent id, and its payload is JSON (not a pickle).
+    assert await arq_redis.zrange(queue_name("w1"), 0, -1) == [f"{job_id}:1".encode()]
+    payload = json.loads(await arq_redis.get(f"arq:job:{job_id}:1"))
+    assert payload["f"] == "train" and payload["k"] == {"job_id": job_id, "attempt": 1}
+
+
+async def test_missing_or_foreign_files_fail_the_job_with_the_param(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis
+) -> None:
+    org, other = make_org(engine, "org-a"), make_org(engine, "org-b")
+    training = make_file(engine, storage, org, chat_rows(12))
+    foreign = make_file(engine, storage, other, chat_rows(12))
+    deleted = make_file(engine, storage, org, chat_rows(4))
+    with session_scope(engine) as session:
+        session.exec(select(File).where(File.id == deleted)).one().deleted_at = 1
+    foreign_job = make_job(engine, org, foreign)
+    deleted_validation_job = make_job(engine, org, training, validation_file=deleted)
+
+    assert validate_pending(engine) == 2
+
+    failed = get_job(engine, foreign_job)
+    assert failed.status == jobs.FAILED and failed.finished_at is not None
+    assert failed.error == {
+        "code": "invalid_training_file",
+        "message": f"The training file {foreign} no longer exists.",
+        "param": "training_file",
+    }
+    failed = get_job(engine, deleted_validation_job)
+    assert failed.status == jobs.FAILED and failed.error and failed.error["param"] == "validation_file"
+    assert messages(engine, deleted_validation_job)[-1] == f"The validation file {deleted} no longer exists."
+
+
+async def test_a_job_stays_queued_without_a_live_worker_with_room(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis
+) -> None:
+    org = make_org(engine)
+    training = make_file(engine, storage, org, chat_rows(12))
+    first, second = make_job(engine, org, training), make_job(engine, org, training)
+    scheduler = Scheduler(engine, arq_redis)
+
+    assert (await scheduler.tick()).placed == []  # no worker at all
+    assert get_job(engine, first).status == jobs.QUEUED
+
+    await _worker(arq_redis, "dead", ttl_s=0.05)  # a heartbeat that has expired
+    await asyncio.sleep(0.2)
+    assert (await scheduler.tick()).placed == []
+
+    await _worker(arq_redis, "w1", max_jobs=1)  # room for one: the oldest goes first
+    assert [p.job_id for p in (await scheduler.tick()).placed] == [first]
+    assert (await scheduler.tick()).placed == []  # w1 is full while the DB says it holds `first`
+    assert get_job(engine, second).status == jobs.QUEUED and get_job(engine, second).attempt == 0
+
+    with session_scope(engine) as session:  # the runner of `first` finishes and releases its slot
+        jobs.transition(
+            session, job_id=first, from_status=[jobs.RUNNING], to_status=jobs.CANCELLED, worker_id=None
+        )
+    assert [p.job_id for p in (await scheduler.tick()).placed] == [second]
+
+
+async def test_a_failed_enqueue_puts_the_job_back_in_the_queue(
+    engine: Engine, storage: Storage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    org = make_org(engine)
+    job_id = make_job(engine, org, make_file(engine, storage, org, chat_rows(12)), status=jobs.QUEUED)
+    with EmbeddedRedis(tmp_path_factory.mktemp("doomed-redis"), appendonly=False) as server:
+        redis = await connect_redis(server.url)
+    # Redis is gone now: the claim succeeds in the DB, the enqueue fails, and the claim is undone.
+    placed = await place_queued(engine, redis, [WorkerInfo(id="w1")])
+    await redis.close(close_connection_pool=True)
+
+    assert placed == []
+    job = get_job(engine, job_id)
+    assert (job.status, job.worker_id, job.attempt) == (jobs.QUEUED, None, 1)
+    assert messages(engine, job_id)[-2:] == [
+        "Fine-tuning job started",
+        "Could not start on a worker (ConnectionError); job queued again",
+    ]
+
+
+def test_claims_racing_on_one_job_place_it_once(engine: Engine, storage: Storage) -> None:
+    org = make_org(engine)
+    job_id = make_job(engine, org, make_file(engine, storage, org, chat_rows(12)), status=jobs.QUEUED)
+    job = get_job(engine, job_id)
+    workers = [WorkerInfo(id=f"w{i}") for i in range(8)]
+    barrier = threading.Barrier(len(workers))
+    wins: list[int | None] = []
+
+    def race(worker: WorkerInfo) -> None:
+        barrier.wait()
+        wins.append(claim(engine, job, worker))
+
+    threads = [threading.Thread(target=race, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(wins, key=lambda w: w or 0) == [None] * 7 + [1]
+    assert messages(engine, job_id).count("Fine-tuning job started") == 1
+
+
+def test_choose_worker_prefers_free_slots_and_skips_full_workers() -> None:
+    workers = [WorkerInfo(id="a", max_jobs=2), WorkerInfo(id="b", max_jobs=1), WorkerInfo(id="c", max_jobs=3)]
+    job = None  # the basic placement does not look at the job
+    assert choose_worker(job, workers, {}).id == "c"  # type: ignore[arg-type,union-attr]
+    assert choose_worker(job, workers, {"c": 2}).id == "a"  # type: ignore[arg-type,union-attr]
+    assert choose_worker(job, workers, {"a": 2, "b": 1, "c": 3}) is None  # type: ignore[arg-type]
