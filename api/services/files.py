@@ -47,7 +47,11 @@ def _expires_at(fields: dict[str, str]) -> int | None:
         return None
     if anchor != "created_at":
         raise InvalidRequestError("expires_after[anchor] must be 'created_at'.", param="expires_after.anchor")
-    if seconds is None or not seconds.isdigit() or not EXPIRES_MIN_S <= int(seconds) <= EXPIRES_MAX_S:
+    if (
+        seconds is None
+        or not (seconds.isascii() and seconds.isdigit())
+        or not EXPIRES_MIN_S <= int(seconds) <= EXPIRES_MAX_S
+    ):
         raise InvalidRequestError(
             f"expires_after[seconds] must be an integer from {EXPIRES_MIN_S} to {EXPIRES_MAX_S}.",
             param="expires_after.seconds",
@@ -83,7 +87,7 @@ async def create_file(
     row = File(
         id=file_id,
         organization_id=org.id,
-        filename=(result.filename or "upload.jsonl")[:512],
+        filename=result.filename or "upload.jsonl",
         purpose=purpose,
         bytes=result.bytes,
         expires_at=expires_at,

@@ -58,6 +58,7 @@ class _StreamingForm:
         self._header_value = bytearray()
         self._field_value = bytearray()
         self._in_file = False
+        self.complete = False
 
     # python-multipart callbacks -------------------------------------------------------------------------
     def on_part_begin(self) -> None:
@@ -87,7 +88,7 @@ class _StreamingForm:
             if self.file_seen:
                 raise InvalidRequestError("Send exactly one 'file' part.", param="file")
             self.file_seen = True
-            self.filename = self._part.filename or "upload.jsonl"
+            self.filename = clean_filename(self._part.filename)
             self.writer = self.storage.open_writer(self.key)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -114,6 +115,10 @@ class _StreamingForm:
             self.fields[self._part.name] = self._field_value.decode("utf-8", "replace")
         self._in_file = False
 
+    def on_end(self) -> None:
+        # Called only when the closing boundary arrives: without it the body was cut short.
+        self.complete = True
+
     def callbacks(self) -> dict[str, object]:
         return {
             name: getattr(self, name)
@@ -125,8 +130,15 @@ class _StreamingForm:
                 "on_headers_finished",
                 "on_part_data",
                 "on_part_end",
+                "on_end",
             )
         }
+
+
+def clean_filename(name: str | None) -> str:
+    """A display name only (storage keys are ours): drop control characters, keep it short."""
+    cleaned = "".join(ch for ch in (name or "") if ch.isprintable()).strip()
+    return cleaned[:255] or "upload.jsonl"
 
 
 def check_purpose(purpose: str | None) -> None:
@@ -177,6 +189,10 @@ async def receive_upload(
         parser.finalize()
         if not form.file_seen:
             raise InvalidRequestError("Missing the 'file' part of the upload.", param="file")
+        if not form.complete:
+            raise InvalidRequestError(
+                "The upload was cut short: the multipart body has no closing boundary.", param="file"
+            )
         report = await run_in_threadpool(form.validator.finish)
         assert form.writer is not None
         if report.ok:

@@ -434,9 +434,8 @@ def _file_ids(client: TestClient, key: str) -> set[str]:
 RequestCase = Callable[[TestClient, str], Response]
 
 
-def _req(case_id: str, param: str, send: RequestCase, bug: str | None = None) -> Any:
-    marks = [pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug)] if bug else []
-    return pytest.param(send, param, id=case_id, marks=marks)
+def _req(case_id: str, param: str, send: RequestCase) -> Any:
+    return pytest.param(send, param, id=case_id)
 
 
 def _raw(body: bytes, content_type: str = MULTIPART) -> RequestCase:
@@ -454,15 +453,6 @@ def _expires(seconds: str) -> RequestCase:
 PURPOSE = _field_part("purpose", b"fine-tune")
 HUGE_HEADER = (
     f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"{"x" * 100_000}\r\n\r\n'.encode()
-)
-BUG_UNICODE_DIGIT = (
-    "BUG: api/services/files.py _expires_at accepts str.isdigit(), which is true for '3600²', then "
-    "int('3600²') raises ValueError -> 500 server_error instead of 400 param expires_after.seconds"
-)
-BUG_NO_CLOSING_BOUNDARY = (
-    "BUG: api/services/uploads.py receive_upload never checks that the multipart parser reached the closing "
-    "boundary (python-multipart's finalize() does not), so a truncated body is stored as a complete upload: "
-    "200 status=processed with the 11 lines received so far"
 )
 
 # fmt: off
@@ -488,13 +478,13 @@ REQUEST_CASES = [
     _req("garbage-part-headers", "file", _raw(f"--{BOUNDARY}\r\ngarbage\r\n\r\n\x00".encode())),
     _req("oversized-part-header", "file", _raw(HUGE_HEADER)),
     _req("multipart-missing-closing-boundary", "file",
-         _raw(PURPOSE + _file_part(chat_jsonl(11))[:-2]), bug=BUG_NO_CLOSING_BOUNDARY),
+         _raw(PURPOSE + _file_part(chat_jsonl(11))[:-2])),
     _req("expires-after-seconds-too-small", "expires_after.seconds", _expires("10")),
     _req("expires-after-seconds-too-large", "expires_after.seconds", _expires("2592001")),
     _req("expires-after-seconds-negative", "expires_after.seconds", _expires("-1")),
     _req("expires-after-seconds-not-a-number", "expires_after.seconds", _expires("1h")),
     _req("expires-after-seconds-unicode-digit", "expires_after.seconds",
-         _expires("3600\u00b2"), bug=BUG_UNICODE_DIGIT),
+         _expires("3600\u00b2")),
     _req("expires-after-anchor-missing", "expires_after.anchor", _form(**{"expires_after[seconds]": "3600"})),
     _req("expires-after-anchor-wrong", "expires_after.anchor",
          _form(**{"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"})),
@@ -539,22 +529,11 @@ def test_body_over_max_upload_bytes_chunked_is_413(limited_client: TestClient, o
     assert resp.json()["error"]["code"] == "payload_too_large"
 
 
-def test_nul_byte_in_filename_is_not_5xx(
-    request: pytest.FixtureRequest, client: TestClient, settings: Settings, org_a_key: str
-) -> None:
-    if settings.database_url is not None:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="BUG: a NUL byte in the multipart filename reaches the INSERT into files.filename; "
-                "PostgreSQL text cannot hold NUL -> psycopg DataError -> 500 server_error (and the object "
-                "already committed to storage is orphaned). SQLite stores it.",
-            )
-        )
+def test_nul_byte_in_filename_is_not_5xx(client: TestClient, org_a_key: str) -> None:
     resp = _post_raw(client, org_a_key, PURPOSE + _file_part(CHAT, filename=b"a\x00b.jsonl") + END)
     assert resp.status_code < 500, resp.text
-    assert resp.status_code in (200, 400), resp.text
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["filename"] == "ab.jsonl"
 
 
 # ------------------------------------------------------------------------------- a 200 MB valid upload
