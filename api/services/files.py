@@ -100,8 +100,13 @@ async def create_file(
         storage_key=key,
         sha256=result.sha256,
     )
-    with session_scope(engine) as session:
-        session.add(row)
+    try:
+        with session_scope(engine) as session:
+            session.add(row)
+    except BaseException:
+        # No row, no object: never leave bytes that nothing lists.
+        storage.delete(key)
+        raise
     if not report.ok:
         more = f" {report.error_count} errors in total;" if report.error_count > 1 else ""
         raise FileValidationError(
