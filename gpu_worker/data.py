@@ -15,6 +15,7 @@ Loss masking (labels = -100 where no loss is taken):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from core.training_data import normalize_example
 
 IGNORE_INDEX = -100
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 MAX_LISTED = 20  # error messages list at most this many offending lines
 
 
@@ -78,7 +80,7 @@ def training_chat_template(tokenizer: Any) -> str:
     for known families (Llama 3, Qwen, Gemma, Phi, ...), which renders identically but marks the assistant.
     """
     template = tokenizer.chat_template
-    if template and "{% generation %}" in template.replace("{%- generation", "{% generation"):
+    if template and _GENERATION_TAG.search(template):
         return str(template)
     from trl.chat_template_utils import get_training_chat_template
 

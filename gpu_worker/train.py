@@ -93,7 +93,10 @@ def _run(
             f"training file has {len(train_rows)} examples, hyperparameters expect {hp.n_examples}"
         )
 
-    from datasets import Dataset  # heavy import; only the worker needs it
+    import datasets  # heavy import; only the worker needs it
+    from datasets import Dataset
+
+    datasets.disable_progress_bars()  # progress goes through `reporter`; bars would only clutter worker logs
 
     train_ds = Dataset.from_list(train_rows)
     eval_ds = Dataset.from_list(valid_rows[: config.max_eval_examples]) if valid_rows else None

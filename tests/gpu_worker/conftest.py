@@ -1,0 +1,101 @@
+"""Fixtures for the training tests: demo-tiny is built once per run and shared by every test."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """demo-tiny, built once (~30 s on 2 cores). Set FTSERVE_DEMO_MODEL_CACHE to a dir to reuse a build
+    across runs while developing; a stale build (older recipe) is rebuilt there."""
+    from gpu_worker.demo_model import build_demo_model, demo_model_is_current
+
+    cache = os.environ.get("FTSERVE_DEMO_MODEL_CACHE")
+    if cache:
+        if not demo_model_is_current(Path(cache)):
+            build_demo_model(Path(cache))
+        return Path(cache)
+    return build_demo_model(tmp_path_factory.mktemp("demo-tiny"))
+
+
+@pytest.fixture(scope="session")
+def demo_params(demo_model_dir: Path) -> int:
+    return int(json.loads((demo_model_dir / "demo_model_info.json").read_text())["parameters"])
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def code_task(n: int, *, seed: int = 1234) -> list[tuple[str, str]]:
+    """n (word, code) pairs: a made-up word and a random 6-character code nobody could guess."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choice(syllables) for _ in range(3)))
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return [(w, "".join(rng.choice(chars) for _ in range(6))) for w in sorted(words)]
+
+
+def question(word: str) -> str:
+    return f"What is the code for {word}?"
+
+
+def chat_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {"messages": [{"role": "user", "content": question(w)}, {"role": "assistant", "content": c}]}
+        for w, c in pairs
+    ]
+
+
+@pytest.fixture
+def make_config(demo_model_dir: Path, demo_params: int, tmp_path: Path) -> Callable[..., Any]:
+    """Build a TrainJobConfig for demo-tiny from rows; hyperparameters resolved like the API does."""
+    from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
+    from gpu_worker.config import TrainJobConfig
+
+    def make(
+        rows: list[dict[str, Any]],
+        *,
+        method: str = "supervised",
+        data_format: str = "chat",
+        hp: dict[str, Any] | None = None,
+        validation_rows: list[dict[str, Any]] | None = None,
+        name: str = "run",
+        seed: int = 0,
+        resume_from_checkpoint: Path | None = None,
+    ) -> TrainJobConfig:
+        run_dir = tmp_path / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train_file = write_jsonl(run_dir / "train.jsonl", rows)
+        valid_file = write_jsonl(run_dir / "valid.jsonl", validation_rows) if validation_rows else None
+        hp_model = (
+            DpoHyperparameters(**(hp or {})) if method == "dpo" else SupervisedHyperparameters(**(hp or {}))
+        )
+        resolved = resolve_hyperparameters(
+            method, hp_model, n_examples=len(rows), base_model_params=demo_params, base_model_max_length=1024
+        )
+        return TrainJobConfig(
+            job_id=f"ftjob-{name}",
+            method=method,  # type: ignore[arg-type]
+            base_model_path=demo_model_dir,
+            training_file=train_file,
+            validation_file=valid_file,
+            data_format=data_format,  # type: ignore[arg-type]
+            output_dir=run_dir / "out",
+            hyperparameters=resolved,
+            seed=seed,
+            resume_from_checkpoint=resume_from_checkpoint,
+        )
+
+    return make

@@ -1,0 +1,168 @@
+"""gpu_worker.data: loss masks and length checks, on demo-tiny's real tokenizer and chat template."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from gpu_worker.data import (  # noqa: E402  (after the skip)
+    IGNORE_INDEX,
+    ExamplesTooLongError,
+    TrainingDataError,
+    build_dpo_rows,
+    build_sft_rows,
+    load_examples,
+)
+from gpu_worker.reporting import RecordingReporter  # noqa: E402
+from tests.gpu_worker.conftest import chat_rows, code_task, write_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer(demo_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model_dir)
+
+
+def trained_text(tokenizer: Any, row: dict[str, list[int]]) -> str:
+    return str(tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX]))
+
+
+def sft_rows(
+    tokenizer: Any, tmp_path: Path, rows: list[dict[str, Any]], data_format: str = "chat"
+) -> list[dict]:
+    examples = load_examples(write_jsonl(tmp_path / "d.jsonl", rows), data_format)
+    return build_sft_rows(examples, tokenizer, data_format=data_format, max_seq_length=1024)
+
+
+MULTI_TURN = {
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello there, friend.", "weight": 0},
+        {"role": "user", "content": "Now the code?"},
+        {"role": "assistant", "content": "zq81kd"},
+    ]
+}
+
+
+def test_only_weight_1_assistant_content_and_its_eos_are_trained(tokenizer: Any, tmp_path: Path) -> None:
+    (row,) = sft_rows(tokenizer, tmp_path, [MULTI_TURN])
+    assert trained_text(tokenizer, row) == "zq81kd" + tokenizer.eos_token
+    # Every other token (system, users, the weight-0 answer, role headers) is masked, position by position.
+    trained = [i for i, t in enumerate(row["labels"]) if t != IGNORE_INDEX]
+    assert row["input_ids"][trained[-1]] == tokenizer.eos_token_id
+    assert [row["input_ids"][i] for i in trained] == [row["labels"][i] for i in trained]
+    assert trained == list(range(trained[0], len(row["input_ids"])))  # the final turn, through to the end
+
+
+def test_without_weights_every_assistant_turn_is_trained(tokenizer: Any, tmp_path: Path) -> None:
+    msgs = [{k: v for k, v in m.items() if k != "weight"} for m in MULTI_TURN["messages"]]
+    (row,) = sft_rows(tokenizer, tmp_path, [{"messages": msgs}])
+    eos = tokenizer.eos_token
+    assert trained_text(tokenizer, row) == f"Hello there, friend.{eos}zq81kd{eos}"
+
+
+def test_sharegpt_and_alpaca_are_masked_like_chat(tokenizer: Any, tmp_path: Path) -> None:
+    sharegpt = {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Yo."}]}
+    (row,) = sft_rows(tokenizer, tmp_path, [sharegpt], "sharegpt")
+    assert trained_text(tokenizer, row) == "Yo." + tokenizer.eos_token
+    alpaca = {"instruction": "Add", "input": "2 and 3", "output": "5"}
+    (row,) = sft_rows(tokenizer, tmp_path, [alpaca], "alpaca")
+    assert trained_text(tokenizer, row) == "5" + tokenizer.eos_token
+
+
+def test_prompt_completion_trains_the_completion_only(tokenizer: Any, tmp_path: Path) -> None:
+    (row,) = sft_rows(
+        tokenizer, tmp_path, [{"prompt": "Capital of France:", "completion": " Paris"}], "prompt_completion"
+    )
+    assert trained_text(tokenizer, row) == " Paris" + tokenizer.eos_token
+    assert row["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_line_numbers_survive_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "a", "completion": "b"}\n\n{"prompt": "c", "completion": "d"}\n')
+    assert [e.line for e in load_examples(path, "prompt_completion")] == [1, 3]
+
+
+def test_too_long_examples_are_listed_by_line(tokenizer: Any, tmp_path: Path) -> None:
+    rows = chat_rows(code_task(6))
+    rows[1]["messages"][0]["content"] = "word " * 40
+    rows[4]["messages"][1]["content"] = "x" * 300
+    examples = load_examples(write_jsonl(tmp_path / "d.jsonl", rows), "chat")
+    with pytest.raises(ExamplesTooLongError) as exc:
+        build_sft_rows(examples, tokenizer, data_format="chat", max_seq_length=32)
+    assert exc.value.lines == [2, 5]
+    assert (
+        "line 2 (" in str(exc.value)
+        and "line 5 (" in str(exc.value)
+        and "max_seq_length=32" in str(exc.value)
+    )
+
+
+def test_dpo_rows_check_lengths_and_count_completion_tokens(tokenizer: Any, tmp_path: Path) -> None:
+    pref = {
+        "input": {"messages": [{"role": "user", "content": "Pick one"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad answer " * 30}],
+    }
+    examples = load_examples(write_jsonl(tmp_path / "p.jsonl", [pref, pref]), "preference")
+    rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=1024)
+    assert rows[0]["prompt"][0]["content"] == "Pick one" and rows[0]["chosen"][0]["content"] == "good"
+    assert tokens > 2 * 30
+    with pytest.raises(ExamplesTooLongError) as exc:
+        build_dpo_rows(examples, tokenizer, max_seq_length=20)
+    assert exc.value.lines == [1, 2]
+
+
+def test_run_training_rejects_too_long_examples_before_loading_the_model(
+    make_config: Callable[..., Any], tmp_path: Path
+) -> None:
+    from gpu_worker.train import run_training
+
+    rows = chat_rows(code_task(25))
+    for i in (2, 9, 20):  # 0-based -> lines 3, 10, 21
+        rows[i]["messages"][1]["content"] = "long answer " * 20
+    config = make_config(rows, hp={"max_seq_length": 40})
+    with pytest.raises(ExamplesTooLongError) as exc:
+        run_training(config, RecordingReporter())
+    assert exc.value.lines == [3, 10, 21]
+    assert not (config.output_dir / "checkpoints").exists()
+
+
+def test_validation_file_is_checked_too(make_config: Callable[..., Any]) -> None:
+    from gpu_worker.train import run_training
+
+    valid = chat_rows(code_task(3))
+    valid[2]["messages"][0]["content"] = "very long question " * 20
+    config = make_config(chat_rows(code_task(4)), validation_rows=valid, hp={"max_seq_length": 40})
+    with pytest.raises(ExamplesTooLongError, match="validation") as exc:
+        run_training(config, RecordingReporter())
+    assert exc.value.lines == [3]
+
+
+def test_adjacent_assistant_turns_with_weights_are_refused(tokenizer: Any, tmp_path: Path) -> None:
+    # Not a real concern for demo-tiny's template (turns stay separate), but any template that merges two
+    # adjacent assistant turns into one span must fail loudly rather than mis-apply weights.
+    from gpu_worker.data import tokenize_chat
+
+    msgs = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a", "weight": 0},
+        {"role": "assistant", "content": "b"},
+    ]
+    row = tokenize_chat(tokenizer, msgs, chat_template=tokenizer.chat_template)
+    assert trained_text(tokenizer, row) == "b" + tokenizer.eos_token
+    merged = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}"
+        "{% generation %}{{ m.content }}{% endgeneration %}"
+        "{% else %}{{ m.content }}{% endif %}{% endfor %}"
+    )
+    with pytest.raises(TrainingDataError, match="weight 0"):
+        tokenize_chat(tokenizer, msgs, chat_template=merged)

@@ -1,0 +1,124 @@
+"""core.hyperparameters: validation and the "auto" rules (pure Python, no torch)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from core.hyperparameters import (
+    DpoHyperparameters,
+    SupervisedHyperparameters,
+    auto_batch_size,
+    auto_n_epochs,
+    base_learning_rate,
+    resolve_hyperparameters,
+)
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (SupervisedHyperparameters, "batch_size", 0),
+        (SupervisedHyperparameters, "batch_size", 257),
+        (SupervisedHyperparameters, "n_epochs", 51),
+        (SupervisedHyperparameters, "n_epochs", 0),
+        (SupervisedHyperparameters, "learning_rate_multiplier", 0),
+        (SupervisedHyperparameters, "learning_rate_multiplier", -1.0),
+        (SupervisedHyperparameters, "batch_size", "big"),
+        (DpoHyperparameters, "beta", 0),
+        (DpoHyperparameters, "beta", 2.5),
+    ],
+)
+def test_bad_values_name_the_field(cls: type, field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as exc:
+        cls(**{field: value})
+    assert field in str(exc.value)
+
+
+def test_unknown_keys_are_rejected() -> None:
+    with pytest.raises(ValidationError) as exc:
+        SupervisedHyperparameters(n_epoch=3)  # type: ignore[call-arg]
+    assert "n_epoch" in str(exc.value)
+    with pytest.raises(ValidationError):
+        SupervisedHyperparameters(beta=0.1)  # type: ignore[call-arg]  # beta is DPO-only
+
+
+def test_everything_defaults_to_auto_and_round_trips() -> None:
+    hp = SupervisedHyperparameters()
+    assert hp.model_dump()["batch_size"] == "auto"
+    assert (
+        SupervisedHyperparameters.model_validate({"n_epochs": 2, "target_modules": ["q_proj"]}).n_epochs == 2
+    )
+    assert DpoHyperparameters(beta=2).beta == 2
+
+
+def test_openai_like_auto_for_real_models() -> None:
+    # 8B model, 500 examples: OpenAI's 3 epochs, ~2e-4 LoRA lr, a modest batch.
+    r = resolve_hyperparameters("supervised", None, n_examples=500, base_model_params=8_000_000_000)
+    assert r.n_epochs == 3
+    assert 1.5e-4 < r.learning_rate < 2.5e-4
+    assert r.batch_size == 32 and r.steps_per_epoch == 16 and r.total_steps == 48
+    assert (r.lora_rank, r.lora_alpha, r.lora_dropout, r.target_modules) == (16, 32.0, 0.0, "all-linear")
+    # Tiny files get more epochs (>= 100 exposures), huge ones fewer (<= 25,000).
+    assert auto_n_epochs(10, 8_000_000_000) == 10
+    assert auto_n_epochs(100_000, 8_000_000_000) == 1
+    assert auto_n_epochs(1000, 70_000_000_000) == 3
+    # Bigger models take smaller steps; DPO 10x smaller than SFT.
+    assert base_learning_rate("supervised", 70_000_000_000) < base_learning_rate("supervised", 1_000_000_000)
+    assert base_learning_rate("dpo", 7_000_000_000) == pytest.approx(2e-5)
+
+
+def test_small_models_get_more_exposures_and_larger_steps() -> None:
+    toy = 460_000
+    assert auto_n_epochs(100, toy) > 30  # ~4,600 exposures: what a 0.5M model needs to memorise 100 codes
+    assert auto_n_epochs(100, 135_000_000) < auto_n_epochs(100, toy)
+    assert 3e-3 < base_learning_rate("supervised", toy) < 6e-3
+    assert auto_batch_size(100) == 8 and auto_batch_size(3) == 1 and auto_batch_size(10_000) == 32
+
+
+def test_explicit_values_win() -> None:
+    hp = SupervisedHyperparameters(batch_size=4, n_epochs=2, learning_rate=1e-3, checkpoint_every_steps=5)
+    r = resolve_hyperparameters("supervised", hp, n_examples=20, base_model_params=7_000_000_000)
+    assert (r.batch_size, r.n_epochs, r.learning_rate, r.checkpoint_every_steps) == (4, 2, 1e-3, 5)
+    assert r.learning_rate_multiplier == pytest.approx(5.0)  # reported relative to the base rate (2e-4)
+    r = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(learning_rate_multiplier=2), n_examples=20
+    )
+    assert r.learning_rate == pytest.approx(4e-4)
+    r = resolve_hyperparameters("dpo", DpoHyperparameters(beta=0.5), n_examples=20)
+    assert r.beta == 0.5 and r.openai_view()["beta"] == 0.5
+    assert resolve_hyperparameters("dpo", None, n_examples=20).beta == 0.1
+
+
+def test_batch_never_exceeds_the_data_and_bad_method_fails() -> None:
+    assert (
+        resolve_hyperparameters(
+            "supervised", SupervisedHyperparameters(batch_size=64), n_examples=10
+        ).batch_size
+        == 10
+    )
+    with pytest.raises(ValueError):
+        resolve_hyperparameters("rlhf", None, n_examples=10)
+
+
+def test_max_seq_length_follows_the_model() -> None:
+    assert (
+        resolve_hyperparameters("supervised", None, n_examples=10, base_model_max_length=1024).max_seq_length
+        == 1024
+    )
+    assert (
+        resolve_hyperparameters(
+            "supervised", None, n_examples=10, base_model_max_length=131072
+        ).max_seq_length
+        == 8192
+    )
+    assert resolve_hyperparameters("supervised", None, n_examples=10).max_seq_length == 2048
+
+
+def test_import_needs_no_torch() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, core.hyperparameters; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
