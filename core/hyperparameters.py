@@ -46,7 +46,7 @@ class _Hyperparameters(BaseModel):
 
     # ftserve extensions: LoRA shape
     lora_rank: Auto | Annotated[int, Field(ge=1, le=512)] = "auto"
-    lora_alpha: Auto | Annotated[float, Field(gt=0, le=4096)] = "auto"
+    lora_alpha: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
     lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = "auto"
     target_modules: Auto | Literal["all-linear"] | Annotated[list[str], Field(min_length=1)] = "auto"
     # ftserve extensions: training
@@ -79,7 +79,7 @@ class ResolvedHyperparameters(BaseModel):
     n_epochs: int
     beta: float | None = None  # DPO only
     lora_rank: int
-    lora_alpha: float
+    lora_alpha: int
     lora_dropout: float
     target_modules: list[str] | Literal["all-linear"]
     max_seq_length: int
@@ -111,20 +111,22 @@ def base_learning_rate(method: str, base_model_params: int | None) -> float:
     70B -> 9e-5, 8B -> 1.9e-4, 1B -> 3.8e-4, 135M -> 7.5e-4, a 0.5M toy -> 5e-3. Unknown size: the 7B rate.
     """
     params = base_model_params or REFERENCE_PARAMS
-    lr = REFERENCE_LORA_LR * (REFERENCE_PARAMS / params) ** (1 / 3)
+    lr = REFERENCE_LORA_LR * float(REFERENCE_PARAMS / params) ** (1 / 3)
     if method == "dpo":
         lr *= DPO_LR_FACTOR
-    return min(MAX_LR, max(MIN_LR, lr))
+    return float(min(MAX_LR, max(MIN_LR, lr)))
 
 
 def auto_n_epochs(n_examples: int, base_model_params: int | None) -> int:
     """OpenAI's epoch rule, with a floor on exposures that rises for small models.
 
-    OpenAI trains 3 epochs, raised so a small file is seen at least 100 times in total and lowered so a huge
-    one is seen at most 25,000 times. That floor suits >=1B models. Smaller models are less sample-efficient
-    (loss per token seen falls more slowly as models shrink: Kaplan et al. 2020; memorisation is slower in
-    smaller models: Tirumala et al. 2022), so below 1B the floor grows as sqrt(1B / params): 4 exposures per
-    100 at 60M... a 0.5M-parameter toy needs ~4,600 (measured: it memorises 100 random codes after ~3,000).
+    OpenAI trains 3 epochs, raised so that a small file gets at least 100 example exposures in total (capped
+    at 25 epochs there, 50 here) and lowered so that a huge one gets at most 25,000. That floor suits models
+    of 1B parameters and up. Smaller models are less sample-efficient (loss per token seen falls more slowly
+    as models shrink: Kaplan et al. 2020; memorisation takes more repetitions in smaller models: Tirumala et
+    al. 2022), so below 1B the floor grows as sqrt(1B / params): 100 exposures at >=1B, ~270 at 135M,
+    ~1,000 at 10M, ~4,700 at demo-tiny's 0.46M (measured: it memorises 100 random codes only after
+    ~3,000 exposures; at ~1,500 it gets about half of them).
     """
     params = base_model_params or SAMPLE_EFFICIENT_PARAMS
     min_exposures = MIN_TARGET_EXAMPLES * max(1.0, math.sqrt(SAMPLE_EFFICIENT_PARAMS / params))
@@ -160,7 +162,9 @@ def resolve_hyperparameters(
     - `n_epochs`: `auto_n_epochs(n_examples, base_model_params)`: 3, more for small files (>= 100 exposures at
       >= 1B params, more for smaller models), fewer for huge ones (<= 25,000 exposures).
     - `learning_rate`: explicit `learning_rate` wins; else `base_learning_rate(method, params)` times
-      `learning_rate_multiplier` (auto = 1.0). DPO uses a 10x smaller base.
+      `learning_rate_multiplier` (auto = 1.0). DPO uses a 10x smaller base. Unlike OpenAI's (relative to
+      the pretraining rate), our multiplier is relative to this base LoRA rate; with an explicit
+      `learning_rate` the reported multiplier is learning_rate / base.
     - `beta` (DPO): 0.1, the DPO paper's and TRL's default.
     - LoRA: rank 16, alpha = 2 x rank, dropout 0, all linear layers: the common QLoRA/"LoRA without regret"
       setting, which vLLM serves (rank <= its max_lora_rank).
@@ -168,6 +172,9 @@ def resolve_hyperparameters(
       the job with their line numbers rather than being truncated.
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
+
+    `base_model_params` (from the model registry or the model's config) sizes the lr and epochs; None means
+    "a real model" (>= 1B) and gives OpenAI's rules with a 7B-class learning rate.
     """
     if method not in ("supervised", "dpo"):
         raise ValueError(f"method must be 'supervised' or 'dpo', got {method!r}")
@@ -179,7 +186,7 @@ def resolve_hyperparameters(
         raise ValueError("beta applies to dpo only")
 
     batch_size = auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size
-    batch_size = min(batch_size, n_examples)  # a batch larger than the data would just repeat nothing
+    batch_size = min(batch_size, n_examples)  # a batch cannot hold more examples than the file has
     n_epochs = auto_n_epochs(n_examples, base_model_params) if hp.n_epochs == "auto" else hp.n_epochs
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     base_lr = base_learning_rate(method, base_model_params)
@@ -188,7 +195,7 @@ def resolve_hyperparameters(
         multiplier = lr / base_lr  # keep the OpenAI-visible multiplier consistent with what actually runs
 
     rank = 16 if hp.lora_rank == "auto" else hp.lora_rank
-    alpha = float(2 * rank) if hp.lora_alpha == "auto" else float(hp.lora_alpha)
+    alpha = 2 * rank if hp.lora_alpha == "auto" else hp.lora_alpha
     dropout = 0.0 if hp.lora_dropout == "auto" else float(hp.lora_dropout)
     targets: list[str] | Literal["all-linear"] = (
         "all-linear" if hp.target_modules == "auto" else hp.target_modules
@@ -211,7 +218,7 @@ def resolve_hyperparameters(
         beta = 0.1 if hp_beta == "auto" else float(hp_beta)
 
     return ResolvedHyperparameters(
-        method=method,  # type: ignore[arg-type]  # checked above
+        method=method,  # checked above
         batch_size=batch_size,
         learning_rate_multiplier=round(multiplier, 6),
         learning_rate=lr,

@@ -114,9 +114,9 @@ def _run(
         bias="none",  # vLLM serves no LoRA biases
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, lora)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    peft_model = get_peft_model(model, lora)
+    n_params = sum(p.numel() for p in peft_model.parameters())
+    n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
     # -- trainer arguments ---------------------------------------------------------------------------------
     log_every = max(1, math.ceil(hp.total_steps / MAX_LOGGED_STEPS))
@@ -148,20 +148,23 @@ def _run(
     }
     bridge = _ReporterBridge(reporter, hp.total_steps)
     if dpo:
-        from trl import DPOConfig, DPOTrainer
+        from trl.trainer.dpo_config import DPOConfig
+        from trl.trainer.dpo_trainer import DPOTrainer
 
-        args = DPOConfig(**common, beta=hp.beta, loss_type=["sigmoid"])
+        assert hp.beta is not None  # resolve_hyperparameters always sets it for dpo
+        args: Any = DPOConfig(**common, beta=hp.beta, loss_type=["sigmoid"])
         trainer: Any = DPOTrainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer, callbacks=[bridge],
         )  # fmt: skip
     else:
-        from trl import SFTConfig, SFTTrainer
+        from trl.trainer.sft_config import SFTConfig
+        from trl.trainer.sft_trainer import SFTTrainer
 
         # Our rows already carry input_ids and labels (assistant-only / completion-only, weight 0 masked).
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
         trainer = SFTTrainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+            model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tokenizer, callbacks=[bridge],
         )  # fmt: skip
     bridge.trainer = trainer
