@@ -1,0 +1,295 @@
+"""The worker's `TrainingReporter`: training progress becomes job events, progress fields, checkpoints in
+storage and JobCheckpoint rows, and `should_stop` answers from the job's row.
+
+Every write is fenced by the attempt: once the job is cancelled, re-placed or reaped, this attempt's writes
+change nothing. Metrics events are buffered and committed at most every `flush_interval_s`, so a fast tiny
+job does not turn into hundreds of commits per second; every row still becomes an event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from core import ids, jobs
+from core.db import session_scope
+from core.models import FineTuningJob, JobCheckpoint, now_s
+from core.storage import ObjectNotFound, Storage
+from gpu_worker.reporting import StopRequest
+
+log = logging.getLogger("ftserve.worker.reporter")
+
+MANIFEST = "_COMPLETE.json"
+KEEP_CHECKPOINTS = 3
+# The metric keys OpenAI shows on metrics events and checkpoints, and the two extra we report when known.
+METRIC_KEYS = (
+    "step",
+    "total_steps",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+    "epoch",
+    "learning_rate",
+    "train_reward_accuracy",  # DPO
+    "train_reward_margin",
+)
+LIVE = (jobs.RUNNING, jobs.PAUSED)  # a paused attempt still finishes its step and writes its checkpoint
+# The trainer announces its own stops; the runner reports them instead, because only it knows why (a pause,
+# a cancel, or the worker shutting down), so these are not repeated as job events.
+TRAINER_STOP_EVENT = re.compile(r"Training (paused|cancelled) at step \d+")
+
+
+def checkpoint_prefix(job_id: str, step: int) -> str:
+    return f"jobs/{job_id}/checkpoints/step-{step}"
+
+
+def metrics_message(data: dict[str, Any]) -> str:
+    """The event text, e.g. "Step 12/60: training loss=1.234, validation loss=1.301"."""
+    total = data.get("total_steps")
+    text = f"Step {data.get('step')}/{total}" if total else f"Step {data.get('step')}"
+    parts = []
+    if data.get("train_loss") is not None:
+        parts.append(f"training loss={data['train_loss']:.3f}")
+    if data.get("valid_loss") is not None:
+        parts.append(f"validation loss={data['valid_loss']:.3f}")
+    return f"{text}: {', '.join(parts)}" if parts else text
+
+
+def _clean_metrics(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in METRIC_KEYS:
+        value = data.get(key)
+        if value is None:
+            continue
+        out[key] = int(value) if key in ("step", "total_steps") else float(value)
+    return out
+
+
+# -- checkpoints in storage ------------------------------------------------------------------------------------
+
+
+def upload_checkpoint(storage: Storage, local_dir: Path, prefix: str, *, step: int) -> None:
+    """Upload a checkpoint dir; the manifest goes last, so a prefix without one is never trusted."""
+    storage.delete_prefix(prefix + "/")  # leftovers of an attempt that died mid-upload
+    files = {
+        p.relative_to(local_dir).as_posix(): p.stat().st_size
+        for p in sorted(local_dir.rglob("*"))
+        if p.is_file()
+    }
+    storage.upload_dir(local_dir, prefix)
+    manifest = {"step": step, "files": files, "created_at": now_s()}
+    storage.put_bytes(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+
+
+def checkpoint_is_complete(storage: Storage, prefix: str) -> bool:
+    """True when the manifest exists and every file it lists is there with its size."""
+    try:
+        manifest = json.loads(storage.get_bytes(f"{prefix}/{MANIFEST}"))
+        files: dict[str, int] = manifest["files"]
+        return bool(files) and all(storage.size(f"{prefix}/{name}") == size for name, size in files.items())
+    except (ObjectNotFound, ValueError, KeyError, TypeError):
+        return False
+
+
+def delete_checkpoint_objects(storage: Storage, prefix: str) -> None:
+    storage.delete(f"{prefix}/{MANIFEST}")  # unpublish first: a half-deleted checkpoint is never complete
+    storage.delete_prefix(prefix + "/")
+
+
+# -- the reporter ----------------------------------------------------------------------------------------------
+
+
+class DbReporter:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        storage: Storage,
+        job_id: str,
+        attempt: int,
+        organization_id: str,
+        model_name: str,
+        shutdown: threading.Event | None = None,
+        flush_interval_s: float = 0.25,
+        keep_checkpoints: int = KEEP_CHECKPOINTS,
+    ) -> None:
+        self.engine = engine
+        self.storage = storage
+        self.job_id = job_id
+        self.attempt = attempt
+        self.organization_id = organization_id
+        self.model_name = model_name  # the future fine_tuned_model; checkpoints are named after it
+        self.shutdown = shutdown or threading.Event()
+        self.flush_interval_s = flush_interval_s
+        self.keep_checkpoints = keep_checkpoints
+        self.step = 0
+        self.total_steps: int | None = None
+        self.last_checkpoint_step: int | None = None
+        self._pending: list[dict[str, Any]] = []  # events not yet committed, in order
+        self._last_flush = 0.0
+        self._rate_start: tuple[float, int] | None = None  # (time, step) of the first metrics row
+        self._estimated_finish: int | None = None
+
+    # -- writes --------------------------------------------------------------------------------------------
+
+    def write_events(
+        self, events: list[dict[str, Any]], *, statuses: Collection[str] = LIVE, **fields: Any
+    ) -> bool:
+        """Commit `events` (and job `fields`) only while the job is still this attempt's and in `statuses`.
+        The fenced UPDATE comes first: it is the fence, and on SQLite it takes the write lock up front."""
+        with session_scope(self.engine) as session:
+            if not jobs.update_fenced(
+                session, job_id=self.job_id, attempt=self.attempt, statuses=statuses, **fields
+            ):
+                return False
+            for event in events:
+                jobs.append_event(session, job_id=self.job_id, **event)
+        return True
+
+    def flush(self, *, force: bool = False) -> None:
+        if not self._pending and not force:
+            return
+        if not force and time.monotonic() - self._last_flush < self.flush_interval_s:
+            return
+        pending, self._pending = self._pending, []
+        self._last_flush = time.monotonic()
+        progress: dict[str, Any] = {"step": self.step, "estimated_finish": self._estimated_finish}
+        if self.total_steps is not None:
+            progress["total_steps"] = self.total_steps
+        self.write_events(pending, **progress)
+
+    # -- TrainingReporter ----------------------------------------------------------------------------------
+
+    def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
+        if TRAINER_STOP_EVENT.fullmatch(message):
+            return
+        self._pending.append({"message": message, "level": level, "data": data})
+        self.flush(force=True)
+
+    def metrics(self, data: dict[str, Any]) -> None:
+        row = _clean_metrics(data)
+        if "step" not in row:
+            return
+        self.step = row["step"]
+        self.total_steps = row.get("total_steps", self.total_steps)
+        self._update_estimate()
+        self._pending.append({"message": metrics_message(row), "type": "metrics", "data": row})
+        self.flush()
+
+    def checkpoint(self, step: int, local_dir: Path, metrics: dict[str, Any]) -> None:
+        self.flush(force=True)
+        if not self._still_ours():
+            return  # cancelled or re-placed: don't publish anything more
+        prefix = checkpoint_prefix(self.job_id, step)
+        upload_checkpoint(self.storage, Path(local_dir), prefix, step=step)
+        name = jobs.checkpoint_model_name(self.model_name, step)
+        row_metrics = {**_clean_metrics(metrics), "step": step}
+        with session_scope(self.engine) as session:
+            if not jobs.update_fenced(session, job_id=self.job_id, attempt=self.attempt, statuses=LIVE):
+                published = False
+            else:
+                published = True
+                self._upsert_checkpoint(session, step, name, prefix, row_metrics)
+                jobs.append_event(
+                    session,
+                    job_id=self.job_id,
+                    message=f"Checkpoint created at step {step}",
+                    data={"step": step, "fine_tuned_model_checkpoint": name},
+                )
+                expired = self._expire_old_checkpoints(session)
+        if not published:
+            delete_checkpoint_objects(self.storage, prefix)
+            return
+        self.last_checkpoint_step = step
+        for old_prefix in expired:
+            delete_checkpoint_objects(self.storage, old_prefix)
+
+    def should_stop(self) -> StopRequest | None:
+        self.flush()
+        row = self._status()
+        if row is None or row[1] != self.attempt:
+            return "cancel"
+        if row[0] == jobs.PAUSED:
+            return "pause"
+        if row[0] != jobs.RUNNING:
+            return "cancel"  # cancelled, or moved by someone else: stop without a checkpoint
+        # The worker is shutting down: checkpoint like a pause; the runner then puts the job back in the queue.
+        return "pause" if self.shutdown.is_set() else None
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    def _status(self) -> tuple[str, int] | None:
+        """(status, attempt): one cheap indexed SELECT."""
+        with Session(self.engine) as session:
+            row = session.exec(
+                select(FineTuningJob.status, FineTuningJob.attempt).where(FineTuningJob.id == self.job_id)
+            ).first()
+        return None if row is None else (row[0], row[1])
+
+    def _still_ours(self) -> bool:
+        row = self._status()
+        return row is not None and row[1] == self.attempt and row[0] in LIVE
+
+    def _update_estimate(self) -> None:
+        now = time.time()
+        if self._rate_start is None:
+            self._rate_start = (now, self.step)
+            return
+        started, first_step = self._rate_start
+        if self.total_steps and self.step > first_step:
+            seconds_per_step = (now - started) / (self.step - first_step)
+            self._estimated_finish = int(now + seconds_per_step * max(0, self.total_steps - self.step))
+
+    def _upsert_checkpoint(
+        self, session: Session, step: int, name: str, prefix: str, metrics: dict[str, Any]
+    ) -> None:
+        # A resumed attempt may save a step an earlier attempt also saved: same prefix, so update that row.
+        existing = session.exec(
+            select(JobCheckpoint).where(
+                JobCheckpoint.job_id == self.job_id,
+                JobCheckpoint.step_number == step,
+                col(JobCheckpoint.deleted_at).is_(None),
+            )
+        ).first()
+        if existing is not None:
+            existing.metrics, existing.attempt, existing.created_at = metrics, self.attempt, now_s()
+            session.add(existing)
+            return
+        session.add(
+            JobCheckpoint(
+                id=ids.checkpoint_id(),
+                job_id=self.job_id,
+                organization_id=self.organization_id,
+                step_number=step,
+                attempt=self.attempt,
+                metrics=metrics,
+                fine_tuned_model_checkpoint=name,
+                storage_prefix=prefix,
+            )
+        )
+
+    def _expire_old_checkpoints(self, session: Session) -> list[str]:
+        """Mark all but the newest `keep_checkpoints` deleted; returns their prefixes to delete after commit."""
+        session.flush()
+        rows = session.exec(
+            select(JobCheckpoint)
+            .where(JobCheckpoint.job_id == self.job_id, col(JobCheckpoint.deleted_at).is_(None))
+            .order_by(col(JobCheckpoint.step_number).desc())
+        ).all()
+        expired = rows[self.keep_checkpoints :]
+        for row in expired:
+            row.deleted_at = now_s()
+            session.add(row)
+        return [row.storage_prefix for row in expired]

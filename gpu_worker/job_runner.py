@@ -1,0 +1,438 @@
+"""One attempt of one fine-tuning job, top to bottom. The worker runs it as a child process:
+
+    python -m gpu_worker.job_runner --job-id ftjob-... --attempt 2
+
+1. Check the job is still `running` with this attempt (a cancel or re-placement may have come first).
+2. Download the training (and validation) file into DATA_DIR/work/<job_id>/<attempt>.
+3. Resolve the hyperparameters and write them onto the job.
+4. Find the newest complete checkpoint of the job, if any, and download it to resume from.
+5. Train, reporting through `DbReporter` (events, metrics, checkpoints, stop requests).
+6. Finish: succeeded (adapter, results.csv, model row), paused, cancelled, re-queued (worker shutdown),
+   or failed with a useful error.
+7. Always release the job (worker_id = NULL, fenced by the attempt) so the scheduler may place it again.
+
+Every write is fenced by the attempt, so an attempt that lost its job changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import re
+import shutil
+import signal
+import struct
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from core import ids, jobs
+from core.db import make_engine, session_scope
+from core.errors import FtserveError
+from core.hyperparameters import (
+    DpoHyperparameters,
+    ResolvedHyperparameters,
+    SupervisedHyperparameters,
+    resolve_hyperparameters,
+)
+from core.model_registry import get_base_model
+from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
+from core.settings import Settings, get_settings
+from core.storage import Storage, make_storage_from_settings
+from gpu_worker.db_reporter import DbReporter, checkpoint_is_complete
+from gpu_worker.reporting import StopRequest
+
+log = logging.getLogger("ftserve.job_runner")
+
+RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+MAX_ERROR_MESSAGE = 1000
+
+
+class JobFailure(Exception):
+    """Ends the attempt with the job failed and this error object."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.error = {"code": code, "message": message[:MAX_ERROR_MESSAGE], "param": param}
+
+
+def release(engine: Engine, job_id: str, attempt: int) -> None:
+    """Give the job's slot back; the scheduler places only jobs that no runner holds."""
+    with session_scope(engine) as session:
+        session.execute(
+            update(FineTuningJob)
+            .where(col(FineTuningJob.id) == job_id, col(FineTuningJob.attempt) == attempt)
+            .values(worker_id=None)
+        )
+
+
+def model_size(model_dir: Path) -> tuple[int | None, int | None]:
+    """(parameters, context length) of a local HF model, from the safetensors headers and config.json,
+    without loading any weights."""
+    params = 0
+    for path in model_dir.glob("*.safetensors"):
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(header_len))
+        for name, tensor in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in tensor["shape"]:
+                    count *= dim
+                params += count
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+        context = config.get("max_position_embeddings") or config.get("text_config", {}).get(
+            "max_position_embeddings"
+        )
+    except (OSError, ValueError):
+        context = None
+    return (params or None), (int(context) if context else None)
+
+
+def _error_param(exc: Exception) -> str:
+    """Which file a data error is about. The trainer's messages start with the file's label."""
+    head = str(exc).split(":", 1)[0]
+    return "validation_file" if re.search(r"\bvalidation\b", head) else "training_file"
+
+
+class Attempt:
+    def __init__(
+        self, settings: Settings, engine: Engine, storage: Storage, job_id: str, attempt: int,
+        shutdown: threading.Event,
+    ) -> None:  # fmt: skip
+        self.settings = settings
+        self.engine = engine
+        self.storage = storage
+        self.job_id = job_id
+        self.attempt = attempt
+        self.shutdown = shutdown
+        self.work_dir = settings.data_dir / "work" / job_id / str(attempt)
+
+    # -- 0. the whole attempt ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        job = self._load_job()
+        if job is None:
+            return 0
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
+        try:
+            self._train(job)
+        except JobFailure as failure:
+            self._fail(failure.error)
+        except Exception as exc:  # noqa: BLE001 (any failure ends the job, with a message and a logged traceback)
+            log.exception("job %s attempt %d failed", self.job_id, self.attempt)
+            self._fail(self._error_for(exc))
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return 0
+
+    def _error_for(self, exc: Exception) -> dict[str, Any]:
+        from gpu_worker.data import TrainingDataError
+
+        if isinstance(exc, TrainingDataError):
+            param = _error_param(exc)
+            return JobFailure(f"invalid_{param}", str(exc), param).error
+        if isinstance(exc, FtserveError):
+            return JobFailure(exc.code or "training_error", exc.message, exc.param).error
+        return JobFailure("training_error", f"Training failed: {type(exc).__name__}: {exc}").error
+
+    # -- 1. still ours? ------------------------------------------------------------------------------------
+
+    def _load_job(self) -> FineTuningJob | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            job = session.exec(select(FineTuningJob).where(FineTuningJob.id == self.job_id)).first()
+        if job is None or job.status != jobs.RUNNING or job.attempt != self.attempt:
+            log.info("job %s attempt %d is no longer to run; exiting", self.job_id, self.attempt)
+            return None
+        return job
+
+    # -- 2-5. prepare and train ----------------------------------------------------------------------------
+
+    def _download_file(self, file_id: str, kind: str) -> File:
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.exec(select(File).where(File.id == file_id)).first()
+        if row is None or row.deleted_at is not None or row.status != "processed":
+            raise JobFailure(
+                f"invalid_{kind}_file", f"The {kind} file {file_id} is not available.", f"{kind}_file"
+            )
+        target = self.work_dir / f"{kind}.jsonl"
+        with open(target, "wb") as fh:
+            for chunk in self.storage.iter_chunks(row.storage_key):
+                fh.write(chunk)
+        return row
+
+    def _resolve(self, job: FineTuningJob, n_examples: int, model_dir: Path) -> ResolvedHyperparameters:
+        requested = DpoHyperparameters if job.method_type == "dpo" else SupervisedHyperparameters
+        params, context = model_size(model_dir)
+        resolved = resolve_hyperparameters(
+            job.method_type,
+            requested.model_validate(job.hyperparameters),
+            n_examples=n_examples,
+            base_model_params=params,
+            base_model_max_length=context,
+        )
+        with session_scope(self.engine) as session:
+            jobs.update_fenced(
+                session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                resolved_hyperparameters=resolved.model_dump(mode="json"),
+                total_steps=resolved.total_steps,
+            )
+        return resolved
+
+    def _resume_checkpoint(self) -> Path | None:
+        """Download the newest checkpoint whose manifest checks out; skip any that doesn't."""
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(JobCheckpoint)
+                .where(JobCheckpoint.job_id == self.job_id, col(JobCheckpoint.deleted_at).is_(None))
+                .order_by(col(JobCheckpoint.step_number).desc())
+            ).all()
+        for row in rows:
+            if not checkpoint_is_complete(self.storage, row.storage_prefix):
+                log.warning(
+                    "checkpoint at step %d of %s is incomplete; skipping it", row.step_number, self.job_id
+                )
+                continue
+            local = self.work_dir / "resume" / f"step-{row.step_number}"
+            self.storage.download_dir(row.storage_prefix, local)
+            (local / "_COMPLETE.json").unlink(missing_ok=True)
+            return local
+        return None
+
+    def _model_name(self, job: FineTuningJob) -> str:
+        with Session(self.engine) as session:
+            org = session.exec(select(Organization).where(Organization.id == job.organization_id)).first()
+        org_name = org.name if org else job.organization_id
+        return jobs.fine_tuned_model_name(
+            base_model=job.model, org_name=org_name, suffix=job.suffix, job_id=job.id
+        )
+
+    def _train(self, job: FineTuningJob) -> None:
+        from gpu_worker.config import TrainJobConfig
+        from gpu_worker.train import run_training  # torch: imported in the child only
+
+        base = get_base_model(self.settings, job.model)
+        training = self._download_file(job.training_file, "training")
+        validation = self._download_file(job.validation_file, "validation") if job.validation_file else None
+        hyperparameters = self._resolve(job, training.example_count or 0, base.path)
+        resume = self._resume_checkpoint()
+        model_name = self._model_name(job)
+        reporter = DbReporter(
+            engine=self.engine,
+            storage=self.storage,
+            job_id=self.job_id,
+            attempt=self.attempt,
+            organization_id=job.organization_id,
+            model_name=model_name,
+            shutdown=self.shutdown,
+        )
+        if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
+            self._requeue(reporter)
+            return
+        config = TrainJobConfig(
+            job_id=job.id,
+            method=job.method_type,  # type: ignore[arg-type]
+            base_model_path=base.path,
+            training_file=self.work_dir / "training.jsonl",
+            validation_file=self.work_dir / "validation.jsonl" if validation else None,
+            data_format=training.data_format,  # type: ignore[arg-type]
+            output_dir=self.work_dir / "out",
+            hyperparameters=hyperparameters,
+            seed=job.seed,
+            resume_from_checkpoint=resume,
+        )
+        result = run_training(config, reporter)
+        reporter.flush(force=True)
+        self._finish(job, result, reporter, model_name)
+
+    # -- 6. the end of the attempt -------------------------------------------------------------------------
+
+    def _finish(self, job: FineTuningJob, result: Any, reporter: DbReporter, model_name: str) -> None:
+        stopped: StopRequest | None = result.stopped
+        step = result.global_step
+        if stopped == "cancel":
+            reporter.write_events([{"message": f"Job cancelled at step {step}"}], statuses=[jobs.CANCELLED])
+        elif stopped == "pause":
+            if self.shutdown.is_set() and self._requeue(reporter, step):
+                return
+            # A resume may already have moved the job on to queued; the slot is released after this.
+            reporter.write_events(
+                [{"message": f"Paused at step {step}"}], statuses=[jobs.PAUSED, jobs.QUEUED]
+            )
+        else:
+            self._succeed(job, result, reporter, model_name)
+
+    def _requeue(self, reporter: DbReporter, step: int | None = None) -> bool:
+        where = f" at step {step}" if step is not None else ""
+        with session_scope(self.engine) as session:
+            return jobs.transition(
+                session,
+                job_id=self.job_id,
+                from_status=[jobs.RUNNING],
+                to_status=jobs.QUEUED,
+                attempt=self.attempt,
+                estimated_finish=None,
+                message=f"Worker stopping: job re-queued{where}",
+                event_data={"step": step} if step is not None else None,
+            )
+
+    def _succeed(self, job: FineTuningJob, result: Any, reporter: DbReporter, model_name: str) -> None:
+        adapter_prefix = f"jobs/{self.job_id}/adapter"
+        self.storage.delete_prefix(adapter_prefix + "/")
+        self.storage.upload_dir(Path(result.adapter_dir), adapter_prefix)
+        results_id = ids.file_id()
+        results_csv = self._results_csv(result.metrics_history)
+        self.storage.put_bytes(f"files/{results_id}", results_csv)
+        full_valid = {
+            k: v for k, v in result.metrics.items() if k.startswith("full_valid_") and v is not None
+        }
+        with session_scope(self.engine) as session:
+            done = jobs.transition(
+                session,
+                job_id=self.job_id,
+                # A pause or resume that came after the last step: the job is finished all the same.
+                from_status=[jobs.RUNNING, jobs.PAUSED, jobs.QUEUED],
+                to_status=jobs.SUCCEEDED,
+                attempt=self.attempt,
+                fine_tuned_model=model_name,
+                trained_tokens=result.trained_tokens,
+                result_files=[results_id],
+                step=result.global_step,
+                finished_at=now_s(),
+                estimated_finish=None,
+            )
+            if done:
+                session.add(
+                    File(
+                        id=results_id,
+                        organization_id=job.organization_id,
+                        filename="results.csv",
+                        purpose="fine-tune-results",
+                        bytes=len(results_csv),
+                        status="processed",
+                        storage_key=f"files/{results_id}",
+                    )
+                )
+                session.add(
+                    FineTunedModel(
+                        id=model_name,
+                        organization_id=job.organization_id,
+                        job_id=self.job_id,
+                        base_model=job.model,
+                        adapter_prefix=adapter_prefix + "/",
+                    )
+                )
+                if full_valid:
+                    self._add_to_last_checkpoint(session, full_valid)
+                jobs.append_event(
+                    session, job_id=self.job_id, message=f"New fine-tuned model created: {model_name}"
+                )
+                jobs.append_event(session, job_id=self.job_id, message="The job has successfully completed")
+        if not done:  # cancelled (or re-placed) at the very end: publish nothing
+            self.storage.delete(f"files/{results_id}")
+            log.info("job %s attempt %d finished training but is no longer ours", self.job_id, self.attempt)
+
+    def _add_to_last_checkpoint(self, session: Session, metrics: dict[str, Any]) -> None:
+        last = session.exec(
+            select(JobCheckpoint)
+            .where(JobCheckpoint.job_id == self.job_id, col(JobCheckpoint.deleted_at).is_(None))
+            .order_by(col(JobCheckpoint.step_number).desc())
+        ).first()
+        if last is not None:
+            last.metrics = {**last.metrics, **metrics}
+            session.add(last)
+
+    def _results_csv(self, fallback: list[dict[str, Any]]) -> bytes:
+        """One row per metrics step across every attempt (the job's metrics events), the latest row winning
+        for a step that a resumed attempt trained again."""
+        with Session(self.engine) as session:
+            events = session.exec(
+                select(JobEvent)
+                .where(JobEvent.job_id == self.job_id, JobEvent.type == "metrics")
+                .order_by(col(JobEvent.seq))
+            ).all()
+        by_step: dict[int, dict[str, Any]] = {}
+        for row in [e.data or {} for e in events] or fallback:
+            if "step" in row and ("train_loss" in row or "valid_loss" in row):
+                by_step.setdefault(int(row["step"]), {}).update(row)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(RESULTS_COLUMNS)
+        for step in sorted(by_step):
+            row = by_step[step]
+            writer.writerow(
+                [
+                    step,
+                    row.get("train_loss", ""),
+                    row.get("train_mean_token_accuracy", ""),
+                    row.get("valid_loss", ""),
+                    row.get("valid_mean_token_accuracy", ""),
+                ]
+            )
+        return out.getvalue().encode()
+
+    def _fail(self, error: dict[str, Any]) -> None:
+        with session_scope(self.engine) as session:
+            jobs.transition(
+                session,
+                job_id=self.job_id,
+                from_status=[jobs.RUNNING, jobs.PAUSED],
+                to_status=jobs.FAILED,
+                attempt=self.attempt,
+                error=error,
+                finished_at=now_s(),
+                estimated_finish=None,
+                message=error["message"],
+                level="error",
+            )
+
+
+def run_attempt(
+    settings: Settings, job_id: str, attempt: int, shutdown: threading.Event | None = None
+) -> int:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        return Attempt(
+            settings,
+            engine,
+            make_storage_from_settings(settings),
+            job_id,
+            attempt,
+            shutdown or threading.Event(),
+        ).run()
+    finally:
+        release(engine, job_id, attempt)
+        engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one attempt of a fine-tuning job.")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--attempt", type=int, required=True)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{args.job_id}#{args.attempt}] %(name)s: %(message)s",
+    )
+    # SIGTERM (worker shutdown): checkpoint at the next step and give the job back to the queue.
+    shutdown = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: shutdown.set())
+    return run_attempt(settings, args.job_id, args.attempt, shutdown)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""`ftserve worker`: an arq worker on its own queue, `ftserve:worker:<id>`, with one task, `train`.
+
+- It publishes its devices and capabilities into the Redis registry every `heartbeat_interval_s`, under a key
+  that expires after `heartbeat_ttl_s`: a worker that stops heartbeating drops out of placement by itself.
+- `train(job_id, attempt)` runs one attempt in a child process (`python -m gpu_worker.job_runner`), so the
+  memory torch holds is freed when the attempt ends and a crash in training can't take the worker down.
+- arq's retries are off and its timeout is days: the DB says what should run, and the scheduler re-places.
+- On SIGTERM/SIGINT the worker leaves the registry at once, forwards SIGTERM to its runners (which
+  checkpoint and give their jobs back to the queue), waits for them up to RUNNER_STOP_GRACE_S, then stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from core import queue
+from core.queue import Capability, Device, WorkerInfo
+from core.settings import Settings
+
+log = logging.getLogger("ftserve.worker")
+
+RUNNER_STOP_GRACE_S = 15.0  # below `ftserve up`'s 20 s shutdown budget for all children
+DEVICE_REFRESH_S = 10.0  # nvidia-smi is a subprocess: refresh free memory less often than the heartbeat
+
+
+# -- devices ---------------------------------------------------------------------------------------------------
+
+
+def _nvidia_gpus() -> list[tuple[Device, float]]:
+    """(device, compute capability) per GPU from nvidia-smi, or [] where there is none. nvidia-smi rather
+    than torch.cuda: it does not put a CUDA context (hundreds of MB) on every GPU for the worker's life."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = "index,name,memory.total,memory.free,compute_cap"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("nvidia-smi failed (%s); reporting no GPUs", exc)
+        return []
+    gpus = []
+    for line in out.strip().splitlines():
+        index, name, total, free, cap = (part.strip() for part in line.split(","))
+        try:
+            compute_cap = float(cap)
+        except ValueError:
+            compute_cap = 0.0
+        gpus.append(
+            (Device(index=int(index), name=name, total_mb=int(total), free_mb=int(free)), compute_cap)
+        )
+    return gpus
+
+
+def _memory_mb() -> tuple[int, int]:
+    """(total, available) RAM in MiB."""
+    try:
+        fields = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines() if ":" in line)
+        return int(fields["MemTotal"].split()[0]) // 1024, int(fields["MemAvailable"].split()[0]) // 1024
+    except (OSError, KeyError, ValueError):
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page >> 20, os.sysconf("SC_AVPHYS_PAGES") * page >> 20
+
+
+def detect_devices() -> tuple[list[Device], list[Capability]]:
+    gpus = _nvidia_gpus()
+    if not gpus:
+        total, available = _memory_mb()
+        return [Device(index=0, name="cpu", total_mb=total, free_mb=available)], []
+    capabilities: list[Capability] = ["cuda"]
+    if all(cap >= 8.0 for _, cap in gpus):  # Ampere and newer
+        capabilities.append("bf16")
+    if importlib.util.find_spec("unsloth") is not None:
+        capabilities.append("unsloth")
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        capabilities.append("bnb_4bit")
+    return [device for device, _ in gpus], capabilities
+
+
+# -- the worker ------------------------------------------------------------------------------------------------
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerState:
+    """What the heartbeat publishes (identity, devices, running jobs) and the runner processes."""
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.runners: dict[str, asyncio.subprocess.Process] = {}  # job id → its runner process
+        self.stopping = False
+        self._devices: tuple[list[Device], list[Capability]] | None = None
+        self._devices_at = 0.0
+
+    def info(self) -> WorkerInfo:
+        if self._devices is None or time.monotonic() - self._devices_at > DEVICE_REFRESH_S:
+            self._devices, self._devices_at = detect_devices(), time.monotonic()
+        gpus, capabilities = self._devices
+        return WorkerInfo(
+            id=self.worker_id,
+            gpus=gpus,
+            capabilities=capabilities,
+            running_jobs=sorted(self.runners),
+            max_jobs=self.settings.worker_max_jobs,
+        )
+
+
+async def _heartbeat(redis: Any, state: WorkerState) -> None:
+    while not state.stopping:
+        try:
+            info = await asyncio.to_thread(state.info)
+            if not state.stopping:  # never re-register after leaving
+                await queue.publish_worker(redis, info, ttl_s=state.settings.heartbeat_ttl_s)
+        except Exception:
+            log.exception("heartbeat failed")
+        await asyncio.sleep(state.settings.heartbeat_interval_s)
+
+
+def _signal_runner(process: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(sig)
+
+
+async def _stop_runner(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM (the runner checkpoints and re-queues its job), then SIGKILL after the grace period."""
+    _signal_runner(process, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=RUNNER_STOP_GRACE_S)
+    except TimeoutError:
+        log.warning("runner pid %d did not stop in %.0fs; killing it", process.pid, RUNNER_STOP_GRACE_S)
+        _signal_runner(process, signal.SIGKILL)
+        await process.wait()
+
+
+async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
+    """Run one attempt of a job in a child process; returns its exit code."""
+    task = queue.TrainTask(job_id=job_id, attempt=attempt)
+    state: WorkerState = ctx["state"]
+    # A new session: Ctrl-C on `ftserve up` reaches the runner only through the SIGTERM we forward.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_worker.job_runner",
+        "--job-id",
+        task.job_id,
+        "--attempt",
+        str(task.attempt),
+        start_new_session=True,
+    )
+    state.runners[task.job_id] = process
+    log.info("training %s attempt %d in pid %d", task.job_id, task.attempt, process.pid)
+    if state.stopping:  # picked up just as the worker began to stop
+        _signal_runner(process, signal.SIGTERM)
+    try:
+        returncode = await process.wait()
+    except asyncio.CancelledError:  # arq's timeout, or a second signal: don't leave the runner behind
+        await asyncio.shield(_stop_runner(process))
+        raise
+    finally:
+        state.runners.pop(task.job_id, None)
+    log.info("runner of %s attempt %d exited with %d", task.job_id, task.attempt, returncode)
+    return returncode
+
+
+def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
+    if not settings.redis_url:
+        raise SystemExit("ftserve worker needs FTSERVE_REDIS_URL (`ftserve up` starts an embedded Redis)")
+    state = WorkerState(settings, worker_id or settings.worker_id or default_worker_id())
+    worker: Worker
+
+    async def stop_gracefully(sig: signal.Signals) -> None:
+        """Leave placement at once, let every runner checkpoint and re-queue its job, then stop arq.
+        arq's own handler would cancel the tasks first; ours lets them end normally."""
+        if state.stopping:  # e.g. Ctrl-C, then `ftserve up` forwarding SIGTERM: the grace period still holds
+            log.info("worker %s is already stopping", state.worker_id)
+            return
+        log.info(
+            "worker %s stopping on %s: %d runner(s) to stop", state.worker_id, sig.name, len(state.runners)
+        )
+        state.stopping = True
+        worker.allow_pick_jobs = False
+        await queue.remove_worker(worker.pool, state.worker_id)
+        await asyncio.gather(*(_stop_runner(p) for p in list(state.runners.values())))
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.handle_sig(sig)
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["state"] = state
+        loop = asyncio.get_running_loop()
+        stopping: set[asyncio.Task[None]] = set()  # keep references: the loop holds tasks weakly
+
+        def on_signal(sig: signal.Signals) -> None:
+            task = loop.create_task(stop_gracefully(sig))
+            stopping.add(task)
+            task.add_done_callback(stopping.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        await queue.publish_worker(ctx["redis"], state.info(), ttl_s=settings.heartbeat_ttl_s)
+        ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx["redis"], state))
+        log.info("worker %s ready on queue %s", state.worker_id, queue.queue_name(state.worker_id))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        state.stopping = True
+        heartbeat = ctx.get("heartbeat")
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        await queue.remove_worker(ctx["redis"], state.worker_id)
+
+    worker = Worker(
+        functions=[func(train, name=queue.TRAIN_TASK, timeout=queue.TRAIN_TIMEOUT_S, max_tries=1)],
+        queue_name=queue.queue_name(state.worker_id),
+        redis_settings=RedisSettings.from_dsn(settings.redis_url),
+        on_startup=startup,
+        on_shutdown=shutdown,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=queue.TRAIN_TIMEOUT_S,
+        max_tries=1,
+        retry_jobs=False,
+        poll_delay=0.2,
+        handle_signals=False,  # see stop_gracefully
+        job_serializer=queue.serialize,
+        job_deserializer=queue.deserialize,
+    )
+    return worker
+
+
+def main(settings: Settings) -> None:
+    build_worker(settings).run()

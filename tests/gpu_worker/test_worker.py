@@ -1,0 +1,178 @@
+"""`ftserve worker` as a real process on a real Redis: it registers and heartbeats, trains what the scheduler
+places on its queue in a child process, and on SIGTERM leaves the registry and hands its job back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from core import jobs
+from core.db import make_engine, migrate
+from core.model_registry import register_model
+from core.queue import WorkerInfo, live_workers, registry_key
+from core.settings import Settings
+from core.storage import make_storage_from_settings
+from gpu_worker.worker import detect_devices
+from scheduler.main import Scheduler, connect_redis
+from tests.scheduler.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
+from tests.scheduler.factories import chat_rows, events, get_job, make_file, make_job, make_org, messages
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str, demo_model_dir: Path) -> Settings:  # noqa: F811
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        redis_url=redis_url,
+        model_registry=tmp_path / "models.json",
+        heartbeat_interval_s=0.3,
+        heartbeat_ttl_s=2.0,
+    )
+    register_model(settings, "demo-tiny", demo_model_dir)
+    return settings
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    migrate(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def start_worker(settings: Settings) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(worker_id: str) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            "FTSERVE_DATA_DIR": str(settings.data_dir),
+            "FTSERVE_REDIS_URL": str(settings.redis_url),
+            "FTSERVE_MODEL_REGISTRY": str(settings.model_registry),
+            "FTSERVE_HEARTBEAT_INTERVAL_S": str(settings.heartbeat_interval_s),
+            "FTSERVE_HEARTBEAT_TTL_S": str(settings.heartbeat_ttl_s),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "worker", "--id", worker_id], cwd=REPO_ROOT, env=env
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def _until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def _ended(engine: Engine, job_id: str) -> bool:
+    return get_job(engine, job_id).status in jobs.TERMINAL
+
+
+def test_a_cpu_worker_reports_its_ram_as_one_pseudo_device() -> None:
+    if Path("/dev/nvidia0").exists():
+        pytest.skip("this machine has a GPU")
+    gpus, capabilities = detect_devices()
+    assert [g.name for g in gpus] == ["cpu"] and capabilities == []
+    assert 0 < gpus[0].free_mb <= gpus[0].total_mb
+
+
+async def test_worker_registers_heartbeats_and_leaves_the_registry_on_sigterm(
+    settings: Settings, start_worker: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    redis = await connect_redis(str(settings.redis_url))
+    try:
+        proc = start_worker("w-reg")
+        deadline = time.monotonic() + 30
+        while not await live_workers(redis):
+            assert time.monotonic() < deadline, "the worker never registered"
+            await asyncio.sleep(0.05)
+        (info,) = await live_workers(redis)
+        assert info.id == "w-reg"
+        assert info.max_jobs == 1 and info.running_jobs == [] and info.gpus
+        first_beat = info.heartbeat_at
+        assert 0 < await redis.pttl(registry_key("w-reg")) <= 2000
+        await asyncio.sleep(1.0)
+        (info,) = await live_workers(redis)
+        assert info.heartbeat_at > first_beat
+
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        assert await live_workers(redis) == []
+    finally:
+        await redis.close(close_connection_pool=True)
+
+
+@pytest.mark.slow
+async def test_scheduler_and_workers_train_a_job_across_a_worker_restart(
+    settings: Settings, engine: Engine, start_worker: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    storage = make_storage_from_settings(settings)
+    org = make_org(engine, "org-worker")
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, chat_rows(12)), suffix="w",
+        hyperparameters={"n_epochs": 40, "batch_size": 1, "checkpoint_every_steps": 1000},
+    )  # fmt: skip
+    redis = await connect_redis(str(settings.redis_url))
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(Scheduler(engine, redis).run(stop, 0.1))
+    try:
+        first = start_worker("w-first")
+        await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
+        job = get_job(engine, job_id)
+        assert (job.status, job.worker_id) == (jobs.RUNNING, "w-first"), job.error
+        info = next(w for w in await live_workers(redis) if w.id == "w-first")
+        assert info.running_jobs == [job_id]
+
+        # Stopping the worker checkpoints the job and hands it back to the queue...
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(first.wait, 60) == 0
+        job = get_job(engine, job_id)
+        assert (job.status, job.worker_id, job.attempt) == (jobs.QUEUED, None, 1), messages(engine, job_id)
+        stopped_at = int(messages(engine, job_id)[-1].rsplit(" ", 1)[1])
+
+        # ...and the next live worker resumes it from that checkpoint, to the end.
+        start_worker("w-second")
+        await _until(lambda: _ended(engine, job_id), 120, "the job to finish")
+    finally:
+        stop.set()
+        await scheduler
+        await redis.close(close_connection_pool=True)
+
+    job = get_job(engine, job_id)
+    assert job.status == jobs.SUCCEEDED, job.error
+    assert (job.attempt, job.worker_id, job.fine_tuned_model) == (
+        2,
+        None,
+        f"ft:demo-tiny:org-worker:w:{job_id}",
+    )
+    texts = messages(engine, job_id)
+    assert f"Worker stopping: job re-queued at step {stopped_at}" in texts
+    assert "Resumed on worker w-second (attempt 2)" in texts
+    resumed = texts.index(f"Resumed from checkpoint at step {stopped_at}")
+    after = [e.data["step"] for e in events(engine, job_id)[resumed:] if e.type == "metrics" and e.data]
+    assert min(after) == stopped_at + 1 and max(after) == job.total_steps
+    assert texts[-1] == "The job has successfully completed"
+
+
+def test_worker_info_round_trips_through_json() -> None:
+    info = WorkerInfo(id="w", capabilities=["cuda", "bf16"], labels={"zone": "a"})
+    assert WorkerInfo.model_validate_json(info.model_dump_json()) == info
