@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
+	$(BIN)/ftserve models create-demo --if-missing
 	$(BIN)/ftserve up
 
 test: install

@@ -1,22 +1,39 @@
-"""The `ftserve` command: server verbs (up, api, keys) on top of the packages."""
+"""The `ftserve` command: server verbs (up, api, scheduler, worker, keys, models) on top of the packages."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="ftserve: self-hosted fine-tuning as a service.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="ftserve: self-hosted fine-tuning as a service."
+)
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (server side: talks to the database).")
 app.add_typer(keys_app, name="keys")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Manage base models (the registry in FTSERVE_MODEL_REGISTRY)."
+)
+app.add_typer(models_app, name="models")
 
 err = Console(stderr=True)
 
 
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations run on every start: not news
+
+
 @app.command()
 def up() -> None:
-    """Run the whole service on this machine: API, Redis (embedded unless FTSERVE_REDIS_URL is set), and more."""
+    """Run the whole service on this machine: API, scheduler and one worker, with Redis embedded unless
+    FTSERVE_REDIS_URL is set."""
     from cli.supervisor import Supervisor, default_children
 
     settings = get_settings()
@@ -40,6 +57,75 @@ def api(
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def scheduler() -> None:
+    """Run the scheduler alone: validates waiting jobs and places queued ones on live workers."""
+    from scheduler.main import main
+
+    settings = get_settings()
+    _configure_logging(settings)
+    main(settings)
+
+
+@app.command()
+def worker(
+    worker_id: str = typer.Option(
+        None, "--id", help="This worker's id (default FTSERVE_WORKER_ID or host-pid)."
+    ),
+) -> None:
+    """Run a training worker: trains the jobs the scheduler places on its queue, one child process each."""
+    from gpu_worker.worker import build_worker
+
+    settings = get_settings()
+    _configure_logging(settings)
+    build_worker(settings, worker_id=worker_id).run()
+
+
+@models_app.command("create-demo")
+def models_create_demo(
+    if_missing: bool = typer.Option(
+        False, "--if-missing", help="Do nothing when demo-tiny is registered and built by the current recipe."
+    ),
+    seed: int = typer.Option(0, help="Seed of the deterministic build."),
+) -> None:
+    """Build the tiny demo base model (~30 s on 2 CPU cores) into DATA_DIR/models and register it."""
+    import json
+
+    from core.model_registry import load_registry, register_model
+    from gpu_worker.demo_model import DEMO_MODEL_NAME, INFO_FILE, build_demo_model, demo_model_is_current
+
+    settings = get_settings()
+    registered = load_registry(settings).get(DEMO_MODEL_NAME)
+    if if_missing and registered is not None and demo_model_is_current(registered.path):
+        built_seed = json.loads((registered.path / INFO_FILE).read_text()).get("seed")
+        if built_seed == seed:
+            err.print(f"{DEMO_MODEL_NAME} is registered and current at {registered.path}")
+            return
+    target = settings.data_dir / "models" / DEMO_MODEL_NAME
+    err.print(f"Building {DEMO_MODEL_NAME} into {target} ...")
+    build_demo_model(target, seed=seed)
+    model = register_model(settings, DEMO_MODEL_NAME, target)
+    err.print(f"Registered {model.id} -> {model.path} in {settings.resolved_model_registry}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Print the base models this server can fine-tune: id, local path, registration time."""
+    import time
+
+    from core.model_registry import load_registry
+
+    settings = get_settings()
+    models = load_registry(settings)
+    if not models:
+        err.print(f"No base models in {settings.resolved_model_registry}; try `ftserve models create-demo`.")
+        return
+    for model in sorted(models.values(), key=lambda m: m.id):
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(model.created))
+        missing = "" if Path(model.path).is_dir() else "  (missing)"
+        print(f"{model.id}\t{model.path}\t{created}{missing}")
 
 
 @keys_app.command("create")

@@ -79,7 +79,9 @@ class Supervisor:
             while not self.stopping:
                 for child in self.children:
                     if child.process and child.process.poll() is not None:
-                        print(f"ftserve: {child.name} exited with {child.process.returncode}", file=sys.stderr)
+                        print(
+                            f"ftserve: {child.name} exited with {child.process.returncode}", file=sys.stderr
+                        )
                         return 1
                 time.sleep(0.2)
             return 0
@@ -103,10 +105,14 @@ class Supervisor:
 
 
 def default_children(settings: Settings) -> list[Child]:
+    """API, scheduler and one worker. Shutdown goes in reverse: the worker first, so its runners can
+    checkpoint and re-queue their jobs while the database is still there."""
     python = sys.executable
     return [
         Child(
             "api",
             [python, "-m", "cli.main", "api", "--host", settings.host, "--port", str(settings.port)],
         ),
+        Child("scheduler", [python, "-m", "cli.main", "scheduler"]),
+        Child("worker", [python, "-m", "cli.main", "worker"]),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,9 +88,26 @@ def org_b_key(settings: Settings, client: TestClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def ftserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtserveProcess]:
-    """One real `ftserve up` process for the whole run (API, embedded Redis, and what later issues add)."""
-    proc = FtserveProcess(tmp_path_factory.mktemp("ftserve-up"))
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """demo-tiny, built once per run (~30 s on 2 cores). Set FTSERVE_DEMO_MODEL_CACHE to a dir to reuse a
+    build across runs while developing; a stale build (older recipe) is rebuilt there."""
+    from gpu_worker.demo_model import build_demo_model, demo_model_is_current
+
+    cache = os.environ.get("FTSERVE_DEMO_MODEL_CACHE")
+    if cache:
+        if not demo_model_is_current(Path(cache)):
+            build_demo_model(Path(cache))
+        return Path(cache)
+    return build_demo_model(tmp_path_factory.mktemp("demo-tiny"))
+
+
+@pytest.fixture(scope="session")
+def ftserve_server(
+    tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path
+) -> Iterator[FtserveProcess]:
+    """One real `ftserve up` for the whole run: API, scheduler, one worker and embedded Redis, with this
+    run's demo-tiny registered as a base model."""
+    proc = FtserveProcess(tmp_path_factory.mktemp("ftserve-up"), models={"demo-tiny": demo_model_dir})
     proc.start()
     try:
         yield proc

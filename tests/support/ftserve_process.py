@@ -12,13 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.model_registry import register_model
 from core.redis_embedded import free_port
+from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class FtserveProcess:
-    def __init__(self, data_dir: Path, *, extra_env: dict[str, str] | None = None) -> None:
+    """`models` maps base-model ids to local HF dirs; they go into a registry file of this process's own
+    (FTSERVE_MODEL_REGISTRY), which `ftserve up` and its worker read."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        models: dict[str, Path] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.env = {
@@ -26,9 +37,13 @@ class FtserveProcess:
             "FTSERVE_DATA_DIR": str(data_dir),
             "FTSERVE_HOST": "127.0.0.1",
             "FTSERVE_PORT": str(self.port),
+            "FTSERVE_MODEL_REGISTRY": str(data_dir / "models.json"),
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }
+        self.model_registry = Path(self.env["FTSERVE_MODEL_REGISTRY"])
+        for model_id, path in (models or {}).items():
+            self.register_model(model_id, path)
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
@@ -60,6 +75,10 @@ class FtserveProcess:
                 self.stop()
                 raise RuntimeError("ftserve up did not become ready:\n" + "".join(self.output[-80:]))
         return self
+
+    def register_model(self, model_id: str, path: Path) -> None:
+        """Add a base model; the registry is read on every request, so this works while running too."""
+        register_model(Settings(data_dir=self.data_dir, model_registry=self.model_registry), model_id, path)
 
     def create_key(self, org: str) -> str:
         result = subprocess.run(
