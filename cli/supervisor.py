@@ -105,8 +105,8 @@ class Supervisor:
 
 
 def default_children(settings: Settings) -> list[Child]:
-    """API, scheduler and one worker. Shutdown goes in reverse: the worker first, so its runners can
-    checkpoint and re-queue their jobs while the database is still there."""
+    """API, scheduler and one worker. On shutdown the worker's runners checkpoint and re-queue their jobs
+    (within the 20 s the supervisor gives its children), so the next `ftserve up` resumes them."""
     python = sys.executable
     return [
         Child(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -72,6 +73,34 @@ def release(engine: Engine, job_id: str, attempt: int) -> None:
             .where(col(FineTuningJob.id) == job_id, col(FineTuningJob.attempt) == attempt)
             .values(worker_id=None)
         )
+
+
+def settle_after_exit(engine: Engine, job_id: str, attempt: int, returncode: int, *, stopping: bool) -> None:
+    """Called by the worker when a runner process has exited. A runner that exits normally has settled its
+    job; one that died (killed for memory, segfault) leaves it `running`, so the worker settles it: back to
+    the queue if the worker was stopping it (its checkpoints remain), else failed with what happened."""
+    if returncode == 0:
+        return
+    with session_scope(engine) as session:
+        if stopping:
+            jobs.transition(
+                session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED, attempt=attempt,
+                estimated_finish=None, message="Worker stopping: job re-queued",
+            )  # fmt: skip
+        else:
+            how = (
+                f"was killed by signal {-returncode} ({signal.Signals(-returncode).name}"
+                f"{'; out of memory?' if returncode == -signal.SIGKILL else ''})"
+                if returncode < 0
+                else f"exited with code {returncode}"
+            )
+            message = f"The training process {how}."
+            jobs.transition(
+                session, job_id=job_id, from_status=[jobs.RUNNING, jobs.PAUSED], to_status=jobs.FAILED,
+                attempt=attempt, error={"code": "training_error", "message": message, "param": None},
+                finished_at=now_s(), estimated_finish=None, message=message, level="error",
+            )  # fmt: skip
+    release(engine, job_id, attempt)
 
 
 def model_size(model_dir: Path) -> tuple[int | None, int | None]:
@@ -263,13 +292,19 @@ class Attempt:
         stopped: StopRequest | None = result.stopped
         step = result.global_step
         if stopped == "cancel":
-            reporter.write_events([{"message": f"Job cancelled at step {step}"}], statuses=[jobs.CANCELLED])
+            reporter.write_events(
+                [{"message": f"Job cancelled at step {step}"}],
+                statuses=[jobs.CANCELLED],
+                estimated_finish=None,
+            )
         elif stopped == "pause":
             if self.shutdown.is_set() and self._requeue(reporter, step):
                 return
             # A resume may already have moved the job on to queued; the slot is released after this.
             reporter.write_events(
-                [{"message": f"Paused at step {step}"}], statuses=[jobs.PAUSED, jobs.QUEUED]
+                [{"message": f"Paused at step {step}", "data": {"step": step}}],
+                statuses=[jobs.PAUSED, jobs.QUEUED],
+                estimated_finish=None,
             )
         else:
             self._succeed(job, result, reporter, model_name)
@@ -321,6 +356,7 @@ class Attempt:
                         filename="results.csv",
                         purpose="fine-tune-results",
                         bytes=len(results_csv),
+                        sha256=hashlib.sha256(results_csv).hexdigest(),
                         status="processed",
                         storage_key=f"files/{results_id}",
                     )

@@ -26,10 +26,13 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from sqlalchemy.engine import Engine
 
 from core import queue
+from core.db import make_engine
 from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
+from gpu_worker.job_runner import settle_after_exit
 
 log = logging.getLogger("ftserve.worker")
 
@@ -112,6 +115,14 @@ class WorkerState:
         self.stopping = False
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """For settling the job of a runner that died; the runners do all other DB work."""
+        if self._engine is None:
+            self._engine = make_engine(self.settings.resolved_database_url)
+        return self._engine
 
     def info(self) -> WorkerInfo:
         if self._devices is None or time.monotonic() - self._devices_at > DEVICE_REFRESH_S:
@@ -174,12 +185,15 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
         _signal_runner(process, signal.SIGTERM)
     try:
         returncode = await process.wait()
-    except asyncio.CancelledError:  # arq's timeout, or a second signal: don't leave the runner behind
+    except asyncio.CancelledError:  # arq's timeout: don't leave the runner behind
         await asyncio.shield(_stop_runner(process))
         raise
     finally:
         state.runners.pop(task.job_id, None)
     log.info("runner of %s attempt %d exited with %d", task.job_id, task.attempt, returncode)
+    await asyncio.to_thread(
+        settle_after_exit, state.engine, task.job_id, task.attempt, returncode, stopping=state.stopping
+    )
     return returncode
 
 

@@ -173,6 +173,41 @@ async def test_scheduler_and_workers_train_a_job_across_a_worker_restart(
     assert texts[-1] == "The job has successfully completed"
 
 
+@pytest.mark.slow
+async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_on(
+    settings: Settings, engine: Engine, start_worker: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    import psutil
+
+    storage = make_storage_from_settings(settings)
+    org = make_org(engine, "org-worker")
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, chat_rows(12)),
+        hyperparameters={"n_epochs": 40, "batch_size": 1, "checkpoint_every_steps": 1000},
+    )  # fmt: skip
+    redis = await connect_redis(str(settings.redis_url))
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(Scheduler(engine, redis).run(stop, 0.1))
+    try:
+        worker = start_worker("w-oom")
+        await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
+        (runner,) = psutil.Process(worker.pid).children()
+        runner.kill()  # what the kernel's OOM killer does
+        await _until(lambda: _ended(engine, job_id), 30, "the job to fail")
+        job = get_job(engine, job_id)
+        assert job.status == jobs.FAILED and job.worker_id is None and job.error
+        assert job.error == {
+            "code": "training_error",
+            "message": "The training process was killed by signal 9 (SIGKILL; out of memory?).",
+            "param": None,
+        }
+        assert worker.poll() is None and {w.id for w in await live_workers(redis)} == {"w-oom"}
+    finally:
+        stop.set()
+        await scheduler
+        await redis.close(close_connection_pool=True)
+
+
 def test_worker_info_round_trips_through_json() -> None:
     info = WorkerInfo(id="w", capabilities=["cuda", "bf16"], labels={"zone": "a"})
     assert WorkerInfo.model_validate_json(info.model_dump_json()) == info
