@@ -43,6 +43,21 @@ DEVICE_REFRESH_S = 10.0  # nvidia-smi is a subprocess: refresh free memory less 
 # -- devices ---------------------------------------------------------------------------------------------------
 
 
+def parse_nvidia_smi(out: str) -> list[tuple[Device, float]]:
+    """Lines of `index, name, memory.total, memory.free, compute_cap` (MiB, no units), e.g. as seen on an
+    H200: "0, NVIDIA H200, 143771, 143156, 9.0". A GPU name may itself hold a comma."""
+    gpus = []
+    for line in out.strip().splitlines():
+        index, *name_parts, total, free, cap = (part.strip() for part in line.split(","))
+        try:
+            compute_cap = float(cap)
+        except ValueError:  # "[N/A]" on old drivers
+            compute_cap = 0.0
+        device = Device(index=int(index), name=", ".join(name_parts), total_mb=int(total), free_mb=int(free))
+        gpus.append((device, compute_cap))
+    return gpus
+
+
 def _nvidia_gpus() -> list[tuple[Device, float]]:
     """(device, compute capability) per GPU from nvidia-smi, or [] where there is none. nvidia-smi rather
     than torch.cuda: it does not put a CUDA context (hundreds of MB) on every GPU for the worker's life."""
@@ -57,20 +72,10 @@ def _nvidia_gpus() -> list[tuple[Device, float]]:
             timeout=10,
             check=True,
         ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
+        return parse_nvidia_smi(out)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
         log.warning("nvidia-smi failed (%s); reporting no GPUs", exc)
         return []
-    gpus = []
-    for line in out.strip().splitlines():
-        index, name, total, free, cap = (part.strip() for part in line.split(","))
-        try:
-            compute_cap = float(cap)
-        except ValueError:
-            compute_cap = 0.0
-        gpus.append(
-            (Device(index=int(index), name=name, total_mb=int(total), free_mb=int(free)), compute_cap)
-        )
-    return gpus
 
 
 def _memory_mb() -> tuple[int, int]:

@@ -18,10 +18,10 @@ from sqlalchemy.engine import Engine
 from core import jobs
 from core.db import make_engine, migrate
 from core.model_registry import register_model
-from core.queue import WorkerInfo, live_workers, registry_key
+from core.queue import Device, WorkerInfo, live_workers, registry_key
 from core.settings import Settings
 from core.storage import make_storage_from_settings
-from gpu_worker.worker import detect_devices
+from gpu_worker.worker import detect_devices, parse_nvidia_smi
 from scheduler.main import Scheduler, connect_redis
 from tests.scheduler.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.scheduler.factories import chat_rows, events, get_job, make_file, make_job, make_org, messages
@@ -206,6 +206,17 @@ async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_o
         stop.set()
         await scheduler
         await redis.close(close_connection_pool=True)
+
+
+def test_nvidia_smi_output_as_seen_on_an_h200_parses() -> None:
+    out = "0, NVIDIA H200, 143771, 143156, 9.0\n1, NVIDIA A100-SXM4-80GB, 81920, 80000, 8.0\n"
+    (h200, cap), (a100, _) = parse_nvidia_smi(out)
+    assert h200.model_dump() == {"index": 0, "name": "NVIDIA H200", "total_mb": 143771, "free_mb": 143156}
+    assert cap == 9.0 and a100.index == 1 and a100.name == "NVIDIA A100-SXM4-80GB"
+    assert parse_nvidia_smi("0, Some, GPU, 1000, 900, [N/A]")[0] == (
+        Device(index=0, name="Some, GPU", total_mb=1000, free_mb=900),
+        0.0,
+    )
 
 
 def test_worker_info_round_trips_through_json() -> None:
