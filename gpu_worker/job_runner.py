@@ -75,6 +75,17 @@ def release(engine: Engine, job_id: str, attempt: int) -> None:
         )
 
 
+def _how_it_ended(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exited with code {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = "unknown signal"
+    hint = "; out of memory?" if returncode == -signal.SIGKILL else ""  # the kernel's OOM killer sends it
+    return f"was killed by signal {-returncode} ({name}{hint})"
+
+
 def settle_after_exit(engine: Engine, job_id: str, attempt: int, returncode: int, *, stopping: bool) -> None:
     """Called by the worker when a runner process has exited. A runner that exits normally has settled its
     job; one that died (killed for memory, segfault) leaves it `running`, so the worker settles it: back to
@@ -88,13 +99,7 @@ def settle_after_exit(engine: Engine, job_id: str, attempt: int, returncode: int
                 estimated_finish=None, message="Worker stopping: job re-queued",
             )  # fmt: skip
         else:
-            how = (
-                f"was killed by signal {-returncode} ({signal.Signals(-returncode).name}"
-                f"{'; out of memory?' if returncode == -signal.SIGKILL else ''})"
-                if returncode < 0
-                else f"exited with code {returncode}"
-            )
-            message = f"The training process {how}."
+            message = f"The training process {_how_it_ended(returncode)}."
             jobs.transition(
                 session, job_id=job_id, from_status=[jobs.RUNNING, jobs.PAUSED], to_status=jobs.FAILED,
                 attempt=attempt, error={"code": "training_error", "message": message, "param": None},
