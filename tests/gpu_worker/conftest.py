@@ -1,29 +1,14 @@
-"""Fixtures for the training tests: demo-tiny is built once per run and shared by every test."""
+"""Fixtures for the training tests. demo-tiny itself (`demo_model_dir`) is built once per run in tests/conftest.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """demo-tiny, built once (~30 s on 2 cores). Set FTSERVE_DEMO_MODEL_CACHE to a dir to reuse a build
-    across runs while developing; a stale build (older recipe) is rebuilt there."""
-    from gpu_worker.demo_model import build_demo_model, demo_model_is_current
-
-    cache = os.environ.get("FTSERVE_DEMO_MODEL_CACHE")
-    if cache:
-        if not demo_model_is_current(Path(cache)):
-            build_demo_model(Path(cache))
-        return Path(cache)
-    return build_demo_model(tmp_path_factory.mktemp("demo-tiny"))
 
 
 @pytest.fixture(scope="session")
