@@ -8,7 +8,15 @@ import sys
 import pytest
 
 HEAVY = ["torch", "transformers", "peft", "trl", "unsloth", "vllm", "datasets", "accelerate"]
-LIGHT_MODULES = ["core", "api.main", "scheduler", "cli.main", "core.storage", "core.training_data", "core.jobs"]
+LIGHT_MODULES = [
+    "core",
+    "api.main",
+    "scheduler",
+    "cli.main",
+    "core.storage",
+    "core.training_data",
+    "core.jobs",
+]
 
 
 @pytest.mark.parametrize("module", LIGHT_MODULES)
