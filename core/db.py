@@ -33,7 +33,7 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision. Safe to run on every start, from many processes
+    """Bring the schema to the newest Alembic revisions (every head). Safe to run on every start, from many processes
     at once: a lock (PostgreSQL advisory lock, or a file lock beside the SQLite file) serialises them."""
     from alembic import command
     from alembic.config import Config
@@ -48,7 +48,7 @@ def migrate(url: str) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         with open(db_path.with_suffix(".migrate.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")
         return
     engine = make_engine(url)
     try:
@@ -56,7 +56,7 @@ def migrate(url: str) -> None:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_lock(7461626)"))
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")
             connection.commit()
     finally:
         engine.dispose()
