@@ -145,3 +145,90 @@ class FineTunedModel(SQLModel, table=True):
     adapter_prefix: str = Field(max_length=512)
     checkpoint_step: int | None = None
     deleted_at: int | None = Field(default=None, index=True)
+
+
+# --- Webhooks (issue #6) ----------------------------------------------------------------------------------------
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    __tablename__ = "webhook_endpoints"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    name: str = Field(default="", max_length=128)
+    description: str | None = Field(default=None, max_length=512)
+    # Subscribed event types; None means every type, present and future.
+    events: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    enabled: bool = True
+    # Why it was disabled: "disabled by user", or "endpoint answered 410 Gone".
+    disabled_reason: str | None = Field(default=None, max_length=256)
+    # Signing secrets, encrypted (core.webhooks.SecretBox): HMAC needs them back, so they cannot be hashed.
+    secret_ciphertext: str = Field(sa_column=Column(Text, nullable=False))
+    secret_hint: str = Field(max_length=32)
+    # After a rotation the old secret also signs until this time (unix seconds).
+    previous_secret_ciphertext: str | None = Field(default=None, sa_column=Column(Text))
+    previous_secret_expires_at: int | None = None
+    created_at: int = Field(default_factory=now_s)
+    updated_at: int = Field(default_factory=now_s)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """One event, shared by its deliveries. `payload` holds the exact bytes that are signed and sent."""
+
+    __tablename__ = "webhook_events"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    type: str = Field(max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    created_at: int = Field(default_factory=now_s)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox: one row per (event, endpoint), written in the transaction of the change it reports."""
+
+    __tablename__ = "webhook_deliveries"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    event_id: str = Field(index=True, max_length=64)
+    endpoint_id: str = Field(index=True, max_length=64)
+    organization_id: str = Field(max_length=64)
+    # pending → delivered | failed (retries exhausted, or 410) | cancelled (endpoint disabled)
+    status: str = Field(default="pending", index=True, max_length=16)
+    attempts: int = 0
+    next_attempt_at: float = Field(index=True)
+    # A dispatcher holds the row while it sends; an expired lease (a killed scheduler) is claimable again.
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: float | None = None
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=512)
+    created_at: int = Field(default_factory=now_s)
+    delivered_at: int | None = None
+
+
+class WebhookDeliveryAttempt(SQLModel, table=True):
+    """Every HTTP attempt, for `GET /v1/webhook_endpoints/{id}/deliveries`. Bodies are kept as short excerpts."""
+
+    __tablename__ = "webhook_delivery_attempts"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    delivery_id: str = Field(index=True, max_length=64)
+    endpoint_id: str = Field(index=True, max_length=64)
+    event_id: str = Field(index=True, max_length=64)
+    event_type: str = Field(max_length=64)
+    attempt: int
+    # succeeded | failed
+    status: str = Field(max_length=16)
+    response_status_code: int | None = None
+    latency_ms: int | None = None
+    error: str | None = Field(default=None, max_length=512)
+    response_body: str | None = Field(default=None, max_length=512)
+    # When the next attempt is due, if there is one.
+    next_retry_at: int | None = None
+    created_at: int = Field(default_factory=now_s)
