@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Text
+from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -192,6 +192,7 @@ class WebhookDelivery(SQLModel, table=True):
     """The outbox: one row per (event, endpoint), written in the transaction of the change it reports."""
 
     __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),)
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(index=True, unique=True, max_length=64)
