@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col
 
-from core import ids
+from core import ids, webhooks
 from core.models import FineTuningJob, JobEvent, now_s
 
 VALIDATING, QUEUED, RUNNING, PAUSED = "validating_files", "queued", "running", "paused"
@@ -71,6 +71,9 @@ def transition(
     changed = _rowcount(session, statement) == 1
     if changed and message:
         append_event(session, job_id=job_id, message=message, level=level, data=event_data)
+    if changed and to_status in webhooks.EVENT_FOR_STATUS:
+        # The webhook outbox row commits with the status change, or not at all.
+        webhooks.record_job_event(session, job_id=job_id, type=webhooks.EVENT_FOR_STATUS[to_status])
     return changed
 
 
