@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from core import ids, jobs
+from core import ids, jobs, webhooks
 from core.db import session_scope
 from core.models import FineTuningJob, JobCheckpoint, now_s
 from core.storage import ObjectNotFound, Storage
@@ -207,6 +207,13 @@ class DbReporter:
                     job_id=self.job_id,
                     message=f"Checkpoint created at step {step}",
                     data={"step": step, "fine_tuned_model_checkpoint": name},
+                )
+                webhooks.record_event(
+                    session,
+                    organization_id=self.organization_id,
+                    type=webhooks.CHECKPOINT_CREATED,
+                    job_id=self.job_id,
+                    data={"step_number": step, "fine_tuned_model_checkpoint": name},
                 )
                 expired = self._expire_old_checkpoints(session)
         if not published:

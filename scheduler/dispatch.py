@@ -18,7 +18,7 @@ from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from core import jobs
+from core import jobs, webhooks
 from core.db import session_scope
 from core.models import File, FineTuningJob, now_s
 from core.queue import TRAIN_TASK, WorkerInfo, arq_job_id
@@ -167,6 +167,9 @@ def claim(engine: Engine, job: FineTuningJob, worker: WorkerInfo) -> int | None:
         )
         jobs.append_event(
             session, job_id=job.id, message=message, data={"worker_id": worker.id, "attempt": attempt}
+        )
+        webhooks.record_event(
+            session, organization_id=job.organization_id, type=webhooks.JOB_RUNNING, job_id=job.id
         )
     return attempt
 
