@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from core import ids
@@ -62,6 +63,10 @@ def event_id() -> str:
 
 def endpoint_id() -> str:
     return ids.new_id("whep_")
+
+
+def attempt_id() -> str:
+    return ids.new_id("whatt_")
 
 
 # -- the outbox ------------------------------------------------------------------------------------------------
@@ -132,6 +137,21 @@ def record_job_event(
     if organization_id is None:
         return None
     return record_event(session, organization_id=organization_id, type=type, job_id=job_id, data=data)
+
+
+def disable_endpoint(session: Session, *, endpoint_id: str, reason: str) -> None:
+    """Stop sending to an endpoint: disable it and cancel what it still had pending (in the caller's
+    transaction). Re-enabling it sends new events only."""
+    session.execute(
+        update(WebhookEndpoint)
+        .where(col(WebhookEndpoint.id) == endpoint_id)
+        .values(enabled=False, disabled_reason=reason, updated_at=int(time.time()))
+    )
+    session.execute(
+        update(WebhookDelivery)
+        .where(col(WebhookDelivery.endpoint_id) == endpoint_id, col(WebhookDelivery.status) == PENDING)
+        .values(status=CANCELLED, last_error=f"Cancelled: {reason}", lease_owner=None, lease_expires_at=None)
+    )
 
 
 # -- signing (Standard Webhooks v1, as OpenAI and openai-python do it) ----------------------------------------

@@ -19,6 +19,7 @@ from core.queue import deserialize, live_workers, serialize
 from core.settings import Settings
 from scheduler.dispatch import ChooseWorker, Placement, place_queued, validate_pending
 from scheduler.placement import choose_worker
+from scheduler.webhooks import WebhookDispatcher
 
 log = logging.getLogger("ftserve.scheduler")
 
@@ -71,9 +72,13 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("scheduler started (every %gs)", settings.scheduler_interval_s)
+    # Webhook delivery runs beside the tick, so a slow receiver never delays placement.
+    webhook_task = asyncio.create_task(WebhookDispatcher(engine, settings).run(stop))
     try:
         await Scheduler(engine, redis).run(stop, settings.scheduler_interval_s)
     finally:
+        stop.set()
+        await webhook_task
         await redis.close(close_connection_pool=True)
         engine.dispose()
         log.info("scheduler stopped")
