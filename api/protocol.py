@@ -208,3 +208,100 @@ class ModelDeleted(OpenAIBaseModel):
     id: str
     object: Literal["model"] = "model"
     deleted: bool = True
+
+
+# --- Webhook endpoints (issue #6; the official SDK's `client.webhooks.*` shapes, plus ours) -----------------
+
+
+class CreateWebhookEndpointRequest(OpenAIBaseModel):
+    url: str = Field(min_length=1, max_length=2048)
+    events: list[str] | str | None = Field(
+        None, description='Event types to deliver: a list, or "all" (the default, future types included).'
+    )
+    event_types: list[str] | None = Field(None, description="The official SDK's name for `events`.")
+    name: str | None = Field(None, max_length=128)
+    description: str | None = Field(None, max_length=512)
+    enabled: bool = True
+
+
+class UpdateWebhookEndpointRequest(OpenAIBaseModel):
+    url: str | None = Field(None, min_length=1, max_length=2048)
+    events: list[str] | str | None = None
+    event_types: list[str] | None = None
+    name: str | None = Field(None, max_length=128)
+    description: str | None = Field(None, max_length=512)
+    enabled: bool | None = None
+
+
+class RotateWebhookSecretRequest(OpenAIBaseModel):
+    # OpenAI defaults to false; ftserve keeps the old secret signing for 24 h unless told otherwise.
+    keep_old_secret_active_for_24_hours: bool = True
+
+
+class WebhookTestRequest(OpenAIBaseModel):
+    event_type: str = Field(min_length=1)
+
+
+class WebhookEndpointObject(OpenAIBaseModel):
+    id: str
+    object: Literal["webhook_endpoint"] = "webhook_endpoint"
+    created_at: int
+    updated_at: int | None = None
+    url: str
+    name: str
+    event_types: list[str]
+    signing_secret_hint: str | None = None
+    # Extensions.
+    events: list[str] | Literal["all"]
+    description: str | None = None
+    enabled: bool
+    disabled_reason: str | None = None
+    previous_secret_expires_at: int | None = Field(
+        None, description="Until then the previous secret also signs every delivery (after a rotation)."
+    )
+
+
+class WebhookEndpointWithSecretObject(WebhookEndpointObject):
+    signing_secret: str = Field(description="Shown only at creation and rotation; store it now.")
+
+
+class WebhookEndpointDeleted(OpenAIBaseModel):
+    id: str
+    object: Literal["webhook_endpoint.deleted"] = "webhook_endpoint.deleted"
+    deleted: bool = True
+
+
+class WebhookDeliveryAttemptObject(OpenAIBaseModel):
+    """One HTTP attempt to deliver one event to one endpoint."""
+
+    id: str
+    object: Literal["webhook_endpoint.delivery_attempt"] = "webhook_endpoint.delivery_attempt"
+    webhook_endpoint_id: str
+    event_id: str = Field(description="The `webhook-id` header: the same on every attempt of the event.")
+    event_type: str
+    attempt: int
+    status: Literal["succeeded", "failed"]
+    response_status_code: int | None = None
+    latency_ms: int | None = None
+    error: str | None = None
+    response_body: str | None = Field(
+        None, description="The start of the receiver's answer, at most 256 chars."
+    )
+    created_at: int
+    next_retry_at: int | None = None
+    delivery_status: Literal["pending", "delivered", "failed", "cancelled"]
+
+
+class WebhookEndpointTestResultObject(OpenAIBaseModel):
+    object: Literal["webhook_endpoint.test"] = "webhook_endpoint.test"
+    webhook_endpoint_id: str
+    event_type: str
+    status_code: int
+    success: Literal[True] = True
+    latency_ms: int | None = None
+    response_body: str | None = None
+
+
+class WebhookEventTypeList(OpenAIBaseModel):
+    object: Literal["list"] = "list"
+    data: list[str]
