@@ -233,3 +233,72 @@ class WebhookDeliveryAttempt(SQLModel, table=True):
     # When the next attempt is due, if there is one.
     next_retry_at: int | None = None
     created_at: int = Field(default_factory=now_s)
+
+
+# --- Inference (issue #5): vLLM replicas, servable adapters, and where each adapter is loaded ----------------
+
+
+class InferenceReplica(SQLModel, table=True):
+    """One vLLM server for one base model. `managed` ones are started by `ftserve up`; the others are
+    registered through settings (`FTSERVE_INFERENCE_REPLICAS`) or `ftserve inference add`."""
+
+    __tablename__ = "inference_replicas"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    base_model: str = Field(index=True, max_length=256)
+    url: str = Field(index=True, unique=True, max_length=512)
+    # Where ftserve writes adapter copies for this replica; vLLM reads them at the same absolute path
+    # (the same host, or a volume mounted at the same path on both).
+    adapter_dir: str = Field(max_length=1024)
+    api_key: str | None = Field(default=None, max_length=512)
+    max_adapters: int = 4
+    max_lora_rank: int = 64
+    # managed | settings | cli
+    source: str = Field(default="cli", max_length=16)
+    # unknown | healthy | unhealthy
+    status: str = Field(default="unknown", max_length=16)
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    last_checked_at: int | None = None
+    created_at: int = Field(default_factory=now_s)
+    updated_at: int = Field(default_factory=now_s)
+
+
+class ServedAdapter(SQLModel, table=True):
+    """A model name that inference can serve: a job's final adapter (`ft:...`) or a checkpoint
+    (`ft:...:ckpt-step-N`). `rel_path` is its immutable, versioned copy under a replica's adapter_dir."""
+
+    __tablename__ = "served_adapters"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=512)
+    organization_id: str = Field(index=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    base_model: str = Field(max_length=256)
+    checkpoint_step: int | None = None
+    storage_prefix: str = Field(max_length=512)
+    # sha256 (first 16 hex) of adapter_model.safetensors: the version in the local path.
+    version: str | None = Field(default=None, max_length=64)
+    rel_path: str | None = Field(default=None, max_length=1024)
+    # pending → ready | rejected | failed; deleted once the model is deleted.
+    status: str = Field(default="pending", index=True, max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: int = Field(default_factory=now_s)
+    ready_at: int | None = None
+    deleted_at: int | None = None
+
+
+class AdapterPlacement(SQLModel, table=True):
+    """Adapter `adapter_id` is loaded on replica `replica_id` (as far as ftserve knows: the scheduler's health
+    check drops rows the replica no longer lists, e.g. after a vLLM restart)."""
+
+    __tablename__ = "adapter_placements"
+    __table_args__ = (UniqueConstraint("adapter_id", "replica_id", name="uq_adapter_placements_adapter_replica"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    adapter_id: str = Field(index=True, max_length=512)
+    replica_id: str = Field(index=True, max_length=64)
+    lora_path: str = Field(max_length=1024)
+    loaded_at: int = Field(default_factory=now_s)
+    # Milliseconds since the epoch of the last request served with it: the LRU key for eviction.
+    last_used_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
