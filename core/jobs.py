@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, update
 from sqlmodel import Session, col
 
 from core import ids, webhooks
-from core.models import FineTuningJob, JobEvent, now_s
+from core.models import FineTuningJob, JobEvent, ServedAdapter, now_s
 
 VALIDATING, QUEUED, RUNNING, PAUSED = "validating_files", "queued", "running", "paused"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -105,3 +105,23 @@ def fine_tuned_model_name(*, base_model: str, org_name: str, suffix: str | None,
 
 def checkpoint_model_name(model_name: str, step: int) -> str:
     return f"{model_name}:ckpt-step-{step}"
+
+
+def mark_model_ready(session: Session, *, job_id: str, model_id: str, replicas: list[str]) -> bool:
+    """The fine-tuned model `model_id` is served by `replicas` (ids): record it once and append the job's
+    `model.ready` event. A CAS on the served adapter's `ready_at`, so calling it again (another replica,
+    another scheduler, a reload after a vLLM restart) changes nothing and returns False. The caller commits."""
+    statement = (
+        update(ServedAdapter)
+        .where(col(ServedAdapter.id) == model_id, col(ServedAdapter.ready_at).is_(None))
+        .values(status="ready", ready_at=now_s(), error=None)
+    )
+    if _rowcount(session, statement) != 1:
+        return False
+    append_event(
+        session,
+        job_id=job_id,
+        message=f"Model ready: {model_id} is served by {len(replicas)} replica(s)",
+        data={"replicas": list(replicas), "event": "model.ready", "model": model_id},
+    )
+    return True
