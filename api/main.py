@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
-from api.routes import files, fine_tuning, models
+from api.routes import files, fine_tuning, models, webhooks
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
 from core.storage import make_storage
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
     app.include_router(models.router)
+    app.include_router(webhooks.router)
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)
     def healthz() -> dict[str, str]:
