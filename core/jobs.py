@@ -124,4 +124,5 @@ def mark_model_ready(session: Session, *, job_id: str, model_id: str, replicas: 
         message=f"Model ready: {model_id} is served by {len(replicas)} replica(s)",
         data={"replicas": list(replicas), "event": "model.ready", "model": model_id},
     )
+    webhooks.record_job_event(session, job_id=job_id, type=webhooks.MODEL_READY, data={"model": model_id})
     return True
