@@ -135,9 +135,12 @@ def test_pause_then_resume_continues_from_the_paused_step(sdk: openai.OpenAI, tr
     )
     _wait(sdk, job.id, {"running"})
     deadline = time.monotonic() + 120
-    while not sdk.fine_tuning.jobs.retrieve(job.id).model_extra.get("step"):
-        assert time.monotonic() < deadline
+    # A running job says when it expects to finish, from its measured step rate (known after two steps).
+    while (running := sdk.fine_tuning.jobs.retrieve(job.id)).estimated_finish is None:
+        assert time.monotonic() < deadline and running.status == "running", running.status
         time.sleep(0.2)
+    assert running.status == "running" and running.model_extra["step"] >= 2
+    assert running.estimated_finish >= running.created_at
     paused = sdk.fine_tuning.jobs.pause(job.id)
     assert paused.status == "paused"
     deadline = time.monotonic() + 120
@@ -162,6 +165,30 @@ def test_pause_then_resume_continues_from_the_paused_step(sdk: openai.OpenAI, tr
     steps_after_resume = [e.data["step"] for e in events[:resumed_at] if e.type == "metrics"]
     assert steps_after_resume and min(steps_after_resume) > paused_step
     assert max(steps_after_resume) == done.model_extra["total_steps"]
+
+
+def test_dpo_job_on_preference_data_succeeds_and_its_loss_falls(sdk: openai.OpenAI) -> None:
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": f"Is {i} even?"}]},
+            "preferred_output": [{"role": "assistant", "content": "yes" if i % 2 == 0 else "no"}],
+            "non_preferred_output": [{"role": "assistant", "content": "no" if i % 2 == 0 else "yes"}],
+        }
+        for i in range(20)
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    preference_file = sdk.files.create(file=("prefs.jsonl", data), purpose="fine-tune").id
+    job = sdk.fine_tuning.jobs.create(
+        model="demo-tiny",
+        training_file=preference_file,
+        suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 6, "batch_size": 4}}},
+    )
+    done = _wait(sdk, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    assert done.method.dpo.hyperparameters.beta == 0.1
+    losses = [e.data["train_loss"] for e in reversed(_events(sdk, job.id)) if e.type == "metrics"]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
 
 
 def test_job_list_pages_and_filters_by_metadata(sdk: openai.OpenAI, training_file: str) -> None:
