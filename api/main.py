@@ -13,18 +13,7 @@ from api.middleware import RequestIdMiddleware
 from api.routes import files, fine_tuning, models, webhooks
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
-from core.storage import make_storage
-
-
-def build_storage(settings: Settings):  # type: ignore[no-untyped-def]
-    return make_storage(
-        settings.resolved_storage_url,
-        endpoint=settings.s3_endpoint,
-        access_key=settings.s3_access_key,
-        secret_key=settings.s3_secret_key,
-        secure=settings.s3_secure,
-        region=settings.s3_region,
-    )
+from core.storage import make_storage_from_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -37,7 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         migrate(url)
         app.state.settings = settings
         app.state.engine = make_engine(url)
-        app.state.storage = build_storage(settings)
+        app.state.storage = make_storage_from_settings(settings)
         yield
         app.state.engine.dispose()
 
