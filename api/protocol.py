@@ -305,3 +305,80 @@ class WebhookEndpointTestResultObject(OpenAIBaseModel):
 class WebhookEventTypeList(OpenAIBaseModel):
     object: Literal["list"] = "list"
     data: list[str]
+
+
+# --- Inference: chat completions and completions (issue #5) ---------------------------------------------------
+# Requests are checked here, then forwarded to vLLM; responses come back from vLLM and are normalised to
+# OpenAI's schema in api/services/inference.py. Unknown arguments are refused, as OpenAI does, so nothing
+# reaches vLLM that would change how prompts are formatted (chat_template, ...).
+
+
+class StrictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChatMessageIn(OpenAIBaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, tool_call_id, ...
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(StrictRequest):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class _SamplingFields(StrictRequest):
+    model: str = Field(min_length=1, max_length=512)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    user: str | None = Field(None, max_length=512)
+    # vLLM's sampling extras (harmless, and commonly asked for).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    min_tokens: int | None = Field(None, ge=0)
+
+
+class ChatCompletionCreate(_SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    # Accepted and not forwarded: they do not change what the model generates here.
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    # Refused with a clear message when used (no audio, prediction or web search here).
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+
+
+class CompletionCreate(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1)
+    echo: bool | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    suffix: str | None = None
