@@ -53,14 +53,16 @@ def transition(
     from_status: Collection[str],
     to_status: str,
     attempt: int | None = None,
+    owner: str | None = None,
     message: str | None = None,
     level: str = "info",
     event_data: dict[str, Any] | None = None,
     **fields: Any,
 ) -> bool:
     """CAS `status` from any of `from_status` to `to_status` (and set `fields`). Returns False, changing
-    nothing, when the job is not in an expected state or (with `attempt`) belongs to another attempt.
-    The caller commits."""
+    nothing, when the job is not in an expected state or (with `attempt`) belongs to another attempt, or
+    (with `owner`) is no longer held by that worker: the reaper releases a lost worker's job before it is
+    placed again, and from then on the lost attempt can write nothing. The caller commits."""
     statement = (
         update(FineTuningJob)
         .where(col(FineTuningJob.id) == job_id, col(FineTuningJob.status).in_(list(from_status)))
@@ -68,6 +70,8 @@ def transition(
     )
     if attempt is not None:
         statement = statement.where(col(FineTuningJob.attempt) == attempt)
+    if owner is not None:
+        statement = statement.where(col(FineTuningJob.worker_id) == owner)
     changed = _rowcount(session, statement) == 1
     if changed and message:
         append_event(session, job_id=job_id, message=message, level=level, data=event_data)
@@ -83,9 +87,11 @@ def update_fenced(
     job_id: str,
     attempt: int,
     statuses: Collection[str] = (RUNNING,),
+    owner: str | None = None,
     **fields: Any,
 ) -> bool:
-    """Set `fields` only while the job is still this attempt's and in one of `statuses`."""
+    """Set `fields` only while the job is still this attempt's (and, with `owner`, still held by that
+    worker) and in one of `statuses`."""
     statement = (
         update(FineTuningJob)
         .where(
@@ -95,6 +101,8 @@ def update_fenced(
         )
         .values(updated_at=now_s(), **fields)
     )
+    if owner is not None:
+        statement = statement.where(col(FineTuningJob.worker_id) == owner)
     return _rowcount(session, statement) == 1
 
 
