@@ -10,7 +10,8 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
-from api.routes import files, fine_tuning, models, webhooks
+from api.routes import files, fine_tuning, inference, models, webhooks
+from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
 from core.storage import make_storage_from_settings
@@ -27,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = make_engine(url)
         app.state.storage = make_storage_from_settings(settings)
-        yield
+        async with inference_lifespan(app):  # pooled client to the vLLM replicas
+            yield
         app.state.engine.dispose()
 
     app = FastAPI(
@@ -42,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fine_tuning.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)
+    app.include_router(inference.router)
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from core.db import make_engine, migrate
 from core.queue import deserialize, live_workers, serialize
 from core.settings import Settings
+from scheduler.adapters import AdapterPlacer
 from scheduler.dispatch import ChooseWorker, Placement, place_queued, validate_pending
 from scheduler.placement import choose_worker
 from scheduler.webhooks import WebhookDispatcher
@@ -74,11 +75,14 @@ async def serve(settings: Settings) -> None:
     log.info("scheduler started (every %gs)", settings.scheduler_interval_s)
     # Webhook delivery runs beside the tick, so a slow receiver never delays placement.
     webhook_task = asyncio.create_task(WebhookDispatcher(engine, settings).run(stop))
+    # Adapter hot-loading and replica health checks likewise run on their own, faster loop (0.25 s).
+    adapter_task = asyncio.create_task(AdapterPlacer(engine, settings).run(stop))
     try:
         await Scheduler(engine, redis).run(stop, settings.scheduler_interval_s)
     finally:
         stop.set()
         await webhook_task
+        await adapter_task
         await redis.close(close_connection_pool=True)
         engine.dispose()
         log.info("scheduler stopped")

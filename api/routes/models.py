@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.protocol import ErrorResponse, ListResponse, ModelDeleted, ModelObject
 from api.services import models as service
+from api.services.inference import get_inference
 
 router = APIRouter(
     prefix="/v1/models",
@@ -26,5 +28,12 @@ def retrieve_model(model_id: str, org: CurrentOrg, session: SessionDep, settings
 
 
 @router.delete("/{model_id:path}", response_model=ModelDeleted)
-def delete_model(model_id: str, org: CurrentOrg, session: SessionDep, settings: SettingsDep) -> ModelDeleted:
-    return service.delete_model(session=session, settings=settings, org=org, model_id=model_id)
+async def delete_model(
+    model_id: str, request: Request, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+) -> ModelDeleted:
+    deleted = await run_in_threadpool(
+        service.delete_model, session=session, settings=settings, org=org, model_id=model_id
+    )
+    # Then unload it (and its checkpoints) from every replica: from now on requests for it get a 404.
+    await get_inference(request).forget_model(model_id)
+    return deleted
