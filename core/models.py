@@ -100,6 +100,24 @@ class FineTuningJob(SQLModel, table=True):
     finished_at: int | None = None
     estimated_finish: int | None = None
     updated_at: int = Field(default_factory=now_s)
+    # -- scheduling (issue #4) --
+    # Higher runs first; an ftserve extension to the create body.
+    priority: int = Field(default=0, index=True)
+    # What the scheduler reserves for the job on a GPU (estimate + margin), and the itemised estimates
+    # ({"gpu": ..., "cpu": ..., "total_steps": ...} or {"error": ...}): set when the job is queued.
+    estimated_vram_mb: int | None = None
+    vram_estimate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # Where the current (or last) attempt was placed, and how much it holds there.
+    gpu_index: int | None = None
+    gpu_name: str | None = Field(default=None, max_length=128)
+    reserved_mb: int | None = None
+    # Renewed by the worker's heartbeat while it runs the attempt; the reaper re-queues an expired one.
+    lease_expires_at: float | None = Field(default=None, index=True)
+    lost_count: int = 0  # attempts abandoned by a lost worker (not preemptions)
+    # For queued jobs: why they wait (the last message emitted), their place and a start-time forecast.
+    wait_reason: str | None = Field(default=None, sa_column=Column(Text))
+    queue_position: int | None = None
+    estimated_start_at: int | None = None
 
 
 class JobEvent(SQLModel, table=True):

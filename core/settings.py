@@ -47,6 +47,35 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(2.0, description="How often workers refresh their registry entry.")
     heartbeat_ttl_s: float = Field(10.0, description="A worker whose heartbeat is older than this is dead.")
     scheduler_interval_s: float = Field(0.5, description="How often the scheduler looks for work.")
+    # -- placement, fairness and leases (issue #4) --
+    worker_gpus: str | None = Field(
+        None,
+        description="Simulated GPUs for this worker, 'NAME:MiB,NAME:MiB' (e.g. 'H100-80GB:81920,A10-24GB:24576'): "
+        "placement treats them as GPUs while training runs on the CPU. For tests and demos of a mixed fleet.",
+    )
+    lease_ttl_s: float = Field(
+        30.0,
+        description="A running job's lease: renewed by its worker's heartbeat, re-queued by the scheduler when "
+        "it expires (the worker was killed or lost). Keep it several heartbeats long.",
+    )
+    max_lost_attempts: int = Field(
+        3, description="A job whose worker is lost this many times fails instead of being re-queued again."
+    )
+    org_max_running_jobs: int = Field(
+        4,
+        description="Per-organization limit on jobs placed at once (0: none). An organization over it still "
+        "borrows capacity that no other organization is waiting for.",
+    )
+    org_quotas: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-organization overrides of ORG_MAX_RUNNING_JOBS, by org name or id.",
+    )
+    reserve_after_s: float = Field(
+        600.0,
+        description="A job that has waited this long for memory holds the GPU closest to fitting it, so "
+        "smaller jobs cannot starve it.",
+    )
+    scheduler_window: int = Field(500, description="Queued jobs the scheduler considers per tick, in order.")
 
     # Webhooks (docs/webhooks.md).
     webhook_allow_private: bool = Field(
