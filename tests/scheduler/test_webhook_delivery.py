@@ -266,6 +266,40 @@ async def test_an_event_past_the_retry_window_is_marked_failed(
     assert 2 <= row.attempts == len(receiver.received) <= 8
 
 
+async def test_after_a_rotation_deliveries_verify_with_the_old_and_the_new_secret(
+    engine: Engine, settings: Settings, storage: Storage, receiver: WebhookReceiver
+) -> None:
+    org, _key = make_org_with_key(settings, engine)
+    endpoint_id, first = add_endpoint(settings, engine, org, receiver.url)
+    with Session(engine, expire_on_commit=False) as session:
+        second = endpoint_service.rotate_secret(
+            session=session, settings=settings, org=org, endpoint_id=endpoint_id, keep_old=True
+        ).signing_secret
+    dispatcher = WebhookDispatcher(engine, settings)
+    finish_job(engine, storage, org)
+    await dispatcher.deliver_due()
+    overlap = receiver.received[-1]
+    for secret in (first, second):
+        openai.OpenAI(api_key="x", webhook_secret=secret).webhooks.verify_signature(
+            overlap.body, overlap.headers
+        )
+
+    with Session(engine, expire_on_commit=False) as session:  # rotate again, dropping the old one at once
+        third = endpoint_service.rotate_secret(
+            session=session, settings=settings, org=org, endpoint_id=endpoint_id, keep_old=False
+        ).signing_secret
+    finish_job(engine, storage, org)
+    await dispatcher.deliver_due()
+    await dispatcher.close()
+    after = receiver.received[-1]
+    openai.OpenAI(api_key="x", webhook_secret=third).webhooks.verify_signature(after.body, after.headers)
+    for stale in (first, second):
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            openai.OpenAI(api_key="x", webhook_secret=stale).webhooks.verify_signature(
+                after.body, after.headers
+            )
+
+
 # -- leases ----------------------------------------------------------------------------------------------------
 
 
