@@ -39,6 +39,8 @@ class FtserveProcess:
             "FTSERVE_PORT": str(self.port),
             "FTSERVE_MODEL_REGISTRY": str(data_dir / "models.json"),
             "PYTHONUNBUFFERED": "1",
+            # Webhook receivers in tests listen on loopback, which production refuses (SSRF guard).
+            "FTSERVE_WEBHOOK_ALLOW_PRIVATE": "1",
             **(extra_env or {}),
         }
         self.model_registry = Path(self.env["FTSERVE_MODEL_REGISTRY"])
