@@ -137,6 +137,8 @@ class CreateFineTuningJobRequest(OpenAIBaseModel):
     metadata: dict[str, str] | None = None
     method: FineTuneMethod | None = None
     integrations: list[dict[str, Any]] | None = None
+    # Extension (the SDK's extra_body): higher runs sooner; -100..100, default 0.
+    priority: int | None = Field(None, ge=-100, le=100, strict=True)
 
 
 class FineTuningJobError(OpenAIBaseModel):
@@ -172,6 +174,15 @@ class FineTuningJobObject(OpenAIBaseModel):
     attempt: int = 0
     step: int | None = None
     total_steps: int | None = None
+    # Scheduling extensions: what the job reserves on a GPU, where it runs, and, while queued, its place,
+    # a start-time forecast and why it waits.
+    priority: int = 0
+    estimated_vram_mb: int | None = None
+    vram_estimate: dict[str, Any] | None = None
+    gpu_class: str | None = None
+    queue_position: int | None = None
+    estimated_start_at: int | None = None
+    queue_reason: str | None = None
 
 
 class FineTuningJobEventObject(OpenAIBaseModel):
@@ -382,3 +393,51 @@ class CompletionCreate(_SamplingFields):
     echo: bool | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     suffix: str | None = None
+
+
+# --- Memory estimates (POST /v1/fine_tuning/estimates, an ftserve extension) --------------------------------
+
+
+class CreateEstimateRequest(OpenAIBaseModel):
+    """The job-create body, minus what an estimate does not need: `training_file` (its example count sizes
+    the "auto" batch), or `n_examples` when there is no file yet."""
+
+    model: str = Field(min_length=1)
+    training_file: str | None = Field(None, min_length=1)
+    n_examples: int | None = Field(None, ge=1, le=100_000_000, strict=True)
+    max_seq_length: int | None = Field(None, ge=16, le=1_048_576, strict=True)
+    hyperparameters: dict[str, Any] | None = Field(None, description="Deprecated: use method.*.hyperparameters.")
+    method: FineTuneMethod | None = None
+    # Accepted so that a job-create body can be sent unchanged; they do not change the estimate.
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    priority: int | None = None
+
+
+class GpuFit(OpenAIBaseModel):
+    gpu_class: str  # the device name workers report, e.g. "NVIDIA H100 80GB HBM3" or "A10-24GB"
+    total_mb: int
+    devices: int  # how many live devices of this class there are
+    free_now: int  # how many of them could take the job right now
+
+
+class EstimateObject(OpenAIBaseModel):
+    object: Literal["fine_tuning.estimate"] = "fine_tuning.estimate"
+    model: str
+    method: str
+    estimated_vram_mb: int  # what the scheduler reserves on a GPU: the peak plus the margin
+    peak_vram_mb: int
+    breakdown: dict[str, int]
+    gpu_class: str | None  # where the job would go now (best fit), else the smallest class that can hold it
+    fits: list[GpuFit]  # every live GPU class that can hold the job
+    placeable: bool  # some live device could ever hold it (else a job would fail at once)
+    cpu_ram_mb: int  # the estimate for a CPU-only worker (host RAM)
+    parameters: int
+    trainable_parameters: int
+    tokens_per_micro_batch: int
+    hyperparameters: dict[str, Any]  # resolved: what the job would train with
+    profile: str
+    notes: list[str] = Field(default_factory=list)

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from cli.inference import inference_app
 from core.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -19,6 +20,7 @@ models_app = typer.Typer(
     no_args_is_help=True, help="Manage base models (the registry in FTSERVE_MODEL_REGISTRY)."
 )
 app.add_typer(models_app, name="models")
+app.add_typer(inference_app, name="inference")
 
 err = Console(stderr=True)
 
