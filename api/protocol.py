@@ -406,7 +406,9 @@ class CreateEstimateRequest(OpenAIBaseModel):
     training_file: str | None = Field(None, min_length=1)
     n_examples: int | None = Field(None, ge=1, le=100_000_000, strict=True)
     max_seq_length: int | None = Field(None, ge=16, le=1_048_576, strict=True)
-    hyperparameters: dict[str, Any] | None = Field(None, description="Deprecated: use method.*.hyperparameters.")
+    hyperparameters: dict[str, Any] | None = Field(
+        None, description="Deprecated: use method.*.hyperparameters."
+    )
     method: FineTuneMethod | None = None
     # Accepted so that a job-create body can be sent unchanged; they do not change the estimate.
     validation_file: str | None = None
