@@ -52,7 +52,8 @@ from core.storage import Storage
 log = logging.getLogger("ftserve.inference")
 
 MANAGED, FROM_SETTINGS, FROM_CLI = "managed", "settings", "cli"
-HEALTHY, UNHEALTHY, UNKNOWN = "healthy", "unhealthy", "unknown"
+# unknown: never checked; starting: not answering yet since it was registered; unhealthy: stopped answering.
+HEALTHY, UNHEALTHY, UNKNOWN, STARTING = "healthy", "unhealthy", "unknown", "starting"
 PENDING, READY, REJECTED, DELETED = "pending", "ready", "rejected", "deleted"
 CHECKPOINT_NAME = re.compile(r"^(?P<model>ft:.+):ckpt-step-(?P<step>\d+)$")
 
@@ -99,7 +100,7 @@ def upsert_replica(
         )
     elif row.base_model != base_model:
         session.execute(delete(AdapterPlacement).where(col(AdapterPlacement.replica_id) == row.id))
-        row.status = UNKNOWN
+    row.status = UNKNOWN  # (re-)registered: the health check says what it is
     row.base_model, row.adapter_dir, row.api_key = base_model, adapter_dir, api_key
     row.max_adapters, row.max_lora_rank, row.source = max_adapters, max_lora_rank, source
     row.updated_at = now_s()

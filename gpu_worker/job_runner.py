@@ -329,6 +329,7 @@ class Attempt:
             )
 
     def _succeed(self, job: FineTuningJob, result: Any, reporter: DbReporter, model_name: str) -> None:
+        self._check_servable(job, Path(result.adapter_dir))
         adapter_prefix = f"jobs/{self.job_id}/adapter"
         self.storage.delete_prefix(adapter_prefix + "/")
         self.storage.upload_dir(Path(result.adapter_dir), adapter_prefix)
@@ -384,6 +385,19 @@ class Attempt:
         if not done:  # cancelled (or re-placed) at the very end: publish nothing
             self.storage.delete(f"files/{results_id}")
             log.info("job %s attempt %d finished training but is no longer ours", self.job_id, self.attempt)
+
+    def _check_servable(self, job: FineTuningJob, adapter_dir: Path) -> None:
+        """Fail the job with a clear error, rather than publish a model vLLM would refuse to load."""
+        from core.adapters import AdapterRejected, validate_adapter
+
+        try:
+            validate_adapter(
+                adapter_dir,
+                max_lora_rank=self.settings.vllm_max_lora_rank,
+                base_model_dir=get_base_model(self.settings, job.model).path,
+            )
+        except AdapterRejected as exc:
+            raise JobFailure(exc.code or "adapter_not_servable", exc.message) from None
 
     def _add_to_last_checkpoint(self, session: Session, metrics: dict[str, Any]) -> None:
         last = session.exec(

@@ -26,7 +26,9 @@ from core.db import session_scope
 from core.inference import (
     HEALTHY,
     PENDING,
+    STARTING,
     UNHEALTHY,
+    UNKNOWN,
     AdapterLoader,
     AdapterRejected,
     ReplicaError,
@@ -155,7 +157,7 @@ class AdapterPlacer:
         """Load `model` on every usable replica of its base model, then mark it ready. False when no replica
         is up yet (the next tick tries again)."""
         with Session(self.engine) as session:
-            replicas = [r for r in list_replicas(session, model.base_model) if r.status != UNHEALTHY]
+            replicas = [r for r in list_replicas(session, model.base_model) if r.status in (HEALTHY, UNKNOWN)]
         if not replicas:
             return False
         try:
@@ -239,7 +241,8 @@ class AdapterPlacer:
         try:
             cards = await vllm_models(self.http, replica, timeout_s=3.0)
         except ReplicaError as exc:
-            return UNHEALTHY, exc.message, None
+            # Not answering since it was registered: still starting (vLLM takes 20-50 s on a CPU).
+            return (STARTING if replica.status in (UNKNOWN, STARTING) else UNHEALTHY), exc.message, None
         if replica.base_model not in cards:
             served = ", ".join(sorted(c for c, card in cards.items() if not card.get("parent"))) or "nothing"
             return UNHEALTHY, f"serves {served}, not base model {replica.base_model!r}", cards

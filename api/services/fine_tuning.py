@@ -123,7 +123,16 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
 def create_job(
     *, session: Session, settings: Settings, org: Organization, request: CreateFineTuningJobRequest
 ) -> FineTuningJobObject:
-    method_type, hyperparameters, _param = _method_and_hyperparameters(request)
+    method_type, hyperparameters, param = _method_and_hyperparameters(request)
+    rank = hyperparameters.get("lora_rank")
+    if isinstance(rank, int) and rank > settings.vllm_max_lora_rank:
+        # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
+        raise InvalidRequestError(
+            f"lora_rank {rank} is above this server's max_lora_rank {settings.vllm_max_lora_rank}; "
+            "such an adapter could not be served.",
+            param=f"{param}.lora_rank",
+            code="invalid_hyperparameter",
+        )
     if request.model not in load_registry(settings):
         known = ", ".join(sorted(load_registry(settings))) or "none registered"
         raise InvalidRequestError(

@@ -40,7 +40,9 @@ from core.errors import (
     ServiceUnavailableError,
 )
 from core.inference import (
+    STARTING,
     UNHEALTHY,
+    UNKNOWN,
     AdapterLoader,
     ReplicaError,
     drop_placements,
@@ -364,8 +366,10 @@ class InferenceService:
         body = orjson.dumps(payload)
         for _ in range(3):
             usable = [r for r in candidates if self._usable(r)]
+            if not usable:  # the scheduler's view may lag by a few seconds: try the others still
+                usable = [r for r in candidates if self._down_until.get(r.id, 0) < time.monotonic()]
             if not usable:
-                starting = all(r.status == "unknown" for r in candidates)
+                starting = all(r.status in (STARTING, UNKNOWN) for r in candidates)
                 raise _Status(
                     f"The inference server for '{payload['model']}' is "
                     + ("starting" if starting else "not reachable")

@@ -21,7 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class FtserveProcess:
     """`models` maps base-model ids to local HF dirs; they go into a registry file of this process's own
-    (FTSERVE_MODEL_REGISTRY), which `ftserve up` and its worker read."""
+    (FTSERVE_MODEL_REGISTRY), which `ftserve up` and its worker read. With `inference`, `ftserve up` also
+    starts a vLLM per base model (off by default: it costs ~3 GB and 20-50 s of CPU to start)."""
 
     def __init__(
         self,
@@ -29,6 +30,7 @@ class FtserveProcess:
         *,
         extra_env: dict[str, str] | None = None,
         models: dict[str, Path] | None = None,
+        inference: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -41,6 +43,8 @@ class FtserveProcess:
             "PYTHONUNBUFFERED": "1",
             # Webhook receivers in tests listen on loopback, which production refuses (SSRF guard).
             "FTSERVE_WEBHOOK_ALLOW_PRIVATE": "1",
+            "FTSERVE_INFERENCE_ENABLED": "true" if inference else "false",
+            "FTSERVE_VLLM_PORT": str(free_port()),
             **(extra_env or {}),
         }
         self.model_registry = Path(self.env["FTSERVE_MODEL_REGISTRY"])
@@ -49,6 +53,9 @@ class FtserveProcess:
         self.process: subprocess.Popen[str] | None = None
         self.output: list[str] = []
         self._ready = threading.Event()
+        # "ftserve inference ready: vllm:<model> (pid N)" lines: model → pids, in order (restarts append).
+        self.vllm_pids: dict[str, list[int]] = {}
+        self._inference_ready = threading.Condition()
 
     @property
     def base_url(self) -> str:
@@ -60,6 +67,11 @@ class FtserveProcess:
             self.output.append(line)
             if line.startswith("ftserve ready on "):
                 self._ready.set()
+            elif line.startswith("ftserve inference ready: vllm:"):
+                name, _, pid = line.removeprefix("ftserve inference ready: vllm:").partition(" (pid ")
+                with self._inference_ready:
+                    self.vllm_pids.setdefault(name, []).append(int(pid.rstrip(")\n")))
+                    self._inference_ready.notify_all()
 
     def start(self, timeout_s: float = 180) -> FtserveProcess:
         self.process = subprocess.Popen(
@@ -77,6 +89,19 @@ class FtserveProcess:
                 self.stop()
                 raise RuntimeError("ftserve up did not become ready:\n" + "".join(self.output[-80:]))
         return self
+
+    def wait_inference_ready(self, model: str, *, starts: int = 1, timeout_s: float = 300) -> int:
+        """Wait until the vLLM for `model` has become healthy `starts` times; returns its current pid."""
+        deadline = time.monotonic() + timeout_s
+        with self._inference_ready:
+            while len(self.vllm_pids.get(model, [])) < starts:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process is not None and self.process.poll() is not None):
+                    raise RuntimeError(
+                        f"vLLM for {model} did not become ready:\n" + "".join(self.output[-60:])
+                    )
+                self._inference_ready.wait(min(left, 1.0))
+            return self.vllm_pids[model][-1]
 
     def register_model(self, model_id: str, path: Path) -> None:
         """Add a base model; the registry is read on every request, so this works while running too."""
