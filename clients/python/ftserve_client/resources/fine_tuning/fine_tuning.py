@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from functools import cached_property
+
+from ..._resource import AsyncAPIResource, SyncAPIResource
+from .jobs import AsyncJobs, Jobs
+
+__all__ = ["FineTuning", "AsyncFineTuning"]
+
+
+class FineTuning(SyncAPIResource):
+    @cached_property
+    def jobs(self) -> Jobs:
+        return Jobs(self._client)
+
+
+class AsyncFineTuning(AsyncAPIResource):
+    @cached_property
+    def jobs(self) -> AsyncJobs:
+        return AsyncJobs(self._client)

@@ -1,0 +1,53 @@
+"""Response models. Request parameters are plain keyword arguments on the resource methods."""
+
+from .chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    CompletionUsage,
+)
+from .estimates import Estimate
+from .files import FileDeleted, FileObject, FileValidationReport, ValidationLineError
+from .fine_tuning import (
+    TERMINAL_STATUSES,
+    FineTuningJob,
+    FineTuningJobCheckpoint,
+    FineTuningJobError,
+    FineTuningJobEvent,
+    Hyperparameters,
+    JobStatus,
+    Method,
+    MethodSection,
+)
+from .models import Model, ModelDeleted
+from .webhooks import WebhookEvent
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "Choice",
+    "ChoiceDelta",
+    "ChunkChoice",
+    "CompletionUsage",
+    "Estimate",
+    "FileDeleted",
+    "FileObject",
+    "FileValidationReport",
+    "ValidationLineError",
+    "TERMINAL_STATUSES",
+    "FineTuningJob",
+    "FineTuningJobCheckpoint",
+    "FineTuningJobError",
+    "FineTuningJobEvent",
+    "Hyperparameters",
+    "JobStatus",
+    "Method",
+    "MethodSection",
+    "Model",
+    "ModelDeleted",
+    "WebhookEvent",
+]

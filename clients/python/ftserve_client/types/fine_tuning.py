@@ -1,0 +1,119 @@
+"""Fine-tuning jobs, their events and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeAlias
+
+from pydantic import Field
+
+from .._models import BaseModel
+
+__all__ = [
+    "JobStatus",
+    "TERMINAL_STATUSES",
+    "FineTuningJob",
+    "FineTuningJobError",
+    "FineTuningJobEvent",
+    "FineTuningJobCheckpoint",
+    "Hyperparameters",
+    "Method",
+    "MethodSection",
+]
+
+JobStatus: TypeAlias = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+Auto: TypeAlias = Literal["auto"]
+
+
+class Hyperparameters(BaseModel):
+    """What the job asked for; "auto" values show the resolved number once the job has started."""
+
+    n_epochs: Auto | int | None = None
+    batch_size: Auto | int | None = None
+    learning_rate_multiplier: Auto | float | None = None
+    beta: Auto | float | None = None
+    """DPO only."""
+    # ftserve extensions (LoRA and schedule); see docs/api.md.
+    lora_rank: Auto | int | None = None
+    lora_alpha: Auto | int | None = None
+    lora_dropout: Auto | float | None = None
+    target_modules: Auto | str | list[str] | None = None
+    max_seq_length: Auto | int | None = None
+    learning_rate: Auto | float | None = None
+    warmup_ratio: Auto | float | None = None
+    eval_every_steps: Auto | int | None = None
+    checkpoint_every_steps: Auto | int | None = None
+
+
+class MethodSection(BaseModel):
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: MethodSection | None = None
+    dpo: MethodSection | None = None
+
+
+class FineTuningJobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    error: FineTuningJobError | None = None
+    fine_tuned_model: str | None = None
+    """Set when the job succeeds: `ft:{base}:{org}:{suffix}:{job_id}`."""
+    finished_at: int | None = None
+    hyperparameters: Hyperparameters | None = None
+    model: str
+    organization_id: str
+    result_files: list[str] = Field(default_factory=list)
+    status: JobStatus
+    trained_tokens: int | None = None
+    training_file: str
+    validation_file: str | None = None
+    integrations: list[dict[str, Any]] | None = None
+    seed: int
+    estimated_finish: int | None = None
+    method: Method | None = None
+    metadata: dict[str, str] | None = None
+    user_provided_suffix: str | None = None
+    # ftserve extensions.
+    attempt: int = 0
+    step: int | None = None
+    """The last optimizer step the worker reported."""
+    total_steps: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the job can change no more (succeeded, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+
+class FineTuningJobEvent(BaseModel):
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    id: str
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    message: str
+    type: Literal["message", "metrics"] = "message"
+    data: dict[str, Any] | None = None
+    """For `metrics` events: step, total_steps, train_loss, valid_loss, ..."""
+
+
+class FineTuningJobCheckpoint(BaseModel):
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    id: str
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    metrics: dict[str, float | int | None]
+    step_number: int
