@@ -264,3 +264,27 @@ def test_resolution_pins_a_checked_address_and_refuses_mixed_answers() -> None:
     dns["mixed.example.com"] = ["127.0.0.1"]
     dev = netguard.resolve_checked("http://mixed.example.com/", allow_private=True, resolver=resolver)
     assert dev.address == "127.0.0.1"
+
+
+def test_model_ready_fires_once_per_model_with_its_name(engine) -> None:  # type: ignore[no-untyped-def]
+    from core.models import ServedAdapter
+
+    with session_scope(engine) as session:
+        org = get_or_create_org(session, name="a").id
+        _endpoint(session, org, events=[webhooks.MODEL_READY])
+        job = FineTuningJob(
+            id=ids.job_id(), organization_id=org, model="m", training_file="f", status="succeeded"
+        )
+        session.add(job)
+        model = f"ft:m:a::{job.id}"
+        session.add(
+            ServedAdapter(id=model, organization_id=org, job_id=job.id, base_model="m", storage_prefix="p")
+        )
+    for _ in range(2):  # another replica reports the same model: no second event
+        with session_scope(engine) as session:
+            jobs.mark_model_ready(session, job_id=job.id, model_id=model, replicas=["r1"])
+    with Session(engine) as session:
+        (event,) = session.exec(select(WebhookEvent)).all()
+        assert len(session.exec(select(WebhookDelivery)).all()) == 1
+    assert event.type == "fine_tuning.job.model.ready"
+    assert json.loads(event.payload)["data"] == {"id": job.id, "model": model}

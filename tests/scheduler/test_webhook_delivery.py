@@ -27,7 +27,7 @@ from api.services import webhooks as endpoint_service
 from core import jobs, netguard, webhooks
 from core.db import make_engine, migrate, session_scope
 from core.keys import create_key
-from core.models import Organization, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
+from core.models import Organization, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
 from core.settings import Settings
 from core.storage import Storage
 from scheduler.webhooks import WebhookDispatcher
@@ -298,6 +298,23 @@ async def test_after_a_rotation_deliveries_verify_with_the_old_and_the_new_secre
             openai.OpenAI(api_key="x", webhook_secret=stale).webhooks.verify_signature(
                 after.body, after.headers
             )
+
+
+async def test_placing_a_job_records_fine_tuning_job_running(
+    engine: Engine, settings: Settings, storage: Storage
+) -> None:
+    from core.queue import WorkerInfo
+    from scheduler.dispatch import claim
+    from tests.scheduler.factories import get_job
+
+    org, _key = make_org_with_key(settings, engine)
+    add_endpoint(settings, engine, org, "http://127.0.0.1:9/hooks", [webhooks.JOB_RUNNING])
+    job_id = make_job(engine, org.id, make_file(engine, storage, org.id, chat_rows(12)), status=jobs.QUEUED)
+    assert claim(engine, get_job(engine, job_id), WorkerInfo(id="w1", max_jobs=1)) == 1
+    with Session(engine) as session:
+        (event,) = session.exec(select(WebhookEvent)).all()
+    assert event.type == webhooks.JOB_RUNNING and json.loads(event.payload)["data"] == {"id": job_id}
+    assert len(deliveries(engine)) == 1
 
 
 # -- leases ----------------------------------------------------------------------------------------------------
