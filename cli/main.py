@@ -1,13 +1,16 @@
-"""The `ftserve` command: server verbs (up, api, scheduler, worker, keys, models) on top of the packages."""
+"""The `ftserve` command: server verbs (up, api, scheduler, worker, keys, models) on top of the packages,
+and user verbs (files, jobs, models, chat, config) on the SDK."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
+from cli import config_file, user
 from cli.inference import inference_app
 from core.settings import Settings, get_settings
 
@@ -17,10 +20,18 @@ app = typer.Typer(
 keys_app = typer.Typer(no_args_is_help=True, help="Manage API keys (server side: talks to the database).")
 app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(
-    no_args_is_help=True, help="Manage base models (the registry in FTSERVE_MODEL_REGISTRY)."
+    no_args_is_help=True,
+    help="Models: through the API when FTSERVE_API_KEY is set (list, get, delete), else the server's "
+    "registry of base models (FTSERVE_MODEL_REGISTRY; create-demo, list --server).",
 )
 app.add_typer(models_app, name="models")
 app.add_typer(inference_app, name="inference")
+# User verbs go through the API with the SDK (FTSERVE_API_KEY, FTSERVE_BASE_URL); see cli/user.py.
+app.add_typer(user.files_app, name="files")
+app.add_typer(user.jobs_app, name="jobs")
+app.add_typer(config_file.config_app, name="config")
+app.command("chat")(user.chat)
+user.register_model_commands(models_app)
 
 err = Console(stderr=True)
 
@@ -113,14 +124,29 @@ def models_create_demo(
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """Print the base models this server can fine-tune: id, local path, registration time."""
+def models_list(
+    server: bool = typer.Option(
+        False, "--server", help="Read this machine's registry (id, path) even when FTSERVE_API_KEY is set."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List models: through the API (base models and your fine-tuned ones) when FTSERVE_API_KEY is set,
+    otherwise this server's registry of base models (id, local path, registration time)."""
+    import os
     import time
+
+    if os.environ.get("FTSERVE_API_KEY") and not server:
+        user.models_list_api(as_json)
+        return
 
     from core.model_registry import load_registry
 
     settings = get_settings()
     models = load_registry(settings)
+    if as_json:
+        rows = [{"id": m.id, "path": str(m.path), "created": m.created} for m in models.values()]
+        print(json.dumps(sorted(rows, key=lambda r: str(r["id"])), indent=2))
+        return
     if not models:
         err.print(f"No base models in {settings.resolved_model_registry}; try `ftserve models create-demo`.")
         return

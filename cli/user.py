@@ -1,0 +1,596 @@
+"""User verbs on the SDK: `ftserve files|jobs|chat ...` and the API side of `ftserve models`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from cli.follow import follow_job
+from cli.user_common import (
+    JSON_HELP,
+    UserError,
+    cli_errors,
+    console,
+    fail,
+    human_bytes,
+    make_client,
+    out,
+    print_json,
+    print_json_line,
+    suggest,
+    when,
+)
+from ftserve_client import BadRequestError, Client
+from ftserve_client.types import ChatCompletion, FileObject, FineTuningJob
+
+files_app = typer.Typer(no_args_is_help=True, help="Upload and manage training files (through the API).")
+jobs_app = typer.Typer(no_args_is_help=True, help="Create, follow and control fine-tuning jobs.")
+
+JOB_FLAGS = {
+    "model": "--model",
+    "training_file": "--file",
+    "validation_file": "--validation-file",
+    "suffix": "--suffix",
+    "seed": "--seed",
+    "metadata": "--metadata",
+    "method.type": "--method",
+    "hyperparameters": "-H {}=...",
+}
+METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def upload_file(client: Client, path: Path, *, as_json: bool = False, what: str = "") -> FileObject:
+    """Upload with a progress bar on stderr. A rejected file prints each bad line and why, then exits 1."""
+    if not path.is_file():
+        hint = what or "Check the path"
+        raise UserError(f"no such file: {path}. {hint}.")
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
+        try:
+            uploaded = client.files.create(
+                file=path, on_progress=lambda sent, total: progress.update(task, completed=sent)
+            )
+        except BadRequestError as exc:
+            if exc.file_id is None:
+                raise
+            progress.stop()
+            report_rejection(client, path, exc.file_id, as_json=as_json)
+    if not as_json:
+        console.print(
+            f"[green]✓[/green] {path.name} → {uploaded.id}: {uploaded.status}, "
+            f"{uploaded.example_count} {uploaded.data_format} examples",
+            highlight=False,
+        )
+    return uploaded
+
+
+def report_rejection(client: Client, path: Path, file_id: str, *, as_json: bool) -> None:
+    report = client.files.validation_report(file_id)
+    if as_json:
+        print_json(report)
+        raise typer.Exit(1)
+    shown = len(report.errors)
+    more = f" (the first {shown} shown)" if report.error_count > shown else ""
+    print(
+        f"error: {path} was rejected: {report.error_count} problem(s){more}. Fix these lines and upload again:",
+        file=sys.stderr,
+    )
+    for error in report.errors:
+        print(f"  {error.message}", file=sys.stderr)
+    raise typer.Exit(1)
+
+
+@files_app.command("upload")
+def files_upload(
+    path: Path = typer.Argument(..., help="A JSONL training file (chat, prompt/completion, DPO, ...)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Upload a training file; it is validated line by line while it streams. Prints the file id."""
+    with cli_errors():
+        client = make_client()
+        uploaded = upload_file(client, path, as_json=as_json)
+        if as_json:
+            print_json(uploaded)
+        else:
+            print(uploaded.id)
+
+
+@files_app.command("list")
+def files_list(
+    purpose: str = typer.Option(None, help="Only files with this purpose (fine-tune, fine-tune-results)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List your files, newest first."""
+    with cli_errors():
+        files = list(make_client().files.list(purpose=purpose))
+        if as_json:
+            print_json(files)
+            return
+        if not files:
+            console.print("No files yet: `ftserve files upload train.jsonl`.")
+            return
+        table = Table("id", "filename", "size", "status", "format", "examples", "created", box=None)
+        for f in files:
+            table.add_row(
+                f.id,
+                f.filename,
+                human_bytes(f.bytes),
+                f.status,
+                f.data_format or "-",
+                str(f.example_count if f.example_count is not None else "-"),
+                when(f.created_at),
+            )
+        out.print(table)
+
+
+@files_app.command("get")
+def files_get(
+    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
+    """Show one file."""
+    with cli_errors():
+        f = make_client().files.retrieve(file_id)
+        if as_json:
+            print_json(f)
+            return
+        for key, value in f.to_dict().items():
+            out.print(f"{key:15} {value}", markup=False)
+
+
+@files_app.command("report")
+def files_report(
+    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
+    """Show the validation report of an upload: every bad line (the first 100) and why."""
+    with cli_errors():
+        report = make_client().files.validation_report(file_id)
+        if as_json:
+            print_json(report)
+            return
+        out.print(
+            f"{report.file_id}: {report.status}, {report.data_format or 'unknown format'}, "
+            f"{report.example_count} examples, {report.error_count} errors",
+            markup=False,
+        )
+        for error in report.errors:
+            out.print(f"  {error.message}", markup=False)
+
+
+@files_app.command("download")
+def files_download(
+    file_id: str = typer.Argument(...),
+    output: Path = typer.Option(None, "--output", "-o", help="Where to write it (default: stdout)."),
+) -> None:
+    """Download a file's content (e.g. a job's results.csv)."""
+    with cli_errors():
+        content = make_client().files.content(file_id)
+        if output is None:
+            for chunk in content.iter_bytes():
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+        else:
+            content.write_to_file(output)
+            console.print(f"Wrote {output}")
+
+
+@files_app.command("delete")
+def files_delete(
+    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
+    """Delete a file."""
+    with cli_errors():
+        deleted = make_client().files.delete(file_id)
+        if as_json:
+            print_json(deleted)
+        else:
+            print(f"Deleted {deleted.id}")
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+
+def parse_value(raw: str) -> Any:
+    """-H values: "auto", integers, floats, true/false, comma lists (target_modules), else the string."""
+    value = raw.strip()
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if "," in value:
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def parse_pairs(pairs: list[str], flag: str, *, typed: bool) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} takes key=value, got '{pair}'. Example: {flag} n_epochs=3.")
+        parsed[key.strip()] = parse_value(value) if typed else value
+    return parsed
+
+
+def check_model(client: Client, model: str, *, where: str) -> None:
+    """Fail before uploading anything when the model does not exist."""
+    ids = [m.id for m in client.models.list()]
+    if model in ids:
+        return
+    bases = [m for m in ids if not m.startswith("ft:")]
+    raise UserError(
+        f"unknown model '{model}'.{suggest(model, ids)} Base models on this server: "
+        f"{', '.join(bases) or 'none registered'}. Fix {where} (`ftserve models list` shows them all).",
+        exit_code=2,
+    )
+
+
+def resolve_file(client: Client, value: str, *, flag: str, as_json: bool) -> str:
+    """A file id is used as it is; a local path is uploaded first."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return upload_file(client, path, as_json=as_json).id
+    if value.startswith("file-"):
+        return value
+    raise UserError(
+        f"no such file: {value}. Give {flag} a local JSONL path or an uploaded file id (file-...)."
+    )
+
+
+def finish(job: FineTuningJob, *, as_json: bool) -> None:
+    """Report how a followed job ended: the model name on stdout, exit 0 only on success."""
+    if as_json:
+        print_json_line(job)
+    if job.status == "succeeded":
+        if not as_json:
+            console.print(f"[green]✓[/green] {job.id} succeeded. Fine-tuned model:", highlight=False)
+            print(job.fine_tuned_model, flush=True)
+        raise typer.Exit(0)
+    if not as_json:
+        why = f": {job.error.message}" if job.error else ""
+        console.print(Text("✗ ", style="red") + Text(f"{job.id} {job.status}{why}"), soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def create_and_follow(
+    client: Client, body: dict[str, Any], *, follow: bool, as_json: bool, names: dict[str, str]
+) -> None:
+    with cli_errors(names):
+        job = client.fine_tuning.jobs.create(**body)
+    if not follow:
+        if as_json:
+            print_json(job)
+        else:
+            print(job.id)
+        return
+    if not as_json:
+        console.print(
+            f"Created {job.id} ({job.model}); following. Ctrl-C stops following, not the job.",
+            highlight=False,
+            soft_wrap=True,
+        )
+    with cli_errors(names):
+        try:
+            final = follow_job(client, job, console=console, as_json=as_json)
+        except KeyboardInterrupt:
+            fail(f"stopped following; {job.id} goes on. Resume with `ftserve jobs follow {job.id}`.", 130)
+    finish(final, as_json=as_json)
+
+
+@jobs_app.command("create")
+def jobs_create(
+    model: str = typer.Option(..., "--model", "-m", help="Base model id (see `ftserve models list`)."),
+    file: str = typer.Option(
+        ..., "--file", "-f", help="Training file: a local JSONL path (uploaded first) or a file id."
+    ),
+    validation_file: str = typer.Option(
+        None, "--validation-file", help="Validation file: a path or a file id."
+    ),
+    method: str = typer.Option("sft", "--method", help="sft or dpo."),
+    suffix: str = typer.Option(None, "--suffix", help="Goes into the model name: ft:base:org:SUFFIX:job."),
+    hyperparameter: list[str] = typer.Option(
+        [],
+        "-H",
+        "--hyperparameter",
+        help="key=value, repeatable: n_epochs=3, lora_rank=8, learning_rate=5e-3.",
+    ),
+    seed: int = typer.Option(None, "--seed", help="Seed for a reproducible run."),
+    metadata: list[str] = typer.Option([], "--metadata", help="key=value, repeatable."),
+    follow: bool = typer.Option(
+        False, "--follow", help="Follow the job live until it ends; exit 0 on success."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP + " With --follow: events as JSON lines."),
+) -> None:
+    """Create a fine-tuning job (uploading local files first), optionally following it live."""
+    with cli_errors(JOB_FLAGS):
+        method_type = METHODS.get(method.lower())
+        if method_type is None:
+            raise UserError(f"unknown method '{method}'. Use --method sft or --method dpo.")
+        hyperparameters = parse_pairs(hyperparameter, "-H", typed=True)
+        meta = parse_pairs(metadata, "--metadata", typed=False)
+        client = make_client()
+        check_model(client, model, where="--model")
+        training_file = resolve_file(client, file, flag="--file", as_json=as_json)
+        validation = (
+            resolve_file(client, validation_file, flag="--validation-file", as_json=as_json)
+            if validation_file
+            else None
+        )
+    body: dict[str, Any] = {
+        "model": model,
+        "training_file": training_file,
+        "validation_file": validation,
+        "method": method_type,
+        "hyperparameters": hyperparameters or None,
+        "suffix": suffix,
+        "seed": seed,
+        "metadata": meta or None,
+    }
+    create_and_follow(client, body, follow=follow, as_json=as_json, names=JOB_FLAGS)
+
+
+def _job_table(jobs: list[FineTuningJob]) -> Table:
+    table = Table("id", "status", "model", "fine-tuned model", "progress", "created", box=None)
+    for job in jobs:
+        progress = f"{job.step or 0}/{job.total_steps}" if job.total_steps else "-"
+        table.add_row(
+            job.id, job.status, job.model, job.fine_tuned_model or "-", progress, when(job.created_at)
+        )
+    return table
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: int = typer.Option(20, "--limit", "-n", help="How many (newest first)."),
+    all_jobs: bool = typer.Option(False, "--all", help="Every job, page after page."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List your fine-tuning jobs, newest first."""
+    with cli_errors():
+        page = make_client().fine_tuning.jobs.list(limit=min(limit, 100))
+        jobs = list(page) if all_jobs else list(page)[:limit]
+        if as_json:
+            print_json(jobs)
+            return
+        if not jobs:
+            console.print("No jobs yet: `ftserve jobs create --model demo-tiny --file train.jsonl --follow`.")
+            return
+        out.print(_job_table(jobs))
+
+
+@jobs_app.command("get")
+def jobs_get(
+    job_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
+) -> None:
+    """Show one job."""
+    with cli_errors():
+        job = make_client().fine_tuning.jobs.retrieve(job_id)
+        if as_json:
+            print_json(job)
+            return
+        data = job.to_dict()
+        for key in ("id", "status", "model", "fine_tuned_model", "training_file", "validation_file"):
+            out.print(f"{key:18} {data.get(key) or '-'}", markup=False)
+        if job.total_steps:
+            out.print(f"{'progress':18} step {job.step or 0}/{job.total_steps}", markup=False)
+        if job.error:
+            out.print(f"{'error':18} {job.error.message}", markup=False)
+        method = job.method.type if job.method else "supervised"
+        section = getattr(job.method, method, None) if job.method else None
+        hp = section.hyperparameters if section and section.hyperparameters else job.hyperparameters
+        out.print(f"{'method':18} {method}", markup=False)
+        if hp is not None:
+            shown = ", ".join(f"{k}={v}" for k, v in hp.model_dump(exclude_none=True).items())
+            out.print(f"{'hyperparameters':18} {shown}", markup=False)
+        out.print(f"{'created':18} {when(job.created_at)}", markup=False)
+        if job.finished_at:
+            out.print(f"{'finished':18} {when(job.finished_at)}", markup=False)
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: str = typer.Argument(...),
+    limit: int = typer.Option(50, "--limit", "-n", help="The last N events (oldest of them first)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show a job's latest events, oldest first (`ftserve jobs follow` to keep watching)."""
+    with cli_errors():
+        page = make_client().fine_tuning.jobs.list_events(job_id, limit=min(limit, 1000))
+        events = list(page.data)[:limit][::-1]
+        if as_json:
+            print_json(events)
+            return
+        for event in events:
+            out.print(f"{when(event.created_at)}  {event.level:5}  {event.message}", markup=False)
+
+
+@jobs_app.command("follow")
+def jobs_follow(
+    job_id: str = typer.Argument(...),
+    as_json: bool = typer.Option(False, "--json", help="Events as JSON lines, then the final job."),
+) -> None:
+    """Follow a job live until it ends: exit 0 if it succeeded, 1 if it failed or was cancelled."""
+    with cli_errors():
+        client = make_client()
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        try:
+            final = follow_job(client, job, console=console, as_json=as_json)
+        except KeyboardInterrupt:
+            fail(f"stopped following; {job_id} goes on.", 130)
+    finish(final, as_json=as_json)
+
+
+def _control(verb: str, job_id: str, as_json: bool) -> None:
+    with cli_errors():
+        jobs = make_client().fine_tuning.jobs
+        job = {"cancel": jobs.cancel, "pause": jobs.pause, "resume": jobs.resume}[verb](job_id)
+        if as_json:
+            print_json(job)
+        else:
+            print(f"{job.id} {job.status}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Cancel a job that has not finished."""
+    _control("cancel", job_id, as_json)
+
+
+@jobs_app.command("pause")
+def jobs_pause(job_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Pause a queued or running job: it checkpoints and frees its worker."""
+    _control("pause", job_id, as_json)
+
+
+@jobs_app.command("resume")
+def jobs_resume(job_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Resume a paused job from its checkpoint."""
+    _control("resume", job_id, as_json)
+
+
+@jobs_app.command("checkpoints")
+def jobs_checkpoints(job_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List a job's checkpoints (newest first; the last 3 are kept)."""
+    with cli_errors():
+        checkpoints = list(make_client().fine_tuning.jobs.checkpoints.list(job_id))
+        if as_json:
+            print_json(checkpoints)
+            return
+        table = Table("step", "model", "train loss", "created", box=None)
+        for c in checkpoints:
+            loss = c.metrics.get("train_loss")
+            table.add_row(
+                str(c.step_number),
+                c.fine_tuned_model_checkpoint,
+                f"{loss:.4f}" if isinstance(loss, float) else "-",
+                when(c.created_at),
+            )
+        out.print(table)
+
+
+# --- models (API side) ---------------------------------------------------------------------------------------
+
+
+def models_list_api(as_json: bool) -> None:
+    with cli_errors():
+        models = list(make_client().models.list())
+        if as_json:
+            print_json(models)
+            return
+        table = Table("id", "owned by", "created", box=None)
+        for m in models:
+            table.add_row(m.id, m.owned_by, when(m.created))
+        out.print(table)
+
+
+def register_model_commands(models_app: typer.Typer) -> None:
+    @models_app.command("get")
+    def models_get(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Show one model (through the API)."""
+        with cli_errors():
+            m = make_client().models.retrieve(model)
+            if as_json:
+                print_json(m)
+            else:
+                out.print(f"{m.id}  owned by {m.owned_by}  {when(m.created)}")
+
+    @models_app.command("delete")
+    def models_delete(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Delete one of your fine-tuned models (through the API)."""
+        with cli_errors():
+            deleted = make_client().models.delete(model)
+            if as_json:
+                print_json(deleted)
+            else:
+                print(f"Deleted {deleted.id}")
+
+
+# --- chat ----------------------------------------------------------------------------------------------------
+
+
+def chat(
+    model: str = typer.Option(..., "--model", "-m", help="A base model or one of your ft: models."),
+    prompt: str = typer.Option(None, "--prompt", "-p", help="One shot: answer this and exit."),
+    system: str = typer.Option(None, "--system", "-s", help="A system message."),
+    max_tokens: int = typer.Option(256, "--max-tokens"),
+    temperature: float = typer.Option(None, "--temperature"),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come."),
+    as_json: bool = typer.Option(False, "--json", help="With -p: the whole completion as JSON."),
+) -> None:
+    """Chat with a model: an interactive REPL (/reset, /exit), or one answer with -p."""
+    with cli_errors({"model": "--model"}):
+        client = make_client()
+        messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        options: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
+        if prompt is not None:
+            messages.append({"role": "user", "content": prompt})
+            if as_json:
+                print_json(client.chat.completions.create(messages=messages, **options))
+                return
+            _answer(client, messages, options, stream=stream)
+            return
+        if as_json:
+            raise UserError("--json needs a one-shot prompt: add -p 'your question'.")
+        console.print(f"Chatting with {model}. /reset clears the history, /exit (or Ctrl-D) quits.")
+        while True:
+            try:
+                line = console.input("[bold]you>[/bold] ")
+            except EOFError:
+                console.print()
+                return
+            if line.strip() in ("/exit", "/quit"):
+                return
+            if line.strip() == "/reset":
+                messages = messages[:1] if system else []
+                console.print("[dim](history cleared)[/dim]")
+                continue
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line})
+            messages.append(
+                {"role": "assistant", "content": _answer(client, messages, options, stream=stream)}
+            )
+
+
+def _answer(client: Client, messages: list[dict[str, str]], options: dict[str, Any], *, stream: bool) -> str:
+    if not stream:
+        completion: ChatCompletion = client.chat.completions.create(messages=messages, **options)
+        print(completion.text, flush=True)
+        return completion.text
+    parts: list[str] = []
+    with client.chat.completions.create(messages=messages, stream=True, **options) as chunks:
+        for chunk in chunks:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+                sys.stdout.write(parts[-1])
+                sys.stdout.flush()
+    print(flush=True)
+    return "".join(parts)
