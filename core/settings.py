@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     )
     webhook_max_concurrency: int = Field(32, description="Endpoints the dispatcher sends to at the same time.")
     webhook_max_endpoints_per_org: int = Field(20, description="Webhook endpoints one organization may have.")
+    webhook_retention_days: float = Field(
+        30.0, description="Finished deliveries and their attempt log are deleted after this many days."
+    )
 
     # Inference: vLLM replicas and the /v1/chat/completions proxy (docs/inference.md).
     inference_enabled: bool = Field(
