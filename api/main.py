@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
-from api.routes import files, fine_tuning, inference, models, webhooks
+from api.routes import estimates, files, fine_tuning, inference, models, webhooks
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
+    app.include_router(estimates.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)
     app.include_router(inference.router)

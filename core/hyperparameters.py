@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Auto = Literal["auto"]
 Method = Literal["supervised", "dpo"]
+Quantization = Literal["none", "4bit"]
 
 # -- the rules behind "auto" (see resolve_hyperparameters) ---------------------------------------------------
 REFERENCE_PARAMS = 7e9  # the size the base LoRA learning rate below is tuned for (Llama/Qwen 7-8B)
@@ -55,6 +56,8 @@ class _Hyperparameters(BaseModel):
     warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
     eval_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
     checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
+    # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; needs a CUDA worker)
+    quantization: Auto | Quantization = "auto"
 
 
 class SupervisedHyperparameters(_Hyperparameters):
@@ -86,6 +89,7 @@ class ResolvedHyperparameters(BaseModel):
     warmup_ratio: float
     eval_every_steps: int
     checkpoint_every_steps: int
+    quantization: Quantization = "none"  # defaulted: rows resolved before the field existed still load
     # Derived, for progress reporting and memory estimates
     n_examples: int
     steps_per_epoch: int
@@ -172,6 +176,7 @@ def resolve_hyperparameters(
       the job with their line numbers rather than being truncated.
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
+    - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on CUDA workers only.
 
     `base_model_params` (from the model registry or the model's config) sizes the lr and epochs; None means
     "a real model" (>= 1B) and gives OpenAI's rules with a 7B-class learning rate.
@@ -234,6 +239,7 @@ def resolve_hyperparameters(
         checkpoint_every_steps=every_tenth
         if hp.checkpoint_every_steps == "auto"
         else hp.checkpoint_every_steps,
+        quantization="none" if hp.quantization == "auto" else hp.quantization,
         n_examples=n_examples,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
