@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import ColumnElement, CursorResult, or_, update
+from sqlalchemy import ColumnElement, CursorResult, delete, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -33,6 +33,7 @@ from core.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from core.settings import Settings
 
 log = logging.getLogger("ftserve.scheduler.webhooks")
+PRUNE_EVERY_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class WebhookDispatcher:
         self.busy: set[str] = set()  # endpoints with a sender task running
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
+        self._pruned_at = time.monotonic() - PRUNE_EVERY_S + 60  # first prune a minute after start
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -93,6 +95,9 @@ class WebhookDispatcher:
             while not stop.is_set():
                 try:
                     await self.dispatch_once()
+                    if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+                        self._pruned_at = time.monotonic()
+                        await asyncio.to_thread(self.prune)
                 except Exception:
                     log.exception("webhook dispatch failed; retrying in %.1fs", interval)
                 try:
@@ -180,6 +185,29 @@ class WebhookDispatcher:
             )
 
     # -- database (run in a thread: SQLite may wait on a lock) ---------------------------------------------
+
+    def prune(self, *, now: float | None = None) -> int:
+        """Delete finished deliveries older than the retention, their attempts, and events left with no
+        delivery. Pending deliveries are never touched. Returns how many deliveries went."""
+        cutoff = int((now if now is not None else time.time()) - self.settings.webhook_retention_days * 86400)
+        finished = col(WebhookDelivery.status).in_([webhooks.DELIVERED, webhooks.FAILED, webhooks.CANCELLED])
+        with session_scope(self.engine) as session:
+            old = select(WebhookDelivery.id).where(finished, col(WebhookDelivery.created_at) < cutoff)
+            session.execute(
+                delete(WebhookDeliveryAttempt).where(col(WebhookDeliveryAttempt.delivery_id).in_(old))
+            )
+            gone = _rowcount(session, delete(WebhookDelivery).where(col(WebhookDelivery.id).in_(old)))
+            session.execute(
+                delete(WebhookEvent).where(
+                    col(WebhookEvent.created_at) < cutoff,
+                    col(WebhookEvent.id).not_in(select(WebhookDelivery.event_id)),
+                )
+            )
+        if gone:
+            log.info(
+                "pruned %d webhook deliveries older than %g days", gone, self.settings.webhook_retention_days
+            )
+        return gone
 
     def _due_endpoints(self, limit: int, busy: set[str]) -> list[str]:
         now = time.time()

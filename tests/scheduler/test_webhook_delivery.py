@@ -317,6 +317,25 @@ async def test_placing_a_job_records_fine_tuning_job_running(
     assert len(deliveries(engine)) == 1
 
 
+async def test_finished_deliveries_are_pruned_after_the_retention_and_pending_ones_kept(
+    engine: Engine, settings: Settings, storage: Storage, receiver: WebhookReceiver
+) -> None:
+    org, _key = make_org_with_key(settings, engine)
+    add_endpoint(settings, engine, org, receiver.url)
+    finish_job(engine, storage, org)
+    dispatcher = WebhookDispatcher(engine, settings)
+    await dispatcher.deliver_due()
+    finish_job(engine, storage, org, jobs.FAILED)  # not sent yet: pending
+    assert dispatcher.prune() == 0  # nothing is old yet
+    assert dispatcher.prune(now=time.time() + 31 * 86400) == 1
+    await dispatcher.close()
+    (left,) = deliveries(engine)
+    assert left.status == webhooks.PENDING
+    with Session(engine) as session:
+        assert session.exec(select(WebhookDeliveryAttempt)).all() == []
+        assert [e.id for e in session.exec(select(WebhookEvent)).all()] == [left.event_id]
+
+
 # -- leases ----------------------------------------------------------------------------------------------------
 
 
