@@ -435,7 +435,9 @@ class EstimateObject(OpenAIBaseModel):
     breakdown: dict[str, int]
     gpu_class: str | None  # where the job would go now (best fit), else the smallest class that can hold it
     fits: list[GpuFit]  # every live GPU class that can hold the job
-    placeable: bool  # some live device could ever hold it (else a job would fail at once)
+    # True: some live GPU could hold it; False: GPUs are live and none could (a job would fail at once);
+    # None: no live GPU worker, or the registry is unreachable (a job would wait).
+    placeable: bool | None
     cpu_ram_mb: int  # the estimate for a CPU-only worker (host RAM)
     parameters: int
     trainable_parameters: int

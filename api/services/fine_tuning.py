@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from api.protocol import (
+    CreateEstimateRequest,
     CreateFineTuningJobRequest,
     CursorListResponse,
     FineTuningJobCheckpointObject,
@@ -31,6 +32,10 @@ FORMATS_FOR_METHOD = {
     "dpo": {"preference"},
 }
 OPENAI_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
+VRAM_BREAKDOWN = (
+    "weights_mb", "trainable_state_mb", "gradients_mb", "activations_mb", "logits_mb",
+    "optimizer_workspace_mb", "overhead_mb", "margin_mb",
+)  # fmt: skip
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 SUFFIX_FORBIDDEN = set(":/ \t\r\n")
 
@@ -52,7 +57,9 @@ def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
     return (f"{prefix}.{field}" if field else prefix), reason
 
 
-def _method_and_hyperparameters(request: CreateFineTuningJobRequest) -> tuple[str, dict[str, Any], str]:
+def _method_and_hyperparameters(
+    request: CreateFineTuningJobRequest | CreateEstimateRequest,
+) -> tuple[str, dict[str, Any], str]:
     """Returns (method type, validated hyperparameters as a dict with "auto" kept, the param path)."""
     method = request.method
     method_type = method.type if method else "supervised"
@@ -179,6 +186,7 @@ def create_job(
         job_metadata=request.metadata,
         integrations=request.integrations,
         status=jobs.VALIDATING,
+        priority=request.priority or 0,
     )
     session.add(job)
     jobs.append_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}")
@@ -224,7 +232,35 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         attempt=job.attempt,
         step=job.step,
         total_steps=job.total_steps,
+        **_scheduling_view(job),
     )
+
+
+def _scheduling_view(job: FineTuningJob) -> dict[str, Any]:
+    """The scheduling extensions: the memory estimate (itemised), the GPU class the job runs on, and, while
+    it waits in the queue, its position, a start-time forecast and why it waits."""
+    record = job.vram_estimate or {}
+    estimate: dict[str, Any] | None = None
+    if isinstance(record.get("gpu"), dict):
+        gpu = record["gpu"]
+        estimate = {
+            "peak_mb": gpu.get("peak_mb"),
+            "breakdown": {k: gpu.get(k) for k in VRAM_BREAKDOWN},
+            "profile": gpu.get("profile"),
+            "cpu_ram_mb": (record.get("cpu") or {}).get("reservation_mb"),
+        }
+    elif "error" in record:
+        estimate = {"error": record["error"]}
+    queued = job.status == jobs.QUEUED
+    return {
+        "priority": job.priority,
+        "estimated_vram_mb": job.estimated_vram_mb,
+        "vram_estimate": estimate,
+        "gpu_class": job.gpu_name,
+        "queue_position": job.queue_position if queued else None,
+        "estimated_start_at": job.estimated_start_at if queued else None,
+        "queue_reason": job.wait_reason if queued else None,
+    }
 
 
 def _job(session: Session, *, org: Organization, job_id: str) -> FineTuningJob:

@@ -1,0 +1,176 @@
+"""POST /v1/fine_tuning/estimates: how much GPU memory a job would need, and which live GPUs could run it,
+before any job is created. Same body as a job create; the same estimator the scheduler places with
+(core/vram.py) and the same rule for free memory (total less the reservations of the jobs placed there)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlmodel import Session, col, func, select
+
+from api.protocol import CreateEstimateRequest, EstimateObject, GpuFit
+from api.services.fine_tuning import FORMATS_FOR_METHOD, _method_and_hyperparameters, _training_file
+from core.errors import InvalidRequestError
+from core.model_registry import load_registry
+from core.models import FineTuningJob, Organization
+from core.queue import WorkerInfo, live_workers
+from core.settings import Settings
+from core.vram import EstimateError, estimate_request
+
+log = logging.getLogger("ftserve.api")
+
+
+async def _fleet(settings: Settings) -> list[WorkerInfo] | None:
+    """The live workers, or None when the registry (Redis) cannot be read."""
+    if not settings.redis_url:
+        return None
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return await live_workers(client)
+    except Exception as exc:  # noqa: BLE001 (an estimate without the fleet is still an estimate)
+        log.warning("estimate: cannot read the worker registry: %s", exc)
+        return None
+    finally:
+        await client.aclose()
+
+
+def _holdings(session: Session) -> tuple[dict[tuple[str, int], int], dict[str, int]]:
+    """(reserved MiB per (worker, device), jobs held per worker), from the DB."""
+    rows = session.exec(
+        select(
+            FineTuningJob.worker_id,
+            FineTuningJob.gpu_index,
+            func.sum(FineTuningJob.reserved_mb),
+            func.count(),
+        )
+        .where(col(FineTuningJob.worker_id).is_not(None))
+        .group_by(col(FineTuningJob.worker_id), col(FineTuningJob.gpu_index))
+    ).all()
+    reserved: dict[tuple[str, int], int] = {}
+    held: dict[str, int] = {}
+    for worker, index, mb, count in rows:
+        held[str(worker)] = held.get(str(worker), 0) + int(count)
+        if index is not None:
+            reserved[(str(worker), int(index))] = int(mb or 0)
+    return reserved, held
+
+
+def _n_examples(session: Session, org: Organization, request: CreateEstimateRequest, method: str) -> int:
+    if request.training_file and request.n_examples:
+        raise InvalidRequestError(
+            "Give either training_file or n_examples, not both.", param="n_examples", code="invalid_value"
+        )
+    if request.n_examples:
+        return request.n_examples
+    if not request.training_file:
+        raise InvalidRequestError(
+            "An estimate needs training_file (a processed file) or n_examples (how many examples it will hold).",
+            param="training_file",
+            code="missing_required_parameter",
+        )
+    row = _training_file(session, org=org, file_id=request.training_file, param="training_file")
+    assert row is not None
+    if row.data_format not in FORMATS_FOR_METHOD[method]:
+        raise InvalidRequestError(
+            f"File {row.id} holds {row.data_format} data, which a {method} job cannot train on.",
+            param="training_file",
+            code="invalid_file_format",
+        )
+    return row.example_count or 0
+
+
+async def create_estimate(
+    *, session: Session, settings: Settings, org: Organization, request: CreateEstimateRequest
+) -> EstimateObject:
+    method, hyperparameters, param = _method_and_hyperparameters(request)
+    if request.max_seq_length is not None:
+        given = hyperparameters.get("max_seq_length", "auto")
+        if given not in ("auto", request.max_seq_length):
+            raise InvalidRequestError(
+                f"max_seq_length is given twice, as {request.max_seq_length} and as {given} in {param}.",
+                param="max_seq_length",
+            )
+        hyperparameters["max_seq_length"] = request.max_seq_length
+    if request.model not in load_registry(settings):
+        known = ", ".join(sorted(load_registry(settings))) or "none registered"
+        raise InvalidRequestError(
+            f"The model '{request.model}' does not exist or cannot be fine-tuned (base models: {known}).",
+            param="model",
+            code="model_not_found",
+        )
+    n_examples = _n_examples(session, org, request, method)
+    try:
+        estimates = estimate_request(
+            settings,
+            model=request.model,
+            method_type=method,
+            hyperparameters=hyperparameters,
+            n_examples=n_examples,
+        )
+    except EstimateError as exc:
+        raise InvalidRequestError(
+            f"Cannot size the model '{request.model}': {exc}", param="model", code="model_not_sizable"
+        ) from None
+    gpu, cpu = estimates.gpu, estimates.cpu
+    need = gpu.reservation_mb
+
+    workers = await _fleet(settings)
+    notes = list(gpu.notes)
+    fits: dict[tuple[str, int], dict[str, Any]] = {}
+    best: tuple[int, int, str] | None = None  # (free, total, class) of the best fit now
+    any_gpu = False
+    if workers is None:
+        notes.append("The worker registry is unreachable: fits lists nothing and placeable is unknown.")
+    else:
+        reserved, held = _holdings(session)
+        for worker in workers:
+            room = worker.max_jobs - held.get(worker.id, 0) > 0
+            for device in worker.gpus:
+                if device.name == "cpu":
+                    continue
+                any_gpu = True
+                if device.total_mb < need:
+                    continue
+                entry = fits.setdefault(
+                    (device.name, device.total_mb), {"gpu_class": device.name, "total_mb": device.total_mb,
+                                                     "devices": 0, "free_now": 0}
+                )  # fmt: skip
+                entry["devices"] += 1
+                free = min(device.total_mb - reserved.get((worker.id, device.index), 0), device.free_mb)
+                if room and free >= need:
+                    entry["free_now"] += 1
+                    if best is None or (free, device.total_mb) < best[:2]:
+                        best = (free, device.total_mb, device.name)
+    classes = sorted(fits.values(), key=lambda f: (f["total_mb"], f["gpu_class"]))
+    gpu_class = best[2] if best else (classes[0]["gpu_class"] if classes else None)
+    placeable: bool | None = bool(classes) if any_gpu else None
+    hp = estimates.hyperparameters
+    return EstimateObject(
+        model=request.model,
+        method=method,
+        estimated_vram_mb=need,
+        peak_vram_mb=gpu.peak_mb,
+        breakdown=gpu.breakdown(),
+        gpu_class=gpu_class,
+        fits=[GpuFit(**f) for f in classes],
+        placeable=placeable,
+        cpu_ram_mb=cpu.reservation_mb,
+        parameters=gpu.parameters,
+        trainable_parameters=gpu.trainable_parameters,
+        tokens_per_micro_batch=gpu.tokens_per_micro_batch,
+        hyperparameters={
+            "batch_size": hp.batch_size,
+            "max_seq_length": hp.max_seq_length,
+            "lora_rank": hp.lora_rank,
+            "lora_alpha": hp.lora_alpha,
+            "target_modules": hp.target_modules,
+            "n_epochs": hp.n_epochs,
+            "n_examples": hp.n_examples,
+            "total_steps": hp.total_steps,
+        },
+        profile=gpu.profile,
+        notes=notes,
+    )

@@ -1,0 +1,210 @@
+"""POST /v1/fine_tuning/estimates against a real Redis worker registry, on SQLite and PostgreSQL: the
+estimate is the estimator's, the fits are the live GPUs big enough, and bad bodies are 400s naming the field."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from core.model_registry import register_model
+from core.queue import Device, WorkerInfo, publish_worker
+from core.redis_embedded import EmbeddedRedis
+from core.settings import Settings
+from core.vram import estimate_request
+from scheduler.main import connect_redis
+from tests.support.datasets import chat_jsonl, preference_jsonl
+from tests.support.model_configs import LLAMA_3_1_8B, write_config
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path, redis_server: EmbeddedRedis) -> Settings:
+    redis.Redis.from_url(redis_server.url).flushall()
+    database_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    settings = Settings(
+        data_dir=tmp_path / "data", database_url=database_url, min_examples=10, redis_url=redis_server.url
+    )
+    # An 8B model's shape, without its weights: estimates read config.json only.
+    register_model(
+        settings, "llama-8b", tmp_path / "llama-8b", config=write_config(tmp_path / "cfg", LLAMA_3_1_8B)
+    )
+    return settings
+
+
+def _publish(settings: Settings, *workers: WorkerInfo) -> None:
+    async def go() -> None:
+        pool = await connect_redis(str(settings.redis_url))
+        for worker in workers:
+            await publish_worker(pool, worker, ttl_s=60)
+        await pool.close(close_connection_pool=True)
+
+    asyncio.run(go())
+
+
+def _gpu(name: str, mb: int, index: int = 0, free: int | None = None) -> Device:
+    return Device(index=index, name=name, total_mb=mb, free_mb=mb if free is None else free)
+
+
+def _estimate(client: TestClient, key: str, **body: object):
+    return client.post("/v1/fine_tuning/estimates", headers=_auth(key), json=body)
+
+
+def _upload(client: TestClient, key: str, data: bytes) -> str:
+    resp = client.post(
+        "/v1/files", headers=_auth(key), data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", data)}
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def test_estimate_lists_the_live_gpus_that_fit_and_the_best_one(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    _publish(
+        settings,
+        WorkerInfo(id="small", gpus=[_gpu("A10-24GB", 24576)]),
+        WorkerInfo(id="mid", gpus=[_gpu("L40S-48GB", 49152)]),
+        WorkerInfo(id="big", gpus=[_gpu("H100-80GB", 81920), _gpu("H100-80GB", 81920, index=1, free=1000)]),
+    )
+    hp = {"batch_size": 2, "max_seq_length": 2048, "lora_rank": 16}
+    resp = _estimate(
+        client, org_a_key, model="llama-8b", n_examples=500,
+        method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    expected = estimate_request(
+        settings, model="llama-8b", method_type="supervised", hyperparameters=hp, n_examples=500
+    ).gpu
+    assert body["object"] == "fine_tuning.estimate"
+    assert body["estimated_vram_mb"] == expected.reservation_mb
+    assert body["peak_vram_mb"] == expected.peak_mb < body["estimated_vram_mb"]
+    assert sum(body["breakdown"].values()) == pytest.approx(body["estimated_vram_mb"], abs=10)
+    assert body["tokens_per_micro_batch"] == 2 * 2048 and body["hyperparameters"]["batch_size"] == 2
+    # ~16 GB of bf16 weights plus 4096 tokens of unfused logits: more than 24 GB, less than 48.
+    assert 24576 < body["estimated_vram_mb"] < 49152
+    assert [(f["gpu_class"], f["devices"], f["free_now"]) for f in body["fits"]] == [
+        ("L40S-48GB", 1, 1),
+        ("H100-80GB", 2, 1),  # the second H100 reports 1000 MiB free: something else uses it
+    ]
+    assert body["gpu_class"] == "L40S-48GB" and body["placeable"] is True
+
+
+def test_estimate_from_a_training_file_and_a_job_create_body(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    _publish(settings, WorkerInfo(id="small", gpus=[_gpu("A10-24GB", 24576)]))
+    training = _upload(client, org_a_key, chat_jsonl(40))
+    # Exactly what would be sent to create the job, extension fields included.
+    body = {"model": "llama-8b", "training_file": training, "suffix": "x", "seed": 3, "priority": 5,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"max_seq_length": 512}}}}  # fmt: skip
+    resp = _estimate(client, org_a_key, **body)
+    assert resp.status_code == 200, resp.text
+    est = resp.json()
+    assert est["hyperparameters"]["n_examples"] == 40 and est["hyperparameters"]["batch_size"] == 4
+    assert est["estimated_vram_mb"] < 24576 and est["gpu_class"] == "A10-24GB"
+    # The top-level shortcut gives the same answer.
+    short = _estimate(client, org_a_key, model="llama-8b", training_file=training, max_seq_length=512).json()
+    assert short["estimated_vram_mb"] == est["estimated_vram_mb"]
+
+    huge = _estimate(client, org_a_key, model="llama-8b", n_examples=64, max_seq_length=65536).json()
+    assert huge["fits"] == [] and huge["placeable"] is False and huge["gpu_class"] is None
+
+
+def test_estimate_without_a_reachable_registry_still_estimates(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    settings.redis_url = "redis://127.0.0.1:1/0"  # nothing listens there
+    resp = _estimate(client, org_a_key, model="llama-8b", n_examples=100)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["fits"] == [] and resp.json()["placeable"] is None
+    assert "unreachable" in resp.json()["notes"][-1]
+
+
+BAD_BODIES: list[tuple[dict[str, object], str]] = [
+    ({}, "training_file"),
+    ({"n_examples": 0}, "n_examples"),
+    ({"n_examples": "many"}, "n_examples"),
+    ({"n_examples": 10, "training_file": "file-x"}, "n_examples"),
+    ({"n_examples": 10, "model": "nope"}, "model"),
+    ({"n_examples": 10, "max_seq_length": 8}, "max_seq_length"),
+    (
+        {"n_examples": 10, "training_file": None, "hyperparameters": {"lora_rank": 0}},
+        "hyperparameters.lora_rank",
+    ),
+    (
+        {
+            "n_examples": 10,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epoch": 2}}},
+        },
+        "method.supervised.hyperparameters.n_epoch",
+    ),
+    (
+        {
+            "n_examples": 10,
+            "max_seq_length": 512,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"max_seq_length": 1024}}},
+        },
+        "max_seq_length",
+    ),  # fmt: skip
+    ({"training_file": "file-nope"}, "training_file"),
+    ({"model": ""}, "model"),
+]
+
+
+def test_bad_estimate_bodies_are_400_naming_the_field(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    for body, param in BAD_BODIES:
+        resp = _estimate(client, org_a_key, **{"model": "llama-8b", **body})
+        assert resp.status_code == 400, (body, resp.text)
+        assert resp.json()["error"]["param"] == param, (body, resp.json())
+
+
+def test_estimate_refuses_a_file_of_the_wrong_format(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    preference = _upload(client, org_a_key, preference_jsonl(12))
+    resp = _estimate(client, org_a_key, model="llama-8b", training_file=preference)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "training_file"
+    dpo = _estimate(client, org_a_key, model="llama-8b", training_file=preference, method={"type": "dpo"})
+    assert dpo.status_code == 200, dpo.text
+    assert dpo.json()["tokens_per_micro_batch"] == 2 * dpo.json()["hyperparameters"]["batch_size"] * 8192
+
+
+def test_estimates_need_a_key(client: TestClient) -> None:
+    assert (
+        client.post("/v1/fine_tuning/estimates", json={"model": "llama-8b", "n_examples": 5}).status_code
+        == 401
+    )
+
+
+def test_priority_is_accepted_on_create_and_shown_on_the_job(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    training = _upload(client, org_a_key, chat_jsonl(12))
+    job = client.post(
+        "/v1/fine_tuning/jobs", headers=_auth(org_a_key),
+        json={"model": "llama-8b", "training_file": training, "priority": 7},
+    ).json()  # fmt: skip
+    assert job["priority"] == 7 and job["estimated_vram_mb"] is None and job["queue_position"] is None
+    for bad in (101, "high", 1.5, True):
+        resp = client.post(
+            "/v1/fine_tuning/jobs", headers=_auth(org_a_key),
+            json={"model": "llama-8b", "training_file": training, "priority": bad},
+        )  # fmt: skip
+        assert resp.status_code == 400 and resp.json()["error"]["param"] == "priority", (bad, resp.text)
