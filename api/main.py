@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from api.errors import install_error_handlers
 from api.middleware import RequestIdMiddleware
-from api.routes import estimates, files, fine_tuning, inference, models, webhooks
+from api.routes import estimates, files, fine_tuning, inference, models, ui, webhooks
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(webhooks.router)
     app.include_router(inference.router)
+    app.include_router(ui.router)
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)
     def healthz() -> dict[str, str]:

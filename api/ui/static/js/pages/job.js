@@ -1,0 +1,403 @@
+// Job detail: a live loss chart fed by metrics events, the event log, checkpoints, hyperparameters, controls
+// and the results CSV. New events are read by paging the newest-first event list until a known id.
+import { UI, api, download, request } from "../api.js";
+import {
+  alertBox,
+  badge,
+  clear,
+  confirmButton,
+  copyButton,
+  formatMb,
+  formatNumber,
+  formatRelative,
+  formatTime,
+  h,
+  poller,
+  progressBar,
+  setProgress,
+  toast,
+} from "../dom.js";
+import { ACTIVE, progressText } from "./jobs.js";
+
+const POLL_MS = 1000;
+const MAX_EVENT_ROWS = 300;
+const TRAIN_COLOR = "#4f46e5";
+const VALID_COLOR = "#c2410c";
+
+export function render(main, { params }) {
+  const jobId = params[0];
+  const base = `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}`;
+  let alive = true;
+  let job = null;
+  let chart = null;
+  let lastStatus = null;
+  const seen = new Set();
+  const events = []; // newest first
+  const metrics = new Map(); // step -> latest metrics row (a resumed attempt may repeat steps)
+
+  const title = h("h1", { tabindex: "-1" }, jobId);
+  const actions = h("div", { class: "page-actions" });
+  const statusLine = h("div", { class: "status-line" });
+  const errorArea = h("div");
+  const facts = h("dl", { class: "facts" });
+  const hyperparameters = h("dl", { class: "facts hp-list", id: "hyperparameters" });
+  const checkpointsArea = h("div", { class: "table-wrap", id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoints yet."));
+  const eventsBody = h("tbody");
+  const hideMetrics = h("input", { type: "checkbox", id: "hide-metrics" });
+  const eventsArea = h(
+    "div",
+    { class: "table-wrap events-wrap" },
+    h(
+      "table",
+      { class: "table events", id: "events" },
+      h("caption", { class: "visually-hidden" }, "Job events, newest first"),
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Time"), h("th", { scope: "col" }, "Level"), h("th", { scope: "col" }, "Message"))),
+      eventsBody,
+    ),
+  );
+  const canvas = h("canvas", { id: "loss-chart", role: "img", "aria-label": "Loss chart: no metrics yet" });
+  const chartEmpty = h("p", { class: "chart-empty muted" }, "The loss curve appears here as soon as training reports its first step.");
+  const chartSummary = h("p", { class: "chart-summary", id: "chart-summary", "aria-live": "polite" });
+
+  clear(
+    main,
+    h("nav", { class: "breadcrumb", "aria-label": "Breadcrumb" }, h("a", { href: `${UI}/jobs`, "data-link": "" }, "Jobs"), h("span", { "aria-hidden": "true" }, " / "), h("span", { class: "mono" }, jobId)),
+    h("div", { class: "page-header" }, title, actions),
+    statusLine,
+    errorArea,
+    h(
+      "div",
+      { class: "job-grid" },
+      h(
+        "section",
+        { class: "card chart-card", "aria-labelledby": "chart-heading" },
+        h("div", { class: "card-head" }, h("h2", { id: "chart-heading" }, "Loss"), chartSummary),
+        h("div", { class: "chart-box" }, canvas, chartEmpty),
+      ),
+      h("section", { class: "card", "aria-labelledby": "details-heading" }, h("h2", { id: "details-heading" }, "Details"), facts),
+      h("section", { class: "card", "aria-labelledby": "hp-heading" }, h("h2", { id: "hp-heading" }, "Hyperparameters"), hyperparameters),
+      h("section", { class: "card span-2", "aria-labelledby": "ckpt-heading" }, h("h2", { id: "ckpt-heading" }, "Checkpoints"), checkpointsArea),
+      h(
+        "section",
+        { class: "card span-2", "aria-labelledby": "events-heading" },
+        h("div", { class: "card-head" }, h("h2", { id: "events-heading" }, "Events"), h("label", { class: "check", for: "hide-metrics" }, hideMetrics, " Hide metrics")),
+        eventsArea,
+      ),
+    ),
+  );
+
+  // -- header, actions, details -------------------------------------------------------------------------
+  function control(verb, label) {
+    return h(
+      "button",
+      {
+        type: "button",
+        class: "btn",
+        id: `${verb}-job`,
+        on: {
+          click: async (event) => {
+            event.currentTarget.disabled = true;
+            await act(verb);
+          },
+        },
+      },
+      label,
+    );
+  }
+
+  async function act(verb) {
+    try {
+      job = await api(`${base}/${verb}`, { method: "POST" });
+      toast(`Job ${verb === "cancel" ? "cancelled" : verb === "pause" ? "pausing" : "resumed"}`);
+      drawJob();
+      poll.restart();
+    } catch (err) {
+      toast(err.message, "error");
+      drawJob();
+    }
+  }
+
+  function drawJob() {
+    const name = job.user_provided_suffix || job.id;
+    title.textContent = name;
+    document.title = `${name} · ftserve`;
+    const buttons = [];
+    if (job.status === "succeeded" && job.fine_tuned_model) {
+      buttons.push(h("a", { class: "btn btn-primary", id: "open-playground", href: `${UI}/playground?model=${encodeURIComponent(job.fine_tuned_model)}`, "data-link": "" }, "Try in playground"));
+    }
+    if (job.result_files?.length) {
+      buttons.push(
+        h(
+          "button",
+          {
+            type: "button",
+            class: "btn",
+            id: "download-results",
+            on: { click: () => download(`/v1/files/${encodeURIComponent(job.result_files[0])}/content`, `${job.id}-results.csv`).catch((e) => toast(e.message, "error")) },
+          },
+          "Download results CSV",
+        ),
+      );
+    }
+    if (["queued", "running"].includes(job.status)) buttons.push(control("pause", "Pause"));
+    if (job.status === "paused") buttons.push(control("resume", "Resume"));
+    if (ACTIVE.has(job.status)) {
+      const cancel = confirmButton("Cancel job", "Confirm cancel", () => act("cancel"));
+      cancel.id = "cancel-job";
+      buttons.push(cancel);
+    }
+    clear(actions, buttons);
+
+    const done = job.status === "succeeded";
+    const bar = progressBar(done ? 1 : job.step ?? 0, done ? 1 : job.total_steps || 0, "Training progress");
+    const eta = etaText(job);
+    clear(statusLine, badge(job.status), bar, h("span", { class: "muted", id: "progress-text" }, progressText(job) + eta));
+    statusLine.dataset.status = job.status;
+
+    clear(
+      errorArea,
+      job.error ? alertBox(`${job.error.message}${job.error.param ? ` (${job.error.param})` : ""}`) : null,
+    );
+
+    const hp = job.method?.[job.method?.type]?.hyperparameters || job.hyperparameters || {};
+    clear(
+      facts,
+      fact("Job ID", h("span", { class: "mono" }, job.id), copyButton(job.id, "Copy job ID")),
+      fact("Base model", job.model),
+      fact("Method", job.method?.type === "dpo" ? "Preference (DPO)" : "Supervised (SFT)"),
+      fact("Fine-tuned model", job.fine_tuned_model ? [h("span", { class: "mono break" }, job.fine_tuned_model), copyButton(job.fine_tuned_model, "Copy model name")] : "—"),
+      fact("Training file", fileLink(job.training_file)),
+      fact("Validation file", job.validation_file ? fileLink(job.validation_file) : "—"),
+      fact("Trained tokens", formatNumber(job.trained_tokens)),
+      fact("Seed", String(job.seed)),
+      fact("Created", formatTime(job.created_at)),
+      fact("Finished", job.finished_at ? formatTime(job.finished_at) : "—"),
+      job.estimated_vram_mb ? fact("Estimated GPU memory", formatMb(job.estimated_vram_mb)) : null,
+      job.gpu_class ? fact("Device", job.gpu_class) : null,
+      job.attempt > 1 ? fact("Attempt", String(job.attempt)) : null,
+    );
+    clear(
+      hyperparameters,
+      Object.entries(hp).map(([key, value]) =>
+        h(
+          "div",
+          { dataset: { name: key } },
+          h("dt", {}, key.replaceAll("_", " ")),
+          h("dd", {}, value === "auto" ? h("span", { class: "auto-value" }, "auto") : Array.isArray(value) ? value.join(", ") : formatNumber(value)),
+        ),
+      ),
+    );
+  }
+
+  // -- events and the chart ---------------------------------------------------------------------------
+  async function fetchNewEvents() {
+    const fresh = [];
+    let after = null;
+    const limit = seen.size ? 100 : 1000;
+    for (;;) {
+      const page = await api(`${base}/events?limit=${limit}${after ? `&after=${encodeURIComponent(after)}` : ""}`);
+      let reachedKnown = false;
+      for (const event of page.data) {
+        if (seen.has(event.id)) {
+          reachedKnown = true;
+          break;
+        }
+        fresh.push(event);
+      }
+      if (reachedKnown || !page.has_more || !page.data.length) break;
+      after = page.data[page.data.length - 1].id;
+    }
+    return fresh; // newest first
+  }
+
+  function addEvents(fresh) {
+    for (const event of [...fresh].reverse()) {
+      seen.add(event.id);
+      events.unshift(event);
+      if (event.type === "metrics" && event.data && typeof event.data.step === "number") {
+        metrics.set(event.data.step, { ...metrics.get(event.data.step), ...event.data });
+      }
+    }
+    drawEvents();
+    if (fresh.some((e) => e.type === "metrics")) drawChart();
+  }
+
+  function drawEvents() {
+    const rows = (hideMetrics.checked ? events.filter((e) => e.type !== "metrics") : events).slice(0, MAX_EVENT_ROWS);
+    clear(
+      eventsBody,
+      rows.map((e) =>
+        h(
+          "tr",
+          { class: `level-${e.level}`, dataset: { type: e.type } },
+          h("td", { class: "nowrap small" }, h("time", {}, formatTime(e.created_at))),
+          h("td", {}, h("span", { class: `level level-${e.level}` }, e.level)),
+          h("td", {}, e.message),
+        ),
+      ),
+    );
+  }
+  hideMetrics.addEventListener("change", drawEvents);
+
+  function series(key) {
+    return [...metrics.values()]
+      .filter((row) => typeof row[key] === "number")
+      .sort((a, b) => a.step - b.step)
+      .map((row) => ({ x: row.step, y: row[key] }));
+  }
+
+  function drawChart() {
+    const train = series("train_loss");
+    const valid = series("valid_loss");
+    canvas.dataset.trainPoints = String(train.length);
+    canvas.dataset.validPoints = String(valid.length);
+    if (!train.length && !valid.length) return;
+    chartEmpty.hidden = true;
+    if (!chart) chart = makeChart(canvas);
+    if (chart) {
+      chart.data.datasets[0].data = train;
+      chart.data.datasets[1].data = valid;
+      chart.data.datasets[0].pointRadius = train.length > 40 ? 0 : 2;
+      chart.update("none");
+    }
+    const last = train[train.length - 1];
+    const lastValid = valid[valid.length - 1];
+    const text = [
+      last ? `step ${last.x}` : null,
+      last ? `training ${formatNumber(last.y)}` : null,
+      lastValid ? `validation ${formatNumber(lastValid.y)}` : null,
+    ]
+      .filter(Boolean)
+      .join(" · ");
+    chartSummary.textContent = text;
+    canvas.setAttribute(
+      "aria-label",
+      `Loss chart with ${train.length} training and ${valid.length} validation points; latest ${text || "none"}.`,
+    );
+  }
+
+  // -- checkpoints -------------------------------------------------------------------------------------
+  async function loadCheckpoints() {
+    const page = await api(`${base}/checkpoints?limit=100`);
+    if (!alive) return;
+    if (!page.data.length) {
+      clear(checkpointsArea, h("p", { class: "muted" }, ACTIVE.has(job?.status) ? "No checkpoints yet: they appear as training saves them." : "This job saved no checkpoints."));
+      return;
+    }
+    const cols = [
+      ["train_loss", "Train loss"],
+      ["valid_loss", "Valid loss"],
+      ["full_valid_loss", "Full valid loss"],
+      ["train_mean_token_accuracy", "Train accuracy"],
+      ["valid_mean_token_accuracy", "Valid accuracy"],
+    ].filter(([key]) => page.data.some((c) => typeof c.metrics?.[key] === "number"));
+    clear(
+      checkpointsArea,
+      h(
+        "table",
+        { class: "table table-cards" },
+        h("caption", { class: "visually-hidden" }, "Checkpoints, newest first"),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Step"), h("th", { scope: "col" }, "Checkpoint model"), cols.map(([, label]) => h("th", { scope: "col" }, label)), h("th", { scope: "col" }, "Saved"))),
+        h(
+          "tbody",
+          {},
+          page.data.map((c) =>
+            h(
+              "tr",
+              { dataset: { step: String(c.step_number) } },
+              h("td", { "data-label": "Step", class: "num" }, String(c.step_number)),
+              h("td", { "data-label": "Checkpoint model" }, h("span", { class: "mono small break" }, c.fine_tuned_model_checkpoint), copyButton(c.fine_tuned_model_checkpoint, "Copy checkpoint model")),
+              cols.map(([key, label]) => h("td", { "data-label": label, class: "num" }, formatNumber(c.metrics?.[key]))),
+              h("td", { "data-label": "Saved" }, formatRelative(c.created_at)),
+            ),
+          ),
+        ),
+      ),
+    );
+  }
+
+  // -- polling -----------------------------------------------------------------------------------------
+  async function tick() {
+    const [fresh, current] = await Promise.all([fetchNewEvents(), api(base)]);
+    if (!alive) return false;
+    job = current;
+    if (fresh.length) addEvents(fresh);
+    const statusChanged = job.status !== lastStatus;
+    lastStatus = job.status;
+    if (statusChanged) drawJob();
+    else updateProgress();
+    if (statusChanged || fresh.some((e) => /checkpoint/i.test(e.message))) await loadCheckpoints();
+    return ACTIVE.has(job.status);
+  }
+
+  function updateProgress() {
+    const bar = statusLine.querySelector(".progress");
+    if (bar) setProgress(bar, job.step ?? 0, job.total_steps || 0);
+    const text = statusLine.querySelector("#progress-text");
+    if (text) text.textContent = progressText(job) + etaText(job);
+  }
+
+  const poll = poller(tick, POLL_MS);
+  poll.stop();
+  tick()
+    .then((active) => {
+      if (active && alive) poll.restart();
+    })
+    .catch((err) => {
+      if (!alive) return;
+      clear(errorArea, alertBox(err.status === 404 ? `No such job: ${jobId}` : `Could not load the job: ${err.message}`));
+    });
+
+  return () => {
+    alive = false;
+    poll.stop();
+    chart?.destroy();
+  };
+}
+
+function etaText(job) {
+  if (job.status === "running" && job.estimated_finish) return ` · finishes ${formatRelative(job.estimated_finish)}`;
+  if (job.status === "queued") {
+    const start = job.estimated_start_at ? ` · starts ${formatRelative(job.estimated_start_at)}` : "";
+    return `${start}${job.queue_reason ? ` · ${job.queue_reason}` : ""}`;
+  }
+  return "";
+}
+
+function fact(label, ...value) {
+  return h("div", {}, h("dt", {}, label), h("dd", {}, ...value));
+}
+
+function fileLink(fileId) {
+  return h("a", { href: `${UI}/files?file=${encodeURIComponent(fileId)}`, "data-link": "", class: "mono" }, fileId);
+}
+
+function makeChart(canvas) {
+  if (!window.Chart) return null;
+  const style = getComputedStyle(document.documentElement);
+  const grid = style.getPropertyValue("--chart-grid").trim() || "#e5e7eb";
+  const text = style.getPropertyValue("--text-muted").trim() || "#4b5563";
+  return new window.Chart(canvas, {
+    type: "line",
+    data: {
+      datasets: [
+        { label: "Training loss", data: [], borderColor: TRAIN_COLOR, backgroundColor: TRAIN_COLOR, borderWidth: 2, pointRadius: 2, tension: 0.25 },
+        { label: "Validation loss", data: [], borderColor: VALID_COLOR, backgroundColor: VALID_COLOR, borderWidth: 2, pointRadius: 3, borderDash: [6, 3], tension: 0.25 },
+      ],
+    },
+    options: {
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      interaction: { mode: "nearest", axis: "x", intersect: false },
+      scales: {
+        x: { type: "linear", title: { display: true, text: "Step", color: text }, ticks: { precision: 0, color: text }, grid: { color: grid } },
+        y: { title: { display: true, text: "Loss", color: text }, ticks: { color: text }, grid: { color: grid } },
+      },
+      plugins: {
+        legend: { position: "bottom", labels: { color: text, usePointStyle: true, boxWidth: 8 } },
+        tooltip: { callbacks: { title: (items) => `Step ${items[0].parsed.x}` } },
+      },
+    },
+  });
+}
