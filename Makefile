@@ -42,6 +42,7 @@ typecheck: install
 
 bench: install
 	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/webhooks.py
 
 clean:
 	rm -rf $(VENV) .ftserve .pytest_cache .mypy_cache .ruff_cache
