@@ -141,6 +141,11 @@ def parse_url(url: str, *, allow_http: bool) -> ParsedURL:
     host = (parts.hostname or "").lower()
     if not host:
         raise UnsafeURLError("The URL has no host.")
+    if not host.isascii() and parse_ip(host) is None:
+        try:  # internationalised names: resolve, send Host and SNI in their ASCII (IDNA) form
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UnsafeURLError(f"The host '{host}' is not a valid domain name.") from None
     return ParsedURL(scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80))
 
 

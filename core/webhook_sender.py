@@ -138,7 +138,7 @@ async def post_signed(
             f"Timed out after {timeout_s:g}s",
             address=target.address,
         )
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, OSError, ValueError) as exc:  # ValueError: e.g. a malformed answer or header
         reason = str(exc) or type(exc).__name__
         return SendResult(
             None,

@@ -23,7 +23,7 @@ from api.protocol import (
 )
 from api.services.pagination import paginate
 from core import ids, netguard, webhook_sender, webhooks
-from core.errors import InvalidRequestError, NotFoundError
+from core.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from core.models import Organization, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint
 from core.settings import Settings
 
@@ -320,9 +320,12 @@ def send_test(
         )
     row = _endpoint(session, org=org, endpoint_id=endpoint_id)
     box = webhooks.secret_box(settings)
-    active = [box.decrypt(row.secret_ciphertext, context=row.id)]
-    if row.previous_secret_ciphertext and (row.previous_secret_expires_at or 0) > time.time():
-        active.append(box.decrypt(row.previous_secret_ciphertext, context=row.id))
+    try:
+        active = [box.decrypt(row.secret_ciphertext, context=row.id)]
+        if row.previous_secret_ciphertext and (row.previous_secret_expires_at or 0) > time.time():
+            active.append(box.decrypt(row.previous_secret_ciphertext, context=row.id))
+    except ValueError as exc:  # the server's FTSERVE_WEBHOOK_SECRET_KEY changed: an operator problem
+        raise ServiceUnavailableError(f"Cannot sign webhooks: {exc}.") from None
     msg_id = webhooks.event_id()
     body = webhooks.event_payload(
         id=msg_id, type=event_type, created_at=int(time.time()), data={"id": ids.new_id("ftjob-test")}

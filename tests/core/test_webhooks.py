@@ -288,3 +288,18 @@ def test_model_ready_fires_once_per_model_with_its_name(engine) -> None:  # type
         assert len(session.exec(select(WebhookDelivery)).all()) == 1
     assert event.type == "fine_tuning.job.model.ready"
     assert json.loads(event.payload)["data"] == {"id": job.id, "model": model}
+
+
+def test_url_shape_checks() -> None:
+    assert netguard.parse_url("https://Bücher.Example/x", allow_http=False).host == "xn--bcher-kva.example"
+    assert netguard.parse_url("https://[2606:4700::1]:8443/", allow_http=False).port == 8443
+    for bad in (
+        "ftp://a.example/",
+        "http://a.example/",
+        "https://u:p@a.example/",
+        "https://a.example/\nx",
+        "https://",
+    ):
+        with pytest.raises(netguard.UnsafeURLError):
+            netguard.parse_url(bad, allow_http=False)
+    assert netguard.parse_url("http://a.example/", allow_http=True).port == 80
