@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import pytest_asyncio
@@ -417,6 +419,72 @@ async def test_dns_rebinding_is_refused_at_delivery(
     assert attempt.status == "failed" and attempt.response_status_code is None
     assert attempt.error and attempt.error.startswith("Refused") and rebound_to in attempt.error
     assert deliveries(engine, endpoint_id)[0].status == webhooks.PENDING  # retried later, re-resolved then
+
+
+def _tls_for(name: str, tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throwaway CA and a certificate for `name`: (server context, client context trusting that CA)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    leaf = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(pem))
+    (tmp_path / "leaf.key").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
+    client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())
+    return server, client
+
+
+async def test_https_connects_to_the_checked_address_with_the_hosts_name_and_certificate(
+    engine: Engine, storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name resolves (from a map: no DNS) to loopback; ftserve connects to that address but sends the
+    name as Host and TLS SNI and checks the certificate against it. A certificate for another name fails."""
+    settings = Settings(data_dir=tmp_path / "data", webhook_allow_private=True, **FAST_RETRIES)
+    monkeypatch.setattr(netguard, "default_resolver", lambda host, port: ["127.0.0.1"])
+    server_tls, client_tls = _tls_for("hooks.example.com", tmp_path)
+    org, _key = make_org_with_key(settings, engine)
+    with WebhookReceiver(tls=server_tls) as receiver:
+        good_id, secret = add_endpoint(settings, engine, org, f"https://hooks.example.com:{receiver.port}/in")
+        bad_id, _ = add_endpoint(settings, engine, org, f"https://other.example.com:{receiver.port}/in")
+        finish_job(engine, storage, org)
+        dispatcher = WebhookDispatcher(
+            engine, settings, transport=httpx.AsyncHTTPTransport(verify=client_tls)
+        )
+        await dispatcher.deliver_due()
+        await dispatcher.close()
+        (got,) = receiver.received
+    assert got.headers["host"] == f"hooks.example.com:{receiver.port}"
+    assert "hooks.example.com" in receiver.sni
+    openai.OpenAI(api_key="x", webhook_secret=secret).webhooks.verify_signature(got.body, got.headers)
+    assert deliveries(engine, good_id)[0].status == webhooks.DELIVERED
+    with Session(engine) as session:
+        failed = session.exec(
+            select(WebhookDeliveryAttempt).where(WebhookDeliveryAttempt.endpoint_id == bad_id)
+        ).one()
+    assert failed.status == "failed" and "certificate" in (failed.error or "").lower()
 
 
 # -- a scheduler killed while an event is pending ----------------------------------------------------------------

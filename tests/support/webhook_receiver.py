@@ -4,6 +4,7 @@ bytes) and answers from a script of status codes (the last one repeats). Can hol
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class WebhookReceiver:
         delay_s: float = 0.0,
         hold: threading.Event | None = None,
         extra_headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.statuses = list(statuses or [200])
         self.delay_s = delay_s
@@ -75,12 +77,21 @@ class WebhookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.sni: list[str | None] = []  # the TLS server names clients asked for
+        if tls is not None:
+
+            def _sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+                self.sni.append(name)
+
+            tls.sni_callback = _sni  # type: ignore[assignment]
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.scheme = "https" if tls is not None else "http"
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{self.scheme}://127.0.0.1:{self.port}/hooks"
 
     def start(self) -> WebhookReceiver:
         self._thread.start()
