@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast test-gpu lint format typecheck bench clean
+.PHONY: install browser run test test-fast test-gpu lint format typecheck bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,21 @@ run: install
 	$(BIN)/ftserve models create-demo --if-missing
 	$(BIN)/ftserve up
 
-test: install
+# Debian's Chromium for the dashboard tests (tests/ui), installed only when missing; never `playwright
+# install`, which downloads a browser build. Without root or apt-get the dashboard tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's chromium for the dashboard tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "WARNING: apt-get could not install chromium; the dashboard tests will skip"; \
+	  else \
+	    echo "WARNING: $(CHROMIUM) is missing and installing it needs root and apt-get; the dashboard tests will skip"; \
+	  fi; \
+	fi
+
+test: install browser
 	$(BIN)/python -m pytest -q -m "not gpu" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-gpu: install

@@ -21,6 +21,7 @@ const signOutButton = document.getElementById("signout");
 let cleanup = null;
 let signInNotice = null;
 let firstRender = true;
+let signingIn = false; // a wrong key at sign-in is the form's error, not a revoked session
 
 export function navigate(path, { replace = false } = {}) {
   const url = path.startsWith(UI) ? path : `${UI}${path}`;
@@ -131,6 +132,7 @@ function renderSignIn() {
     button.disabled = true;
     button.textContent = "Signing in…";
     setKey(key);
+    signingIn = true;
     try {
       await api("/v1/models");
       input.value = "";
@@ -143,6 +145,8 @@ function renderSignIn() {
       button.disabled = false;
       button.textContent = "Sign in";
       input.focus();
+    } finally {
+      signingIn = false;
     }
   });
   clear(main, h("div", { class: "signin-wrap" }, form));
@@ -150,7 +154,7 @@ function renderSignIn() {
 }
 
 setUnauthorizedHandler(() => {
-  if (!getKey()) return;
+  if (!getKey() || signingIn) return;
   clearKey();
   signInNotice = "Your API key is no longer accepted (revoked or unknown). Sign in again.";
   render();

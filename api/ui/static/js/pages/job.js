@@ -46,7 +46,8 @@ export function render(main, { params }) {
   const hideMetrics = h("input", { type: "checkbox", id: "hide-metrics" });
   const eventsArea = h(
     "div",
-    { class: "table-wrap events-wrap" },
+    // Scrolls on its own, so it must take keyboard focus (and say what it is) to be scrolled without a mouse.
+    { class: "table-wrap events-wrap", tabindex: "0", role: "region", "aria-labelledby": "events-heading" },
     h(
       "table",
       { class: "table events", id: "events" },
@@ -257,7 +258,6 @@ export function render(main, { params }) {
     if (chart) {
       chart.data.datasets[0].data = train;
       chart.data.datasets[1].data = valid;
-      chart.data.datasets[0].pointRadius = train.length > 40 ? 0 : 2;
       chart.update("none");
     }
     const last = train[train.length - 1];
@@ -308,7 +308,7 @@ export function render(main, { params }) {
               h("td", { "data-label": "Step", class: "num" }, String(c.step_number)),
               h("td", { "data-label": "Checkpoint model" }, h("span", { class: "mono small break" }, c.fine_tuned_model_checkpoint), copyButton(c.fine_tuned_model_checkpoint, "Copy checkpoint model")),
               cols.map(([key, label]) => h("td", { "data-label": label, class: "num" }, formatNumber(c.metrics?.[key]))),
-              h("td", { "data-label": "Saved" }, formatRelative(c.created_at)),
+              h("td", { "data-label": "Saved", class: "nowrap" }, formatRelative(c.created_at)),
             ),
           ),
         ),
@@ -381,8 +381,9 @@ function makeChart(canvas) {
     type: "line",
     data: {
       datasets: [
-        { label: "Training loss", data: [], borderColor: TRAIN_COLOR, backgroundColor: TRAIN_COLOR, borderWidth: 2, pointRadius: 2, tension: 0.25 },
-        { label: "Validation loss", data: [], borderColor: VALID_COLOR, backgroundColor: VALID_COLOR, borderWidth: 2, pointRadius: 3, borderDash: [6, 3], tension: 0.25 },
+        // Dots only while there are few points; monotone curves never overshoot the measured values.
+        { label: "Training loss", data: [], borderColor: TRAIN_COLOR, backgroundColor: TRAIN_COLOR, borderWidth: 2, pointRadius: (c) => (c.dataset.data.length > 40 ? 0 : 2.5), cubicInterpolationMode: "monotone" },
+        { label: "Validation loss", data: [], borderColor: VALID_COLOR, backgroundColor: VALID_COLOR, borderWidth: 2, pointRadius: 3.5, borderDash: [6, 3], cubicInterpolationMode: "monotone" },
       ],
     },
     options: {
@@ -395,7 +396,7 @@ function makeChart(canvas) {
         y: { title: { display: true, text: "Loss", color: text }, ticks: { color: text }, grid: { color: grid } },
       },
       plugins: {
-        legend: { position: "bottom", labels: { color: text, usePointStyle: true, boxWidth: 8 } },
+        legend: { position: "bottom", labels: { color: text, usePointStyle: true, pointStyleWidth: 10, boxHeight: 7, padding: 16 } },
         tooltip: { callbacks: { title: (items) => `Step ${items[0].parsed.x}` } },
       },
     },

@@ -74,7 +74,7 @@ export function render(main, { search }) {
   function makeColumn(index) {
     const id = `model-${index}`;
     const select = h("select", { id, name: id });
-    const transcript = h("div", { class: "transcript", id: `transcript-${index}`, role: "log", "aria-live": "polite", "aria-label": index ? "Second model's conversation" : "Conversation" });
+    const transcript = h("div", { class: "transcript", id: `transcript-${index}`, role: "log", tabindex: "0", "aria-live": "polite", "aria-label": index ? "Second model's conversation" : "Conversation" });
     const heading = h("h2", { class: "pane-title" }, "—");
     const pickerField = h("div", { class: "field" }, h("label", { for: id }, index ? "Compare with" : "Model"), select);
     const pane = h("section", { class: "card pane", dataset: { index: String(index) }, "aria-label": index ? "Second model" : "First model" }, heading, transcript);
