@@ -144,6 +144,7 @@ class Supervisor:
                 print("ftserve failed to start; see the errors above", file=sys.stderr, flush=True)
                 return 1
             print(f"ftserve ready on http://{self.settings.host}:{self.settings.port}", flush=True)
+            print(f"dashboard: http://{self.settings.host}:{self.settings.port}/ui", flush=True)
             while not self.stopping:
                 for child in self.children:
                     if child.process and child.process.poll() is not None and not child.restart:
