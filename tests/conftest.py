@@ -18,6 +18,23 @@ from tests.support.ftserve_process import FtserveProcess
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip cleanly where there is no CUDA device (a plain `pytest` run on CPU, CI)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu); none here")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
 def _postgres_reachable() -> str | None:
     """None if PostgreSQL answers at 127.0.0.1:5432, else the reason it doesn't."""
     try:
