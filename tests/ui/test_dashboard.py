@@ -160,6 +160,16 @@ def test_sign_in_keeps_the_key_in_session_storage_only(
     page.reload()  # sessionStorage survives a reload of the tab
     page.wait_for_selector("#dropzone")
 
+    # A key that stops working mid-session (revoked) sends the tab back to sign-in, saying why.
+    page.evaluate("() => sessionStorage.setItem('ftserve.apiKey', 'ftsk-' + 'r'.repeat(48))")
+    page.click("nav.nav a[data-nav='jobs']")
+    page.wait_for_selector("form.signin .alert:has-text('no longer accepted')")
+    assert page.evaluate("() => sessionStorage.getItem('ftserve.apiKey')") is None
+    shots(page, "key-revoked")
+
+    page.fill("#api-key", dashboard.key)
+    page.click("form.signin button[type=submit]")
+    page.wait_for_selector("#status-filter")
     page.click("#signout")
     page.wait_for_selector("form.signin")
     assert page.evaluate("() => sessionStorage.getItem('ftserve.apiKey')") is None

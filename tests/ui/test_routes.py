@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
+import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.settings import Settings
+from tests.conftest import make_key
+
+
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("ui-routes"))
+
+
+@pytest.fixture(scope="module")
+def client(module_settings: Settings) -> Iterator[TestClient]:
+    """One app for the module: these tests only read."""
+    with TestClient(create_app(module_settings)) as test_client:
+        yield test_client
 
 
 def test_shell_is_served_at_ui_and_every_deep_link(client: TestClient) -> None:
@@ -38,10 +53,11 @@ def test_shell_has_a_strict_policy_and_no_inline_code(client: TestClient) -> Non
     assert " style=" not in response.text and "<style" not in response.text
 
 
-def test_the_key_sent_to_ui_is_never_echoed(client: TestClient, org_a_key: str) -> None:
-    response = client.get("/ui/jobs", headers={"Authorization": f"Bearer {org_a_key}"})
+def test_the_key_sent_to_ui_is_never_echoed(client: TestClient, module_settings: Settings) -> None:
+    key = make_key(module_settings, "ui-routes")
+    response = client.get("/ui/jobs", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 200
-    assert org_a_key not in response.text
+    assert key not in response.text
     assert "set-cookie" not in response.headers
 
 
@@ -74,9 +90,9 @@ def test_root_redirects_to_the_dashboard(client: TestClient) -> None:
     assert response.status_code == 307 and response.headers["location"] == "/ui"
 
 
-def test_shell_follows_a_path_prefix(settings: Settings) -> None:
+def test_shell_follows_a_path_prefix(module_settings: Settings) -> None:
     """Behind a proxy that mounts the API under /ftserve, the shell links its assets and the API there."""
-    with TestClient(create_app(settings), root_path="/ftserve") as prefixed:
+    with TestClient(create_app(module_settings), root_path="/ftserve") as prefixed:
         text = prefixed.get("/ui").text
     assert 'content="/ftserve"' in text
     assert 'src="/ftserve/ui/static/js/app.js"' in text

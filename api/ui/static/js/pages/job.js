@@ -159,14 +159,25 @@ export function render(main, { params }) {
       errorArea,
       job.error ? alertBox(`${job.error.message}${job.error.param ? ` (${job.error.param})` : ""}`) : null,
     );
+    infoKey = null;
+    drawInfo();
+  }
+
+  // Details and hyperparameters change within a status too ("auto" resolves once training starts), so they
+  // are redrawn whenever their data changes, not only on status changes (which also rebuild the buttons).
+  let infoKey = null;
+  function drawInfo() {
+    const key = JSON.stringify([job.method, job.hyperparameters, job.fine_tuned_model, job.trained_tokens, job.finished_at, job.estimated_vram_mb, job.gpu_class, job.attempt]);
+    if (key === infoKey) return;
+    infoKey = key;
 
     const hp = job.method?.[job.method?.type]?.hyperparameters || job.hyperparameters || {};
     clear(
       facts,
-      fact("Job ID", h("span", { class: "mono" }, job.id), copyButton(job.id, "Copy job ID")),
+      wide(fact("Job ID", h("span", { class: "mono" }, job.id), copyButton(job.id, "Copy job ID"))),
       fact("Base model", job.model),
       fact("Method", job.method?.type === "dpo" ? "Preference (DPO)" : "Supervised (SFT)"),
-      fact("Fine-tuned model", job.fine_tuned_model ? [h("span", { class: "mono break" }, job.fine_tuned_model), copyButton(job.fine_tuned_model, "Copy model name")] : "—"),
+      wide(fact("Fine-tuned model", job.fine_tuned_model ? [h("span", { class: "mono break" }, job.fine_tuned_model), copyButton(job.fine_tuned_model, "Copy model name")] : "—")),
       fact("Training file", fileLink(job.training_file)),
       fact("Validation file", job.validation_file ? fileLink(job.validation_file) : "—"),
       fact("Trained tokens", formatNumber(job.trained_tokens)),
@@ -306,7 +317,17 @@ export function render(main, { params }) {
               "tr",
               { dataset: { step: String(c.step_number) } },
               h("td", { "data-label": "Step", class: "num" }, String(c.step_number)),
-              h("td", { "data-label": "Checkpoint model" }, h("span", { class: "mono small break" }, c.fine_tuned_model_checkpoint), copyButton(c.fine_tuned_model_checkpoint, "Copy checkpoint model")),
+              h(
+                "td",
+                { "data-label": "Checkpoint model" },
+                h("span", { class: "mono small break" }, c.fine_tuned_model_checkpoint),
+                h(
+                  "span",
+                  { class: "row-actions" },
+                  copyButton(c.fine_tuned_model_checkpoint, "Copy checkpoint model"),
+                  h("a", { class: "btn btn-small btn-ghost", href: `${UI}/playground?model=${encodeURIComponent(c.fine_tuned_model_checkpoint)}`, "data-link": "", "aria-label": `Try checkpoint at step ${c.step_number} in the playground` }, "Try"),
+                ),
+              ),
               cols.map(([key, label]) => h("td", { "data-label": label, class: "num" }, formatNumber(c.metrics?.[key]))),
               h("td", { "data-label": "Saved", class: "nowrap" }, formatRelative(c.created_at)),
             ),
@@ -325,7 +346,10 @@ export function render(main, { params }) {
     const statusChanged = job.status !== lastStatus;
     lastStatus = job.status;
     if (statusChanged) drawJob();
-    else updateProgress();
+    else {
+      updateProgress();
+      drawInfo();
+    }
     if (statusChanged || fresh.some((e) => /checkpoint/i.test(e.message))) await loadCheckpoints();
     return ACTIVE.has(job.status);
   }
@@ -366,6 +390,11 @@ function etaText(job) {
 
 function fact(label, ...value) {
   return h("div", {}, h("dt", {}, label), h("dd", {}, ...value));
+}
+
+function wide(node) {
+  node.className = "wide";
+  return node;
 }
 
 function fileLink(fileId) {

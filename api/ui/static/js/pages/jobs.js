@@ -16,10 +16,17 @@ const PAGE = 100;
 
 export function progressText(job) {
   if (job.status === "succeeded") return "done";
+  if (["failed", "cancelled"].includes(job.status)) return job.total_steps ? `stopped at step ${job.step ?? 0} of ${job.total_steps}` : "did not start";
   if (job.total_steps) return `step ${job.step ?? 0} of ${job.total_steps}`;
   if (job.status === "queued") return job.queue_position ? `#${job.queue_position} in queue` : "waiting for a worker";
   if (job.status === "validating_files") return "checking files";
+  if (job.status === "running") return "starting";
+  if (job.status === "paused") return job.step ? `paused at step ${job.step}` : "paused";
   return "—";
+}
+
+function truncate(text, n) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
 }
 
 export function render(main, { search }) {
@@ -134,6 +141,7 @@ export function render(main, { search }) {
         { "data-label": "Progress", class: "progress-cell" },
         progressBar(job.status === "succeeded" ? 1 : job.step ?? 0, job.status === "succeeded" ? 1 : job.total_steps || 0, `Progress of ${name}`),
         h("span", { class: "small muted" }, progressText(job)),
+        job.error ? h("div", { class: "small error-text", title: job.error.message }, truncate(job.error.message, 90)) : null,
       ),
       h("td", { "data-label": "Model" }, h("span", { class: "mono small" }, job.fine_tuned_model || job.model)),
       h("td", { "data-label": "Created" }, h("time", { title: formatTime(job.created_at) }, formatRelative(job.created_at))),

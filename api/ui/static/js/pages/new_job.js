@@ -8,7 +8,7 @@ const FORMATS = {
   dpo: ["preference"],
 };
 
-// [name, label, kind, help, methods]; kind: int | float | modules. OpenAI's fields first, then ours.
+// [name, label, kind, help, methods]; kind: int | float | modules | a list of choices. OpenAI's fields first.
 const BASIC = [
   ["n_epochs", "Epochs", "int", "Passes over the training file."],
   ["batch_size", "Batch size", "int", "Examples per optimizer step."],
@@ -25,6 +25,7 @@ const ADVANCED = [
   ["warmup_ratio", "Warmup ratio", "float", "Share of steps spent warming up."],
   ["eval_every_steps", "Evaluate every (steps)", "int", "Validation loss interval."],
   ["checkpoint_every_steps", "Checkpoint every (steps)", "int", "Checkpoint interval."],
+  ["quantization", "Quantization", ["auto", "none", "4bit"], "4bit is QLoRA: less GPU memory, CUDA workers only."],
 ];
 const OPENAI_FIELDS = new Set(["n_epochs", "batch_size", "learning_rate_multiplier", "beta"]);
 
@@ -46,6 +47,7 @@ export function render(main, { search, navigate }) {
 
   const fields = new Map();
   const hpField = ([name, label, kind, help, methods]) => {
+    if (Array.isArray(kind)) return choiceField(name, label, kind, help, methods);
     const input = h("input", {
       id: `hp-${name}`,
       name,
@@ -86,6 +88,24 @@ export function render(main, { search, navigate }) {
     fields.set(name, { input, error, kind, wrapper, label });
     return wrapper;
   };
+
+  function choiceField(name, label, choices, help, methods) {
+    const input = h("select", { id: `hp-${name}`, name, "aria-describedby": `hp-${name}-help hp-${name}-error` }, choices.map((c) => h("option", { value: c }, c)));
+    const error = h("span", { class: "field-error", id: `hp-${name}-error` });
+    const wrapper = h(
+      "div",
+      { class: "field hp-field", dataset: { name, methods: (methods || ["supervised", "dpo"]).join(" ") } },
+      h("label", { for: `hp-${name}` }, label),
+      input,
+      h("span", { class: "help", id: `hp-${name}-help` }, help),
+      error,
+    );
+    const sync = () => wrapper.classList.toggle("is-auto", input.value === "auto");
+    input.addEventListener("change", sync);
+    sync();
+    fields.set(name, { input, error, kind: "choice", wrapper, label });
+    return wrapper;
+  }
 
   const suffix = h("input", { id: "suffix", name: "suffix", type: "text", maxlength: "64", autocomplete: "off", placeholder: "e.g. support-bot", "aria-describedby": "suffix-help" });
   const seed = h("input", { id: "seed", name: "seed", type: "text", inputmode: "numeric", autocomplete: "off", placeholder: "random", "aria-describedby": "seed-help" });
@@ -164,6 +184,7 @@ export function render(main, { search, navigate }) {
     const { input, kind, label } = fields.get(name);
     const raw = input.value.trim();
     if (!raw || raw.toLowerCase() === "auto") return { value: "auto" };
+    if (kind === "choice") return { value: raw };
     if (kind === "modules") {
       if (raw === "all-linear") return { value: raw };
       const names = raw.split(/[\s,]+/).filter(Boolean);
