@@ -441,14 +441,14 @@ def estimate(
 
 
 def spec_for_job(method_type: str, hp: ResolvedHyperparameters) -> TrainSpec:
-    """What an ftserve job (LoRA SFT or DPO) does, from its resolved hyperparameters. The worker trains
-    micro-batches of `batch_size` (no gradient accumulation), each at most `max_seq_length` tokens long:
-    the estimate is for the longest batches the job allows."""
+    """What an ftserve job (LoRA or QLoRA, SFT or DPO) does, from its resolved hyperparameters. The worker
+    trains micro-batches of `batch_size` (no gradient accumulation), each at most `max_seq_length` tokens
+    long: the estimate is for the longest batches the job allows."""
     targets = hp.target_modules if isinstance(hp.target_modules, str) else tuple(hp.target_modules)
     return TrainSpec(
         micro_batch=hp.batch_size,
         seq_len=hp.max_seq_length,
-        method="lora",
+        method="qlora" if getattr(hp, "quantization", "none") == "4bit" else "lora",
         dpo=method_type == "dpo",
         lora_rank=hp.lora_rank,
         lora_targets=targets,
@@ -486,6 +486,7 @@ class JobEstimates:
             "batch_size": self.hyperparameters.batch_size,
             "max_seq_length": self.hyperparameters.max_seq_length,
             "lora_rank": self.hyperparameters.lora_rank,
+            "quantization": getattr(self.hyperparameters, "quantization", "none"),
         }
 
 

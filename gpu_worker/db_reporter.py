@@ -1,8 +1,9 @@
 """The worker's `TrainingReporter`: training progress becomes job events, progress fields, checkpoints in
 storage and JobCheckpoint rows, and `should_stop` answers from the job's row.
 
-Every write is fenced by the attempt: once the job is cancelled, re-placed or reaped, this attempt's writes
-change nothing. Metrics events are buffered and committed at most every `flush_interval_s`, so a fast tiny
+Every write is fenced by the attempt and by the worker holding the job (`owner`): once the job is cancelled,
+re-placed or reaped, this attempt's writes change nothing. Checkpoint objects live under a prefix of their
+own attempt, so a late attempt can neither overwrite nor delete a checkpoint that another one published. Metrics events are buffered and committed at most every `flush_interval_s`, so a fast tiny
 job does not turn into hundreds of commits per second; every row still becomes an event.
 """
 
@@ -51,8 +52,8 @@ LIVE = (jobs.RUNNING, jobs.PAUSED)  # a paused attempt still finishes its step a
 TRAINER_STOP_EVENT = re.compile(r"Training (paused|cancelled) at step \d+")
 
 
-def checkpoint_prefix(job_id: str, step: int) -> str:
-    return f"jobs/{job_id}/checkpoints/step-{step}"
+def checkpoint_prefix(job_id: str, step: int, attempt: int) -> str:
+    return f"jobs/{job_id}/checkpoints/step-{step}/attempt-{attempt}"
 
 
 def metrics_message(data: dict[str, Any]) -> str:
@@ -121,6 +122,7 @@ class DbReporter:
         attempt: int,
         organization_id: str,
         model_name: str,
+        owner: str | None = None,
         shutdown: threading.Event | None = None,
         flush_interval_s: float = 0.25,
         keep_checkpoints: int = KEEP_CHECKPOINTS,
@@ -131,6 +133,7 @@ class DbReporter:
         self.attempt = attempt
         self.organization_id = organization_id
         self.model_name = model_name  # the future fine_tuned_model; checkpoints are named after it
+        self.owner = owner  # the worker that holds the job (None: fence on the attempt alone)
         self.shutdown = shutdown or threading.Event()
         self.flush_interval_s = flush_interval_s
         self.keep_checkpoints = keep_checkpoints
@@ -151,7 +154,12 @@ class DbReporter:
         The fenced UPDATE comes first: it is the fence, and on SQLite it takes the write lock up front."""
         with session_scope(self.engine) as session:
             if not jobs.update_fenced(
-                session, job_id=self.job_id, attempt=self.attempt, statuses=statuses, **fields
+                session,
+                job_id=self.job_id,
+                attempt=self.attempt,
+                statuses=statuses,
+                owner=self.owner,
+                **fields,
             ):
                 return False
             for event in events:
@@ -192,16 +200,19 @@ class DbReporter:
         self.flush(force=True)
         if not self._still_ours():
             return  # cancelled or re-placed: don't publish anything more
-        prefix = checkpoint_prefix(self.job_id, step)
+        prefix = checkpoint_prefix(self.job_id, step, self.attempt)
         upload_checkpoint(self.storage, Path(local_dir), prefix, step=step)
         name = jobs.checkpoint_model_name(self.model_name, step)
         row_metrics = {**_clean_metrics(metrics), "step": step}
+        replaced: str | None = None
         with session_scope(self.engine) as session:
-            if not jobs.update_fenced(session, job_id=self.job_id, attempt=self.attempt, statuses=LIVE):
+            if not jobs.update_fenced(
+                session, job_id=self.job_id, attempt=self.attempt, statuses=LIVE, owner=self.owner
+            ):
                 published = False
             else:
                 published = True
-                self._upsert_checkpoint(session, step, name, prefix, row_metrics)
+                replaced = self._upsert_checkpoint(session, step, name, prefix, row_metrics)
                 jobs.append_event(
                     session,
                     job_id=self.job_id,
@@ -220,14 +231,14 @@ class DbReporter:
             delete_checkpoint_objects(self.storage, prefix)
             return
         self.last_checkpoint_step = step
-        for old_prefix in expired:
+        for old_prefix in expired + ([replaced] if replaced and replaced != prefix else []):
             delete_checkpoint_objects(self.storage, old_prefix)
 
     def should_stop(self) -> StopRequest | None:
         self.flush()
         row = self._status()
-        if row is None or row[1] != self.attempt:
-            return "cancel"
+        if row is None or row[1] != self.attempt or (self.owner is not None and row[2] != self.owner):
+            return "cancel"  # re-placed, or reaped after this worker was given up for lost
         if row[0] == jobs.PAUSED:
             return "pause"
         if row[0] != jobs.RUNNING:
@@ -237,17 +248,24 @@ class DbReporter:
 
     # -- helpers -------------------------------------------------------------------------------------------
 
-    def _status(self) -> tuple[str, int] | None:
-        """(status, attempt): one cheap indexed SELECT."""
+    def _status(self) -> tuple[str, int, str | None] | None:
+        """(status, attempt, worker): one cheap indexed SELECT."""
         with Session(self.engine) as session:
             row = session.exec(
-                select(FineTuningJob.status, FineTuningJob.attempt).where(FineTuningJob.id == self.job_id)
+                select(FineTuningJob.status, FineTuningJob.attempt, FineTuningJob.worker_id).where(
+                    FineTuningJob.id == self.job_id
+                )
             ).first()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2])
 
     def _still_ours(self) -> bool:
         row = self._status()
-        return row is not None and row[1] == self.attempt and row[0] in LIVE
+        return (
+            row is not None
+            and row[1] == self.attempt
+            and row[0] in LIVE
+            and (self.owner is None or row[2] == self.owner)
+        )
 
     def _update_estimate(self) -> None:
         now = time.time()
@@ -261,8 +279,9 @@ class DbReporter:
 
     def _upsert_checkpoint(
         self, session: Session, step: int, name: str, prefix: str, metrics: dict[str, Any]
-    ) -> None:
-        # A resumed attempt may save a step an earlier attempt also saved: same prefix, so update that row.
+    ) -> str | None:
+        """Returns the prefix of the checkpoint this one replaces (to delete once committed), if any."""
+        # A resumed attempt may save a step an earlier attempt also saved: that row now points at ours.
         existing = session.exec(
             select(JobCheckpoint).where(
                 JobCheckpoint.job_id == self.job_id,
@@ -271,9 +290,11 @@ class DbReporter:
             )
         ).first()
         if existing is not None:
+            replaced = existing.storage_prefix
             existing.metrics, existing.attempt, existing.created_at = metrics, self.attempt, now_s()
+            existing.storage_prefix = prefix
             session.add(existing)
-            return
+            return replaced
         session.add(
             JobCheckpoint(
                 id=ids.checkpoint_id(),
@@ -286,6 +307,7 @@ class DbReporter:
                 storage_prefix=prefix,
             )
         )
+        return None
 
     def _expire_old_checkpoints(self, session: Session) -> list[str]:
         """Mark all but the newest `keep_checkpoints` deleted; returns their prefixes to delete after commit."""

@@ -11,7 +11,9 @@
    or failed with a useful error.
 7. Always release the job (worker_id = NULL, fenced by the attempt) so the scheduler may place it again.
 
-Every write is fenced by the attempt, so an attempt that lost its job changes nothing.
+Every write is fenced by the attempt and by the worker the job was placed on (`owner`), so an attempt that
+lost its job (cancelled, re-placed, or reaped when its worker was given up for lost) changes nothing, and
+its adapter and checkpoints go under prefixes of its own attempt, never over another attempt's.
 """
 
 from __future__ import annotations
@@ -65,14 +67,17 @@ class JobFailure(Exception):
         self.error = {"code": code, "message": message[:MAX_ERROR_MESSAGE], "param": param}
 
 
-def release(engine: Engine, job_id: str, attempt: int) -> None:
-    """Give the job's slot back; the scheduler places only jobs that no runner holds."""
+def release(engine: Engine, job_id: str, attempt: int, owner: str | None = None) -> None:
+    """Give the job's slot (and memory reservation) back; the scheduler places only jobs no runner holds."""
+    statement = (
+        update(FineTuningJob)
+        .where(col(FineTuningJob.id) == job_id, col(FineTuningJob.attempt) == attempt)
+        .values(worker_id=None, lease_expires_at=None)
+    )
+    if owner is not None:
+        statement = statement.where(col(FineTuningJob.worker_id) == owner)
     with session_scope(engine) as session:
-        session.execute(
-            update(FineTuningJob)
-            .where(col(FineTuningJob.id) == job_id, col(FineTuningJob.attempt) == attempt)
-            .values(worker_id=None)
-        )
+        session.execute(statement)
 
 
 def _how_it_ended(returncode: int) -> str:
@@ -86,7 +91,9 @@ def _how_it_ended(returncode: int) -> str:
     return f"was killed by signal {-returncode} ({name}{hint})"
 
 
-def settle_after_exit(engine: Engine, job_id: str, attempt: int, returncode: int, *, stopping: bool) -> None:
+def settle_after_exit(
+    engine: Engine, job_id: str, attempt: int, returncode: int, *, stopping: bool, owner: str | None = None
+) -> None:
     """Called by the worker when a runner process has exited. A runner that exits normally has settled its
     job; one that died (killed for memory, segfault) leaves it `running`, so the worker settles it: back to
     the queue if the worker was stopping it (its checkpoints remain), else failed with what happened."""
@@ -96,16 +103,16 @@ def settle_after_exit(engine: Engine, job_id: str, attempt: int, returncode: int
         if stopping:
             jobs.transition(
                 session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED, attempt=attempt,
-                estimated_finish=None, message="Worker stopping: job re-queued",
+                owner=owner, estimated_finish=None, message="Worker stopping: job re-queued",
             )  # fmt: skip
         else:
             message = f"The training process {_how_it_ended(returncode)}."
             jobs.transition(
                 session, job_id=job_id, from_status=[jobs.RUNNING, jobs.PAUSED], to_status=jobs.FAILED,
-                attempt=attempt, error={"code": "training_error", "message": message, "param": None},
+                attempt=attempt, owner=owner, error={"code": "training_error", "message": message, "param": None},
                 finished_at=now_s(), estimated_finish=None, message=message, level="error",
             )  # fmt: skip
-    release(engine, job_id, attempt)
+    release(engine, job_id, attempt, owner)
 
 
 def model_size(model_dir: Path) -> tuple[int | None, int | None]:
@@ -150,6 +157,7 @@ class Attempt:
         self.attempt = attempt
         self.shutdown = shutdown
         self.work_dir = settings.data_dir / "work" / job_id / str(attempt)
+        self.owner: str | None = None  # the worker the job was placed on; every write is fenced by it
 
     # -- 0. the whole attempt ------------------------------------------------------------------------------
 
@@ -188,6 +196,7 @@ class Attempt:
         if job is None or job.status != jobs.RUNNING or job.attempt != self.attempt:
             log.info("job %s attempt %d is no longer to run; exiting", self.job_id, self.attempt)
             return None
+        self.owner = job.worker_id
         return job
 
     # -- 2-5. prepare and train ----------------------------------------------------------------------------
@@ -220,6 +229,7 @@ class Attempt:
                 session,
                 job_id=self.job_id,
                 attempt=self.attempt,
+                owner=self.owner,
                 resolved_hyperparameters=resolved.model_dump(mode="json"),
                 total_steps=resolved.total_steps,
             )
@@ -270,6 +280,7 @@ class Attempt:
             attempt=self.attempt,
             organization_id=job.organization_id,
             model_name=model_name,
+            owner=self.owner,
             shutdown=self.shutdown,
         )
         if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
@@ -323,6 +334,7 @@ class Attempt:
                 from_status=[jobs.RUNNING],
                 to_status=jobs.QUEUED,
                 attempt=self.attempt,
+                owner=self.owner,
                 estimated_finish=None,
                 message=f"Worker stopping: job re-queued{where}",
                 event_data={"step": step} if step is not None else None,
@@ -330,7 +342,7 @@ class Attempt:
 
     def _succeed(self, job: FineTuningJob, result: Any, reporter: DbReporter, model_name: str) -> None:
         self._check_servable(job, Path(result.adapter_dir))
-        adapter_prefix = f"jobs/{self.job_id}/adapter"
+        adapter_prefix = f"jobs/{self.job_id}/attempt-{self.attempt}/adapter"
         self.storage.delete_prefix(adapter_prefix + "/")
         self.storage.upload_dir(Path(result.adapter_dir), adapter_prefix)
         results_id = ids.file_id()
@@ -347,6 +359,7 @@ class Attempt:
                 from_status=[jobs.RUNNING, jobs.PAUSED, jobs.QUEUED],
                 to_status=jobs.SUCCEEDED,
                 attempt=self.attempt,
+                owner=self.owner,
                 fine_tuned_model=model_name,
                 trained_tokens=result.trained_tokens,
                 result_files=[results_id],
@@ -384,6 +397,7 @@ class Attempt:
                 jobs.append_event(session, job_id=self.job_id, message="The job has successfully completed")
         if not done:  # cancelled (or re-placed) at the very end: publish nothing
             self.storage.delete(f"files/{results_id}")
+            self.storage.delete_prefix(adapter_prefix + "/")
             log.info("job %s attempt %d finished training but is no longer ours", self.job_id, self.attempt)
 
     def _check_servable(self, job: FineTuningJob, adapter_dir: Path) -> None:
@@ -446,6 +460,7 @@ class Attempt:
                 from_status=[jobs.RUNNING, jobs.PAUSED],
                 to_status=jobs.FAILED,
                 attempt=self.attempt,
+                owner=self.owner,
                 error=error,
                 finished_at=now_s(),
                 estimated_finish=None,
@@ -458,17 +473,13 @@ def run_attempt(
     settings: Settings, job_id: str, attempt: int, shutdown: threading.Event | None = None
 ) -> int:
     engine = make_engine(settings.resolved_database_url)
+    runner = Attempt(
+        settings, engine, make_storage_from_settings(settings), job_id, attempt, shutdown or threading.Event()
+    )
     try:
-        return Attempt(
-            settings,
-            engine,
-            make_storage_from_settings(settings),
-            job_id,
-            attempt,
-            shutdown or threading.Event(),
-        ).run()
+        return runner.run()
     finally:
-        release(engine, job_id, attempt)
+        release(engine, job_id, attempt, runner.owner)
         engine.dispose()
 
 

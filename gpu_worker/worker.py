@@ -2,6 +2,10 @@
 
 - It publishes its devices and capabilities into the Redis registry every `heartbeat_interval_s`, under a key
   that expires after `heartbeat_ttl_s`: a worker that stops heartbeating drops out of placement by itself.
+  FTSERVE_WORKER_GPUS declares simulated GPUs instead of the real ones (training still runs on the CPU).
+- The same heartbeat renews, in the DB, the lease of every attempt it runs; if the worker dies, the leases
+  run out and the scheduler re-queues its jobs. A Redis outage stops neither training nor the renewals,
+  and the worker picks up tasks again once Redis is back.
 - `train(job_id, attempt)` runs one attempt in a child process (`python -m gpu_worker.job_runner`), so the
   memory torch holds is freed when the attempt ends and a crash in training can't take the worker down.
 - arq's retries are off and its timeout is days: the DB says what should run, and the scheduler re-places.
@@ -26,10 +30,12 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
 from core import queue
 from core.db import make_engine
+from core.leases import renew_leases
 from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
 from gpu_worker.job_runner import settle_after_exit
@@ -88,7 +94,22 @@ def _memory_mb() -> tuple[int, int]:
         return os.sysconf("SC_PHYS_PAGES") * page >> 20, os.sysconf("SC_AVPHYS_PAGES") * page >> 20
 
 
-def detect_devices() -> tuple[list[Device], list[Capability]]:
+def parse_simulated_gpus(spec: str) -> list[Device]:
+    """'H100-80GB:81920,A10-24GB:24576' -> two devices of those names and sizes (MiB), entirely free."""
+    devices = []
+    for index, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
+        name, sep, size = part.rpartition(":")
+        if not sep or not name or not size.strip().isdigit() or int(size) <= 0:
+            raise ValueError(f"FTSERVE_WORKER_GPUS entry {part!r} is not NAME:MiB (e.g. 'A10-24GB:24576')")
+        devices.append(Device(index=index, name=name.strip(), total_mb=int(size), free_mb=int(size)))
+    if not devices:
+        raise ValueError("FTSERVE_WORKER_GPUS is empty; unset it to detect the real devices")
+    return devices
+
+
+def detect_devices(simulated: str | None = None) -> tuple[list[Device], list[Capability]]:
+    if simulated:
+        return parse_simulated_gpus(simulated), []
     gpus = _nvidia_gpus()
     if not gpus:
         total, available = _memory_mb()
@@ -117,6 +138,7 @@ class WorkerState:
         self.settings = settings
         self.worker_id = worker_id
         self.runners: dict[str, asyncio.subprocess.Process] = {}  # job id → its runner process
+        self.attempts: dict[str, int] = {}  # job id → the attempt its runner trains (for lease renewal)
         self.stopping = False
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
@@ -130,8 +152,9 @@ class WorkerState:
         return self._engine
 
     def info(self) -> WorkerInfo:
+        simulated = self.settings.worker_gpus
         if self._devices is None or time.monotonic() - self._devices_at > DEVICE_REFRESH_S:
-            self._devices, self._devices_at = detect_devices(), time.monotonic()
+            self._devices, self._devices_at = detect_devices(simulated), time.monotonic()
         gpus, capabilities = self._devices
         return WorkerInfo(
             id=self.worker_id,
@@ -139,15 +162,38 @@ class WorkerState:
             capabilities=capabilities,
             running_jobs=sorted(self.runners),
             max_jobs=self.settings.worker_max_jobs,
+            labels={"simulated_gpus": "true"} if simulated else {},
         )
+
+    def renew_leases(self) -> list[str]:
+        """Extend the lease of every attempt this worker runs (in the DB). Returns jobs it no longer holds."""
+        if not self.attempts:
+            return []
+        return renew_leases(self.engine, self.worker_id, dict(self.attempts), self.settings.lease_ttl_s)
 
 
 async def _heartbeat(redis: Any, state: WorkerState) -> None:
+    redis_down = False
     while not state.stopping:
+        try:  # the DB first: leases must not depend on Redis being up
+            lost = await asyncio.to_thread(state.renew_leases)
+            if lost:
+                log.warning(
+                    "no longer holds %s (re-placed or reaped); its runner stops at its next step", lost
+                )
+        except Exception:
+            log.exception("lease renewal failed")
         try:
             info = await asyncio.to_thread(state.info)
             if not state.stopping:  # never re-register after leaving
                 await queue.publish_worker(redis, info, ttl_s=state.settings.heartbeat_ttl_s)
+            if redis_down:
+                log.info("Redis is back: registered again")
+            redis_down = False
+        except (RedisError, OSError) as exc:
+            if not redis_down:
+                log.warning("heartbeat cannot reach Redis (%s); training and leases carry on", exc)
+            redis_down = True
         except Exception:
             log.exception("heartbeat failed")
         await asyncio.sleep(state.settings.heartbeat_interval_s)
@@ -169,6 +215,18 @@ async def _stop_runner(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+def _terminate_with_parent() -> None:
+    """In the runner, before exec: SIGTERM it if the worker dies (Linux), so an orphan checkpoints and hands
+    its job back instead of training on with no one renewing its lease."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     """Run one attempt of a job in a child process; returns its exit code."""
     task = queue.TrainTask(job_id=job_id, attempt=attempt)
@@ -183,8 +241,10 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
         "--attempt",
         str(task.attempt),
         start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
     state.runners[task.job_id] = process
+    state.attempts[task.job_id] = task.attempt
     log.info("training %s attempt %d in pid %d", task.job_id, task.attempt, process.pid)
     if state.stopping:  # picked up just as the worker began to stop
         _signal_runner(process, signal.SIGTERM)
@@ -195,11 +255,47 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
         raise
     finally:
         state.runners.pop(task.job_id, None)
+        state.attempts.pop(task.job_id, None)
     log.info("runner of %s attempt %d exited with %d", task.job_id, task.attempt, returncode)
     await asyncio.to_thread(
-        settle_after_exit, state.engine, task.job_id, task.attempt, returncode, stopping=state.stopping
-    )
+        settle_after_exit, state.engine, task.job_id, task.attempt, returncode, stopping=state.stopping,
+        owner=state.worker_id,
+    )  # fmt: skip
     return returncode
+
+
+class ResilientWorker(Worker):
+    """arq's Worker, kept alive through Redis outages: arq itself exits on the first connection error (and
+    loses a job slot if Redis fails while it starts a job). Our runners and their leases live in the DB, so
+    the worker only has to wait for Redis and carry on."""
+
+    redis_down = False
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            if not self.redis_down:
+                log.warning("lost Redis (%s); waiting for it (runners keep training)", exc)
+            self.redis_down = True
+            await asyncio.sleep(1.0)
+            return
+        if self.redis_down:
+            log.info("Redis is back; picking up tasks again")
+            self.redis_down = False
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's start_jobs, one id at a time, giving back the slot it took when Redis fails midway."""
+        for job_id in job_ids:
+            before = (self.job_counter, job_id.decode() in self.tasks)
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                started = job_id.decode() in self.tasks and not before[1]
+                if not started and self.job_counter > before[0]:
+                    self.job_counter -= 1
+                    self.sem.release()
+                raise
 
 
 def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
@@ -219,7 +315,8 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
         )
         state.stopping = True
         worker.allow_pick_jobs = False
-        await queue.remove_worker(worker.pool, state.worker_id)
+        with contextlib.suppress(RedisError, OSError):  # Redis may be down: stop the runners all the same
+            await queue.remove_worker(worker.pool, state.worker_id)
         await asyncio.gather(*(_stop_runner(p) for p in list(state.runners.values())))
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         worker.handle_sig(sig)
@@ -247,9 +344,15 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        await queue.remove_worker(ctx["redis"], state.worker_id)
+        with contextlib.suppress(RedisError, OSError):
+            await queue.remove_worker(ctx["redis"], state.worker_id)
 
-    worker = Worker(
+    if settings.worker_gpus:
+        try:
+            parse_simulated_gpus(settings.worker_gpus)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
+    worker = ResilientWorker(
         functions=[func(train, name=queue.TRAIN_TASK, timeout=queue.TRAIN_TIMEOUT_S, max_tries=1)],
         queue_name=queue.queue_name(state.worker_id),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),

@@ -1,4 +1,5 @@
-"""`ftserve scheduler`: every `scheduler_interval_s`, validate waiting jobs and place queued ones.
+"""`ftserve scheduler`: every `scheduler_interval_s`, validate waiting jobs, re-queue the jobs of lost
+workers (expired leases), place queued ones by VRAM fit, and refresh queued jobs' start-time forecasts.
 
 One tick is `Scheduler.tick()`; tests call it directly. A failing tick (DB or Redis briefly down) is logged
 and retried on the next one: the loop itself never dies of it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -18,8 +20,8 @@ from core.db import make_engine, migrate
 from core.queue import deserialize, live_workers, serialize
 from core.settings import Settings
 from scheduler.adapters import AdapterPlacer
-from scheduler.dispatch import ChooseWorker, Placement, place_queued, validate_pending
-from scheduler.placement import choose_worker
+from scheduler.dispatch import Placement, place_queued, update_forecasts, validate_pending
+from scheduler.leases import reap_expired_leases
 from scheduler.webhooks import WebhookDispatcher
 
 log = logging.getLogger("ftserve.scheduler")
@@ -31,22 +33,32 @@ async def connect_redis(url: str) -> ArqRedis:
     )
 
 
+FORECAST_EVERY_S = 5.0  # start-time forecasts replay the queue: cheap, but not needed every tick
+
+
 @dataclass
 class TickResult:
     validated: int = 0
     placed: list[Placement] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # jobs of lost workers (expired leases)
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, redis: ArqRedis, *, choose: ChooseWorker = choose_worker) -> None:
+    def __init__(self, engine: Engine, redis: ArqRedis, settings: Settings | None = None) -> None:
         self.engine = engine
         self.redis = redis
-        self.choose = choose
+        self.settings = settings or Settings()
+        self._forecast_at = 0.0
 
     async def tick(self) -> TickResult:
-        result = TickResult(validated=validate_pending(self.engine))
+        settings = self.settings
+        result = TickResult(validated=validate_pending(self.engine, settings))
+        result.requeued = reap_expired_leases(self.engine, max_lost_attempts=settings.max_lost_attempts)
         workers = await live_workers(self.redis)
-        result.placed = await place_queued(self.engine, self.redis, workers, choose=self.choose)
+        result.placed = await place_queued(self.engine, self.redis, workers, settings=settings)
+        if time.monotonic() - self._forecast_at >= FORECAST_EVERY_S:
+            self._forecast_at = time.monotonic()
+            update_forecasts(self.engine, workers, settings)
         return result
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
@@ -78,7 +90,7 @@ async def serve(settings: Settings) -> None:
     # Adapter hot-loading and replica health checks likewise run on their own, faster loop (0.25 s).
     adapter_task = asyncio.create_task(AdapterPlacer(engine, settings).run(stop))
     try:
-        await Scheduler(engine, redis).run(stop, settings.scheduler_interval_s)
+        await Scheduler(engine, redis, settings).run(stop, settings.scheduler_interval_s)
     finally:
         stop.set()
         await webhook_task

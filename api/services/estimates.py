@@ -126,12 +126,19 @@ async def create_estimate(
         notes.append("The worker registry is unreachable: fits lists nothing and placeable is unknown.")
     else:
         reserved, held = _holdings(session)
+        four_bit = estimates.hyperparameters.quantization == "4bit"
+        if four_bit:
+            notes.append(
+                "4-bit quantization runs only on workers that report bnb_4bit (CUDA + bitsandbytes)."
+            )
+        any_gpu = any(device.name != "cpu" for worker in workers for device in worker.gpus)
         for worker in workers:
+            if four_bit and "bnb_4bit" not in worker.capabilities:
+                continue
             room = worker.max_jobs - held.get(worker.id, 0) > 0
             for device in worker.gpus:
                 if device.name == "cpu":
                     continue
-                any_gpu = True
                 if device.total_mb < need:
                     continue
                 entry = fits.setdefault(
@@ -170,6 +177,7 @@ async def create_estimate(
             "n_epochs": hp.n_epochs,
             "n_examples": hp.n_examples,
             "total_steps": hp.total_steps,
+            "quantization": hp.quantization,
         },
         profile=gpu.profile,
         notes=notes,

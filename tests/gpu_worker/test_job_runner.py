@@ -138,13 +138,17 @@ def test_a_supervised_job_succeeds_with_events_checkpoints_results_and_a_model(
     assert {"step", "train_loss", "full_valid_loss", "full_valid_mean_token_accuracy"} <= set(
         checkpoints[-1].metrics
     )
-    assert storage.exists(f"{checkpoint_prefix(job_id, 6)}/{MANIFEST}")
-    assert storage.list_keys(checkpoint_prefix(job_id, 3) + "/") == []
+    assert storage.exists(f"{checkpoint_prefix(job_id, 6, 1)}/{MANIFEST}")
+    assert storage.list_keys(checkpoint_prefix(job_id, 3, 1) + "/") == []
+    assert checkpoints[-1].storage_prefix == checkpoint_prefix(job_id, 6, 1)
 
-    assert storage.exists(f"jobs/{job_id}/adapter/adapter_model.safetensors")
     with Session(engine) as session:
         row = session.exec(select(FineTunedModel).where(FineTunedModel.id == model)).one()
         assert (row.job_id, row.base_model, row.organization_id) == (job_id, "demo-tiny", org)
+    # Under the attempt's own prefix: a late attempt of the same job could never overwrite it.
+    assert row.adapter_prefix == f"jobs/{job_id}/attempt-1/adapter/"
+    assert storage.exists(f"{row.adapter_prefix}adapter_model.safetensors")
+    with Session(engine) as session:
         results = session.exec(select(File).where(File.id == job.result_files[0])).one()
     assert (results.purpose, results.status, results.filename) == (
         "fine-tune-results",
@@ -218,7 +222,7 @@ def test_pause_checkpoints_then_resume_continues_from_that_step(
     assert [c.step_number for c in _checkpoints(engine, job_id)] == [step]
 
     # A newer checkpoint whose upload never finished (no manifest) must not be resumed from.
-    broken = checkpoint_prefix(job_id, step + 1)
+    broken = checkpoint_prefix(job_id, step + 1, 1)
     storage.put_bytes(f"{broken}/adapter_model.safetensors", b"half")
     with session_scope(engine) as session:
         session.add(

@@ -21,7 +21,7 @@ from core.model_registry import register_model
 from core.queue import Device, WorkerInfo, live_workers, registry_key
 from core.settings import Settings
 from core.storage import make_storage_from_settings
-from gpu_worker.worker import detect_devices, parse_nvidia_smi
+from gpu_worker.worker import detect_devices, parse_nvidia_smi, parse_simulated_gpus
 from scheduler.main import Scheduler, connect_redis
 from tests.scheduler.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.scheduler.factories import chat_rows, events, get_job, make_file, make_job, make_org, messages
@@ -133,7 +133,7 @@ async def test_scheduler_and_workers_train_a_job_across_a_worker_restart(
     )  # fmt: skip
     redis = await connect_redis(str(settings.redis_url))
     stop = asyncio.Event()
-    scheduler = asyncio.create_task(Scheduler(engine, redis).run(stop, 0.1))
+    scheduler = asyncio.create_task(Scheduler(engine, redis, settings).run(stop, 0.1))
     try:
         first = start_worker("w-first")
         await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
@@ -147,11 +147,18 @@ async def test_scheduler_and_workers_train_a_job_across_a_worker_restart(
         assert await asyncio.to_thread(first.wait, 60) == 0
         job = get_job(engine, job_id)
         assert (job.status, job.worker_id, job.attempt) == (jobs.QUEUED, None, 1), messages(engine, job_id)
-        stopped_at = int(messages(engine, job_id)[-1].rsplit(" ", 1)[1])
+        requeued = [
+            m for m in messages(engine, job_id) if m.startswith("Worker stopping: job re-queued at step ")
+        ]
+        stopped_at = int(requeued[-1].rsplit(" ", 1)[1])
 
         # ...and the next live worker resumes it from that checkpoint, to the end.
         start_worker("w-second")
-        await _until(lambda: _ended(engine, job_id), 120, "the job to finish")
+        await _until(
+            lambda: _ended(engine, job_id) and get_job(engine, job_id).worker_id is None,
+            120,
+            "the job to finish",
+        )
     finally:
         stop.set()
         await scheduler
@@ -187,7 +194,7 @@ async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_o
     )  # fmt: skip
     redis = await connect_redis(str(settings.redis_url))
     stop = asyncio.Event()
-    scheduler = asyncio.create_task(Scheduler(engine, redis).run(stop, 0.1))
+    scheduler = asyncio.create_task(Scheduler(engine, redis, settings).run(stop, 0.1))
     try:
         worker = start_worker("w-oom")
         await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
@@ -217,6 +224,18 @@ def test_nvidia_smi_output_as_seen_on_an_h200_parses() -> None:
         Device(index=0, name="Some, GPU", total_mb=1000, free_mb=900),
         0.0,
     )
+
+
+def test_simulated_gpus_are_parsed_and_bad_specs_refused() -> None:
+    gpus, capabilities = detect_devices("H100-80GB:81920, A10-24GB:24576")
+    assert [(g.index, g.name, g.total_mb, g.free_mb) for g in gpus] == [
+        (0, "H100-80GB", 81920, 81920),
+        (1, "A10-24GB", 24576, 24576),
+    ]
+    assert capabilities == []  # the worker trains on the CPU: no cuda, no bnb_4bit
+    for bad in ("H100", "H100:", ":100", "A10:-5", "A10:lots", " , "):
+        with pytest.raises(ValueError, match="FTSERVE_WORKER_GPUS"):
+            parse_simulated_gpus(bad)
 
 
 def test_worker_info_round_trips_through_json() -> None:

@@ -13,10 +13,12 @@ from arq.connections import ArqRedis
 from sqlalchemy.engine import Engine
 
 from core.db import make_engine, migrate
+from core.model_registry import register_model
 from core.redis_embedded import EmbeddedRedis
 from core.settings import Settings
 from core.storage import LocalStorage, Storage
 from scheduler.main import connect_redis
+from tests.support.model_configs import DEMO_TINY, write_config
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +35,11 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", redis_url=redis_url, scheduler_interval_s=0.05)
+    settings = Settings(data_dir=tmp_path / "data", redis_url=redis_url, scheduler_interval_s=0.05)
+    # demo-tiny's shape, for memory estimates; these tests never load weights.
+    config = write_config(tmp_path / "demo-tiny-config", DEMO_TINY)
+    register_model(settings, "demo-tiny", tmp_path / "demo-tiny", config=config)
+    return settings
 
 
 @pytest.fixture

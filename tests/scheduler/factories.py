@@ -64,6 +64,8 @@ def make_job(
     suffix: str | None = None,
     seed: int = 0,
     status: str = jobs.VALIDATING,
+    priority: int = 0,
+    created_at: int | None = None,
 ) -> str:
     job_id = ids.job_id()
     with session_scope(engine) as session:
@@ -79,6 +81,8 @@ def make_job(
                 suffix=suffix,
                 seed=seed,
                 status=status,
+                priority=priority,
+                **({"created_at": created_at} if created_at is not None else {}),
             )
         )
         jobs.append_event(session, job_id=job_id, message=f"Created fine-tuning job: {job_id}")

@@ -1,5 +1,5 @@
 """validating_files → queued → running, against real Redis and SQLite: the arq task lands on the chosen
-worker's queue as JSON, and the DB (not Redis) decides what runs."""
+worker's queue as JSON, and the DB (not Redis) decides what runs, with memory reserved per GPU."""
 
 from __future__ import annotations
 
@@ -15,25 +15,27 @@ from sqlmodel import select
 from core import jobs
 from core.db import session_scope
 from core.models import File
-from core.queue import WorkerInfo, publish_worker, queue_name
+from core.queue import Device, WorkerInfo, publish_worker, queue_name
 from core.redis_embedded import EmbeddedRedis
+from core.settings import Settings
 from core.storage import Storage
 from scheduler.dispatch import claim, place_queued, validate_pending
 from scheduler.main import Scheduler, connect_redis
-from scheduler.placement import choose_worker
 from tests.scheduler.factories import chat_rows, get_job, make_file, make_job, make_org, messages
+
+GPU_24 = Device(index=0, name="A10-24GB", total_mb=24576, free_mb=24576)
 
 
 async def _worker(
     redis: ArqRedis, worker_id: str = "w1", *, max_jobs: int = 1, ttl_s: float = 30
 ) -> WorkerInfo:
-    info = WorkerInfo(id=worker_id, max_jobs=max_jobs)
+    info = WorkerInfo(id=worker_id, max_jobs=max_jobs, gpus=[GPU_24])
     await publish_worker(redis, info, ttl_s=ttl_s)
     return info
 
 
 async def test_validating_to_queued_to_running_enqueues_json_train_task(
-    engine: Engine, storage: Storage, arq_redis: ArqRedis
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings
 ) -> None:
     org = make_org(engine)
     training = make_file(engine, storage, org, chat_rows(12))
@@ -41,19 +43,27 @@ async def test_validating_to_queued_to_running_enqueues_json_train_task(
     job_id = make_job(engine, org, training, validation_file=validation)
     await _worker(arq_redis, "w1")
 
-    result = await Scheduler(engine, arq_redis).tick()
+    result = await Scheduler(engine, arq_redis, settings).tick()
 
     assert result.validated == 1 and [(p.job_id, p.attempt, p.worker_id) for p in result.placed] == [
         (job_id, 1, "w1")
     ]
     job = get_job(engine, job_id)
     assert (job.status, job.attempt, job.worker_id) == (jobs.RUNNING, 1, "w1")
-    assert job.started_at is not None
-    assert messages(engine, job_id) == [
+    assert job.started_at is not None and job.lease_expires_at is not None
+    # The estimate (demo-tiny's shape, 12 examples) is reserved on the worker's GPU.
+    assert job.estimated_vram_mb and job.reserved_mb == job.estimated_vram_mb
+    assert (job.gpu_index, job.gpu_name) == (0, "A10-24GB")
+    texts = messages(engine, job_id)
+    assert texts[:3] == [
         f"Created fine-tuning job: {job_id}",
         "Validated training file: 12 examples",
         "Validated validation file: 4 examples",
+    ]
+    assert texts[3].startswith("Estimated GPU memory: ~")
+    assert texts[4:] == [
         "Job queued",
+        f"Placed on A10-24GB #0 of worker w1: ~{job.reserved_mb / 1024:.1f} GB reserved of 24 GB",
         "Fine-tuning job started",
     ]
     # The task is on w1's queue, under an idempotent id, and its payload is JSON (not a pickle).
@@ -63,7 +73,7 @@ async def test_validating_to_queued_to_running_enqueues_json_train_task(
 
 
 async def test_missing_or_foreign_files_fail_the_job_with_the_param(
-    engine: Engine, storage: Storage, arq_redis: ArqRedis
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings
 ) -> None:
     org, other = make_org(engine, "org-a"), make_org(engine, "org-b")
     training = make_file(engine, storage, org, chat_rows(12))
@@ -74,7 +84,7 @@ async def test_missing_or_foreign_files_fail_the_job_with_the_param(
     foreign_job = make_job(engine, org, foreign)
     deleted_validation_job = make_job(engine, org, training, validation_file=deleted)
 
-    assert validate_pending(engine) == 2
+    assert validate_pending(engine, settings) == 2
 
     failed = get_job(engine, foreign_job)
     assert failed.status == jobs.FAILED and failed.finished_at is not None
@@ -89,12 +99,12 @@ async def test_missing_or_foreign_files_fail_the_job_with_the_param(
 
 
 async def test_a_job_stays_queued_without_a_live_worker_with_room(
-    engine: Engine, storage: Storage, arq_redis: ArqRedis
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings
 ) -> None:
     org = make_org(engine)
     training = make_file(engine, storage, org, chat_rows(12))
     first, second = make_job(engine, org, training), make_job(engine, org, training)
-    scheduler = Scheduler(engine, arq_redis)
+    scheduler = Scheduler(engine, arq_redis, settings)
 
     assert (await scheduler.tick()).placed == []  # no worker at all
     assert get_job(engine, first).status == jobs.QUEUED
@@ -116,19 +126,19 @@ async def test_a_job_stays_queued_without_a_live_worker_with_room(
 
 
 async def test_a_failed_enqueue_puts_the_job_back_in_the_queue(
-    engine: Engine, storage: Storage, tmp_path_factory: pytest.TempPathFactory
+    engine: Engine, storage: Storage, tmp_path_factory: pytest.TempPathFactory, settings: Settings
 ) -> None:
     org = make_org(engine)
     job_id = make_job(engine, org, make_file(engine, storage, org, chat_rows(12)), status=jobs.QUEUED)
     with EmbeddedRedis(tmp_path_factory.mktemp("doomed-redis"), appendonly=False) as server:
         redis = await connect_redis(server.url)
     # Redis is gone now: the claim succeeds in the DB, the enqueue fails, and the claim is undone.
-    placed = await place_queued(engine, redis, [WorkerInfo(id="w1")])
+    placed = await place_queued(engine, redis, [WorkerInfo(id="w1", gpus=[GPU_24])], settings=settings)
     await redis.close(close_connection_pool=True)
 
     assert placed == []
     job = get_job(engine, job_id)
-    assert (job.status, job.worker_id, job.attempt) == (jobs.QUEUED, None, 1)
+    assert (job.status, job.worker_id, job.attempt, job.lease_expires_at) == (jobs.QUEUED, None, 1, None)
     assert messages(engine, job_id)[-2:] == [
         "Fine-tuning job started",
         "Could not start on a worker (ConnectionError); job queued again",
@@ -155,11 +165,3 @@ def test_claims_racing_on_one_job_place_it_once(engine: Engine, storage: Storage
 
     assert sorted(wins, key=lambda w: w or 0) == [None] * 7 + [1]
     assert messages(engine, job_id).count("Fine-tuning job started") == 1
-
-
-def test_choose_worker_prefers_free_slots_and_skips_full_workers() -> None:
-    workers = [WorkerInfo(id="a", max_jobs=2), WorkerInfo(id="b", max_jobs=1), WorkerInfo(id="c", max_jobs=3)]
-    job = None  # the basic placement does not look at the job
-    assert choose_worker(job, workers, {}).id == "c"  # type: ignore[arg-type,union-attr]
-    assert choose_worker(job, workers, {"c": 2}).id == "a"  # type: ignore[arg-type,union-attr]
-    assert choose_worker(job, workers, {"a": 2, "b": 1, "c": 3}) is None  # type: ignore[arg-type]

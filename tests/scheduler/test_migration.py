@@ -33,7 +33,8 @@ def _job_diffs(url: str) -> list[object]:
     def about_jobs(diff: object) -> bool:
         item = diff[0] if isinstance(diff, list) else diff
         return isinstance(item, tuple) and any(
-            part == "fine_tuning_jobs" or getattr(getattr(part, "table", None), "name", None) == "fine_tuning_jobs"
+            part == "fine_tuning_jobs"
+            or getattr(getattr(part, "table", None), "name", None) == "fine_tuning_jobs"
             for part in item[1:]
         )
 
