@@ -174,6 +174,9 @@ class AdapterPlacer:
         if rejected:
             reject_adapter(self.engine, adapter, rejected[0].message)
             return True
+        unreachable = [res for res in results if isinstance(res, ReplicaError) and res.status == 0]
+        if not loaded and len(unreachable) == len(results):
+            return False  # down (or restarting) since the last health check: try again once it is back
         failures = [f"{r.url}: {res}" for r, res in zip(replicas, results, strict=True) if res is not None]
         with session_scope(self.engine) as session:
             if loaded:

@@ -107,6 +107,18 @@ class FtserveProcess:
         """Add a base model; the registry is read on every request, so this works while running too."""
         register_model(Settings(data_dir=self.data_dir, model_registry=self.model_registry), model_id, path)
 
+    def cli(self, *args: str) -> str:
+        """Run `ftserve <args>` against this server's data (server-side verbs); returns stdout."""
+        result = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout
+
     def create_key(self, org: str) -> str:
         result = subprocess.run(
             [sys.executable, "-m", "cli.main", "keys", "create", "--org", org],
