@@ -71,14 +71,15 @@ def assert_fits(page: Any) -> None:
     assert widths[0] <= widths[1], f"the page is {widths[0]}px wide in a {widths[1]}px viewport"
 
 
-def serious_axe_violations(page: Any, dashboard: Dashboard) -> list[str]:
-    """axe-core, served by the app itself (the CSP allows our own scripts only), run on the live page."""
+def axe_violations(page: Any, dashboard: Dashboard) -> list[str]:
+    """axe-core, served by the app itself (the CSP allows our own scripts only), run on the live page. The
+    issue asks for no serious or critical violations; moderate ones fail too, since there are none."""
     page.add_script_tag(url=dashboard.url(AXE))
     violations = page.evaluate(
         """async () => {
             const result = await axe.run(document, { resultTypes: ["violations"] });
             return result.violations
-                .filter((v) => v.impact === "serious" || v.impact === "critical")
+                .filter((v) => ["moderate", "serious", "critical"].includes(v.impact))
                 .map((v) => `${v.impact} ${v.id}: ${v.help} -> ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(" | ")}`);
         }"""
     )
@@ -205,7 +206,7 @@ def test_upload_valid_and_broken_files_shows_bad_lines(
     assert "dragging" in (page.get_attribute("#dropzone", "class") or "")
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
     valid = page.wait_for_selector("li.upload[data-name='valid.jsonl'][data-state='processed']")
-    assert valid.get_attribute("data-progress") == "100"  # set only by XHR upload progress events
+    assert valid.get_attribute("data-progress") == "100"  # set only by the XHR's upload events
     valid_id = valid.get_attribute("data-file-id")
     page.wait_for_selector("#preview > li")
     preview = page.locator("#preview > li")
@@ -341,7 +342,6 @@ def test_create_job_in_the_form_and_watch_the_chart_grow(
         10,
         "the chart to show every training step",
     )
-    assert len(train_steps) == 100
     assert valid_steps and int(page.get_attribute("#loss-chart", "data-valid-points") or 0) == len(
         valid_steps
     )
@@ -476,7 +476,7 @@ def test_pages_fit_the_width_and_pass_axe(
 
     def check(page: Any, step: str) -> None:
         assert_fits(page)
-        problems.extend(f"{step}: {v}" for v in serious_axe_violations(page, dashboard))
+        problems.extend(f"{step}: {v}" for v in axe_violations(page, dashboard))
         shots(page, step)
 
     page = open_page("/ui", width=width, sign_in=False)
@@ -508,4 +508,4 @@ def test_pages_fit_the_width_and_pass_axe(
     page.wait_for_selector("#model-0 option", state="attached")
     check(page, "playground")
 
-    assert not problems, "serious accessibility violations:\n" + "\n".join(problems)
+    assert not problems, "accessibility violations:\n" + "\n".join(problems)

@@ -47,7 +47,7 @@ export function render(main, { params }) {
   const eventsArea = h(
     "div",
     // Scrolls on its own, so it must take keyboard focus (and say what it is) to be scrolled without a mouse.
-    { class: "table-wrap events-wrap", tabindex: "0", role: "region", "aria-labelledby": "events-heading" },
+    { class: "table-wrap events-wrap", tabindex: "0", role: "region", "aria-label": "Event log (scrolls)" },
     h(
       "table",
       { class: "table events", id: "events" },
