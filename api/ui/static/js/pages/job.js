@@ -369,7 +369,11 @@ export function render(main, { params }) {
     })
     .catch((err) => {
       if (!alive) return;
-      clear(errorArea, alertBox(err.status === 404 ? `No such job: ${jobId}` : `Could not load the job: ${err.message}`));
+      if (err.status === 404) {
+        clear(main, h("h1", { tabindex: "-1" }, "Job not found"), h("p", {}, `There is no job ${jobId} in your organization. `, h("a", { href: `${UI}/jobs`, "data-link": "" }, "See your jobs"), "."));
+        return;
+      }
+      clear(errorArea, alertBox(`Could not load the job: ${err.message}`));
     });
 
   return () => {
