@@ -287,6 +287,13 @@ def placements_by_adapter(session: Session, adapter_ids: Iterable[str] | None = 
 
 
 def record_placement(engine: Engine, adapter_id: str, replica_id: str, lora_path: str) -> None:
+    try:
+        _record_placement(engine, adapter_id, replica_id, lora_path)
+    except IntegrityError:  # another process recorded the same pair at the same moment: the row exists
+        _record_placement(engine, adapter_id, replica_id, lora_path)
+
+
+def _record_placement(engine: Engine, adapter_id: str, replica_id: str, lora_path: str) -> None:
     with session_scope(engine) as session:
         existing = session.exec(
             select(AdapterPlacement).where(
@@ -302,7 +309,6 @@ def record_placement(engine: Engine, adapter_id: str, replica_id: str, lora_path
                 adapter_id=adapter_id, replica_id=replica_id, lora_path=lora_path, last_used_ms=now_ms()
             )
         )
-    # A concurrent insert of the same pair raises IntegrityError from the commit; the row exists either way.
 
 
 def drop_placements(engine: Engine, pairs: Iterable[tuple[str, str]]) -> None:
