@@ -4,6 +4,7 @@ reaper, scheduler/leases.py, re-queues jobs whose lease ran out)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
@@ -13,13 +14,15 @@ from core.db import session_scope
 from core.models import FineTuningJob
 
 
-def renew_leases(engine: Engine, worker_id: str, attempts: dict[str, int], ttl_s: float) -> list[str]:
+def renew_leases(
+    engine: Engine, worker_id: str, attempts: Iterable[tuple[str, int]], ttl_s: float
+) -> list[str]:
     """The worker's side: extend the leases of the attempts it runs. Returns the job ids it no longer holds
     (re-placed or reaped), whose runners should stop."""
     lost = []
     until = time.time() + ttl_s
     with session_scope(engine) as session:
-        for job_id, attempt in attempts.items():
+        for job_id, attempt in attempts:
             result = session.execute(
                 update(FineTuningJob)
                 .where(

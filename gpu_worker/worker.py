@@ -137,8 +137,10 @@ class WorkerState:
     def __init__(self, settings: Settings, worker_id: str) -> None:
         self.settings = settings
         self.worker_id = worker_id
-        self.runners: dict[str, asyncio.subprocess.Process] = {}  # job id → its runner process
-        self.attempts: dict[str, int] = {}  # job id → the attempt its runner trains (for lease renewal)
+        # (job id, attempt) → its runner process. By attempt: a lost attempt's runner may still be winding
+        # down when the next attempt of the same job lands here.
+        self.runners: dict[tuple[str, int], asyncio.subprocess.Process] = {}
+        self.leased: set[tuple[str, int]] = set()  # attempts whose lease this worker renews
         self.stopping = False
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
@@ -160,16 +162,16 @@ class WorkerState:
             id=self.worker_id,
             gpus=gpus,
             capabilities=capabilities,
-            running_jobs=sorted(self.runners),
+            running_jobs=sorted({job_id for job_id, _ in self.runners}),
             max_jobs=self.settings.worker_max_jobs,
             labels={"simulated_gpus": "true"} if simulated else {},
         )
 
     def renew_leases(self) -> list[str]:
         """Extend the lease of every attempt this worker runs (in the DB). Returns jobs it no longer holds."""
-        if not self.attempts:
+        if not self.leased:
             return []
-        return renew_leases(self.engine, self.worker_id, dict(self.attempts), self.settings.lease_ttl_s)
+        return renew_leases(self.engine, self.worker_id, sorted(self.leased), self.settings.lease_ttl_s)
 
 
 async def _heartbeat(redis: Any, state: WorkerState) -> None:
@@ -231,20 +233,25 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     """Run one attempt of a job in a child process; returns its exit code."""
     task = queue.TrainTask(job_id=job_id, attempt=attempt)
     state: WorkerState = ctx["state"]
+    key = (task.job_id, task.attempt)
+    state.leased.add(key)  # renew from pickup on: the runner takes a while to start
     # A new session: Ctrl-C on `ftserve up` reaches the runner only through the SIGTERM we forward.
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gpu_worker.job_runner",
-        "--job-id",
-        task.job_id,
-        "--attempt",
-        str(task.attempt),
-        start_new_session=True,
-        preexec_fn=_terminate_with_parent,
-    )
-    state.runners[task.job_id] = process
-    state.attempts[task.job_id] = task.attempt
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gpu_worker.job_runner",
+            "--job-id",
+            task.job_id,
+            "--attempt",
+            str(task.attempt),
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,
+        )
+    except BaseException:
+        state.leased.discard(key)  # nothing runs it: let the lease run out and the scheduler re-place it
+        raise
+    state.runners[key] = process
     log.info("training %s attempt %d in pid %d", task.job_id, task.attempt, process.pid)
     if state.stopping:  # picked up just as the worker began to stop
         _signal_runner(process, signal.SIGTERM)
@@ -254,8 +261,8 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
         await asyncio.shield(_stop_runner(process))
         raise
     finally:
-        state.runners.pop(task.job_id, None)
-        state.attempts.pop(task.job_id, None)
+        state.runners.pop(key, None)
+        state.leased.discard(key)
     log.info("runner of %s attempt %d exited with %d", task.job_id, task.attempt, returncode)
     await asyncio.to_thread(
         settle_after_exit, state.engine, task.job_id, task.attempt, returncode, stopping=state.stopping,
@@ -333,6 +340,8 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
+        # Connect to the DB now, not on the first lease renewal: a slow first connect must not cost a lease.
+        await asyncio.to_thread(lambda: state.engine.connect().close())
         await queue.publish_worker(ctx["redis"], state.info(), ttl_s=settings.heartbeat_ttl_s)
         ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx["redis"], state))
         log.info("worker %s ready on queue %s", state.worker_id, queue.queue_name(state.worker_id))

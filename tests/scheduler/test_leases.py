@@ -87,7 +87,7 @@ def test_a_lost_workers_job_is_requeued_and_its_attempt_can_write_nothing(
     assert get_job(db, job_id).step == 5
 
     # A renewed lease is not reaped; an expired one is.
-    assert renew_leases(db, "w-lost", {job_id: 1}, ttl_s=30) == []
+    assert renew_leases(db, "w-lost", [(job_id, 1)], ttl_s=30) == []
     assert reap_expired_leases(db) == []
     _expire(db, job_id)
     assert reap_expired_leases(db) == [job_id]
@@ -101,7 +101,7 @@ def test_a_lost_workers_job_is_requeued_and_its_attempt_can_write_nothing(
 
     # The lost attempt, still running somewhere, is fenced out of everything.
     before = messages(db, job_id)
-    assert renew_leases(db, "w-lost", {job_id: 1}, ttl_s=30) == [job_id]
+    assert renew_leases(db, "w-lost", [(job_id, 1)], ttl_s=30) == [job_id]
     assert zombie.should_stop() == "cancel"
     assert not zombie.write_events([{"message": "late"}], step=9)
     local = tmp_path / "ckpt"
