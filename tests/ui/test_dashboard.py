@@ -399,6 +399,8 @@ def test_pause_resume_and_cancel_buttons(
 
     page.click("#cancel-job")
     assert page.inner_text("#cancel-job") == "Confirm cancel"
+    time.sleep(1.5)  # a poll (maybe queued -> running) redraws the page, and the half-confirmed button stays
+    assert page.inner_text("#cancel-job") == "Confirm cancel"
     page.click("#cancel-job")
     page.wait_for_selector(".status-line[data-status='cancelled']")
     assert dashboard.job(job["id"])["status"] == "cancelled"

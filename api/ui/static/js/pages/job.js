@@ -88,21 +88,39 @@ export function render(main, { params }) {
   );
 
   // -- header, actions, details -------------------------------------------------------------------------
+  // Buttons are made once and reused: a redraw (queued -> running, say) must not reset a half-confirmed
+  // cancel or drop the keyboard focus.
+  const buttons = new Map();
+  function cached(id, make) {
+    if (!buttons.has(id)) {
+      const node = make();
+      node.id = id;
+      buttons.set(id, node);
+    }
+    return buttons.get(id);
+  }
+
   function control(verb, label) {
-    return h(
-      "button",
-      {
-        type: "button",
-        class: "btn",
-        id: `${verb}-job`,
-        on: {
-          click: async (event) => {
-            event.currentTarget.disabled = true;
-            await act(verb);
+    return cached(`${verb}-job`, () =>
+      h(
+        "button",
+        {
+          type: "button",
+          class: "btn",
+          on: {
+            click: async (event) => {
+              const button = event.currentTarget;
+              button.disabled = true;
+              try {
+                await act(verb);
+              } finally {
+                button.disabled = false;
+              }
+            },
           },
         },
-      },
-      label,
+        label,
+      ),
     );
   }
 
@@ -110,6 +128,7 @@ export function render(main, { params }) {
     try {
       job = await api(`${base}/${verb}`, { method: "POST" });
       toast(`Job ${verb === "cancel" ? "cancelled" : verb === "pause" ? "pausing" : "resumed"}`);
+      lastStatus = job.status;
       drawJob();
       poll.restart();
     } catch (err) {
@@ -122,32 +141,35 @@ export function render(main, { params }) {
     const name = job.user_provided_suffix || job.id;
     title.textContent = name;
     document.title = `${name} · ftserve`;
-    const buttons = [];
+    const wanted = [];
     if (job.status === "succeeded" && job.fine_tuned_model) {
-      buttons.push(h("a", { class: "btn btn-primary", id: "open-playground", href: `${UI}/playground?model=${encodeURIComponent(job.fine_tuned_model)}`, "data-link": "" }, "Try in playground"));
-    }
-    if (job.result_files?.length) {
-      buttons.push(
-        h(
-          "button",
-          {
-            type: "button",
-            class: "btn",
-            id: "download-results",
-            on: { click: () => download(`/v1/files/${encodeURIComponent(job.result_files[0])}/content`, `${job.id}-results.csv`).catch((e) => toast(e.message, "error")) },
-          },
-          "Download results CSV",
+      wanted.push(
+        cached("open-playground", () =>
+          h("a", { class: "btn btn-primary", href: `${UI}/playground?model=${encodeURIComponent(job.fine_tuned_model)}`, "data-link": "" }, "Try in playground"),
         ),
       );
     }
-    if (["queued", "running"].includes(job.status)) buttons.push(control("pause", "Pause"));
-    if (job.status === "paused") buttons.push(control("resume", "Resume"));
-    if (ACTIVE.has(job.status)) {
-      const cancel = confirmButton("Cancel job", "Confirm cancel", () => act("cancel"));
-      cancel.id = "cancel-job";
-      buttons.push(cancel);
+    if (job.result_files?.length) {
+      const fileId = job.result_files[0];
+      wanted.push(
+        cached("download-results", () =>
+          h(
+            "button",
+            {
+              type: "button",
+              class: "btn",
+              on: { click: () => download(`/v1/files/${encodeURIComponent(fileId)}/content`, `${job.id}-results.csv`).catch((e) => toast(e.message, "error")) },
+            },
+            "Download results CSV",
+          ),
+        ),
+      );
     }
-    clear(actions, buttons);
+    if (["queued", "running"].includes(job.status)) wanted.push(control("pause", "Pause"));
+    if (job.status === "paused") wanted.push(control("resume", "Resume"));
+    if (ACTIVE.has(job.status)) wanted.push(cached("cancel-job", () => confirmButton("Cancel job", "Confirm cancel", () => act("cancel"))));
+    const current = [...actions.children];
+    if (current.length !== wanted.length || current.some((node, i) => node !== wanted[i])) clear(actions, wanted);
 
     const done = job.status === "succeeded";
     const bar = progressBar(done ? 1 : job.step ?? 0, done ? 1 : job.total_steps || 0, "Training progress");
