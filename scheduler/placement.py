@@ -11,9 +11,12 @@ Rules, in order:
 - **Priority, then age.** The caller passes the queue sorted by priority (high first), then creation.
 - **Backfill, with a guard.** A job that does not fit now does not block younger jobs that do. Once it has
   waited `reserve_after_s`, it holds the device closest to fitting it: nothing else is placed there until
-  running jobs drain and it fits (so a big job cannot starve behind a stream of small ones).
-- **Per-organization quota, with borrowing.** An organization with `quota` running jobs waits, unless no
-  job of an organization under its quota is left waiting: an idle fleet lends its capacity.
+  running jobs drain and it fits (so a big job cannot starve behind a stream of small ones). Only the
+  first `max_holds` such jobs hold a device at a time (EASY backfilling holds one), so holds cannot idle
+  the fleet.
+- **Per-organization quota, with borrowing.** Jobs of organizations under their quota of running jobs
+  are placed first; an organization at its quota borrows only what is left after them, capacity that no
+  other organization's waiting job can use right now.
 - **GPU first.** A job goes to a CPU-only worker (its RAM budget) only when no GPU in the fleet could ever
   hold it; a job that no device of the fleet could ever hold is rejected.
 - **Capabilities.** A job that needs one (QLoRA needs `bnb_4bit`) only goes to workers that report it.
@@ -97,11 +100,43 @@ class Placed:
 
 @dataclass(frozen=True)
 class Waiting:
+    """Why a job waits (or was rejected). The message is built only when read: a plan over a long queue
+    defers most jobs, and only the scheduler's wait events need the words."""
+
     job: JobRequest
     code: Literal["no_worker", "no_room", "quota", "too_big"]
-    message: str
     need_mb: int | None = None
     held: Device | None = None  # the device held for this job (starvation guard)
+    kind: Kind = "gpu"
+    largest_free_mb: int | None = None  # None: no device of that kind has a free slot
+    running: int = 0  # quota waits: the organization's running jobs and its limit
+    quota: int = 0
+    text: str | None = None
+    position: int = 0  # in the queue passed to plan()
+
+    @property
+    def message(self) -> str:
+        if self.text is not None:
+            return self.text
+        if self.code == "no_worker":
+            return "Waiting for a worker: none is live."
+        if self.code == "quota":
+            return (
+                f"Waiting: the organization runs {self.running} jobs, its limit is {self.quota} "
+                "(it borrows idle capacity when no other organization is waiting)."
+            )
+        what = "GPU" if self.kind == "gpu" else "CPU worker"
+        if self.largest_free_mb is None:
+            message = (
+                f"Waiting: every {'GPU worker' if self.kind == 'gpu' else 'worker'} is at its job limit."
+            )
+        elif self.need_mb is None:
+            message = f"Waiting for an entirely free {what} (its memory could not be estimated)."
+        else:
+            message = f"Needs ~{gb(self.need_mb)} GB; largest free {what} {gb(self.largest_free_mb)} GB."
+        if self.held is not None:
+            message += f" Holding {self.held.label} for it."
+        return message
 
 
 @dataclass
@@ -181,8 +216,12 @@ class Fleet:
         return None
 
     def largest_free(self, kind: Kind, needs: frozenset[str] = frozenset()) -> Device | None:
+        index = self._index[kind]
+        if not needs:
+            top: Device | None = index[-1] if len(index) else None
+            return top
         device: Device
-        for device in reversed(self._index[kind]):
+        for device in reversed(index):
             if needs <= device.worker.capabilities:
                 return device
         return None
@@ -262,17 +301,6 @@ class Fleet:
         self._held_devices.clear()
 
 
-def _kind_for(job: JobRequest, fleet: Fleet) -> tuple[Kind, int | None] | None:
-    """Which kind of device the job goes to, and what it needs there; None if the fleet can never hold it."""
-    gpu_max = fleet.max_total("gpu", job.needs)
-    if gpu_max and (job.gpu_mb is None or job.gpu_mb <= gpu_max):
-        return "gpu", job.gpu_mb
-    cpu_max = fleet.max_total("cpu", job.needs)
-    if cpu_max and (job.cpu_mb is None or job.cpu_mb <= cpu_max):
-        return "cpu", job.cpu_mb
-    return None
-
-
 def _too_big(job: JobRequest, fleet: Fleet) -> str:
     if job.needs and not fleet.max_total("gpu", job.needs) and not fleet.max_total("cpu", job.needs):
         return (
@@ -300,72 +328,74 @@ def plan(
     quota_for: Callable[[str], int] | None = None,
     now: float = 0.0,
     reserve_after_s: float = float("inf"),
+    max_holds: int = 2,
     max_placements: int | None = None,
 ) -> PlanResult:
     """Decide, for each queued job in order, where it goes now or why it waits. Mutates `fleet` (each
-    placement takes its memory and slot) and leaves `queue` alone."""
+    placement takes its memory and slot) and leaves `queue` alone. Written for speed: the scheduler runs
+    it on every tick over its whole window, and the forecast replays it many times."""
     fleet.release_holds()
     result = PlanResult()
+    placed, waiting = result.placed, result.waiting
     running = dict(running_by_org or {})
-    over_quota: list[JobRequest] = []
-    nominal_waiting = False
+    over_quota: list[tuple[int, JobRequest]] = []
+    holds = 0
+    limits: dict[frozenset[str], tuple[int, int]] = {}  # needs -> (largest GPU, largest CPU device)
+    any_device = bool(fleet.count["gpu"] or fleet.count["cpu"])
 
-    def try_place(job: JobRequest, *, borrowed: bool) -> bool:
+    def try_place(position: int, job: JobRequest, borrowed: bool, quota: int) -> None:
+        nonlocal holds
         result.evaluated += 1
-        target = _kind_for(job, fleet)
-        if target is None:
-            if fleet.count["gpu"] or fleet.count["cpu"]:
-                result.rejected.append(Waiting(job, "too_big", _too_big(job, fleet), job.gpu_mb))
-            else:
-                result.waiting.append(Waiting(job, "no_worker", "Waiting for a worker: none is live."))
-            return False
-        kind, need = target
-        device = fleet.best_fit(need, kind, job.needs)
-        if device is not None:
-            reserve = device.total_mb if need is None else need
-            fleet.take(device, reserve)
-            result.placed.append(Placed(job, device, reserve, borrowed))
-            running[job.org] = running.get(job.org, 0) + 1
-            return True
-        what = "GPU" if kind == "gpu" else "CPU worker"
-        largest = fleet.largest_free(kind, job.needs)
-        if largest is None:
-            message = f"Waiting: every {'GPU worker' if kind == 'gpu' else 'worker'} is at its job limit."
-        elif need is None:
-            message = f"Waiting for an entirely free {what} (its memory could not be estimated)."
+        needs = job.needs
+        if needs not in limits:
+            limits[needs] = (fleet.max_total("gpu", needs), fleet.max_total("cpu", needs))
+        gpu_max, cpu_max = limits[needs]
+        kind: Kind
+        if gpu_max and (job.gpu_mb is None or job.gpu_mb <= gpu_max):
+            kind, need = "gpu", job.gpu_mb
+        elif cpu_max and (job.cpu_mb is None or job.cpu_mb <= cpu_max):
+            kind, need = "cpu", job.cpu_mb
+        elif any_device:
+            result.rejected.append(Waiting(job, "too_big", job.gpu_mb, text=_too_big(job, fleet)))
+            return
         else:
-            message = f"Needs ~{gb(need)} GB; largest free {what} {gb(largest.free_mb)} GB."
+            waiting.append(Waiting(job, "no_worker", position=position))
+            return
+        largest = fleet.largest_free(kind, needs)
+        if largest is not None and (need is None or largest.free_mb >= need):
+            device = fleet.best_fit(need, kind, needs)
+            if device is not None:
+                reserve = device.total_mb if need is None else need
+                fleet.take(device, reserve)
+                placed.append(Placed(job, device, reserve, borrowed))
+                running[job.org] = running.get(job.org, 0) + 1
+                return
+        if borrowed:  # over its quota, and nothing left that fits: the quota is the reason it waits
+            waiting.append(
+                Waiting(job, "quota", need, running=running.get(job.org, 0), quota=quota, position=position)
+            )
+            return
         held = None
-        if now - job.waiting_since >= reserve_after_s:
-            held = fleet.closest_to_fit(need, kind, job.needs)
+        if holds < max_holds and now - job.waiting_since >= reserve_after_s:
+            held = fleet.closest_to_fit(need, kind, needs)
             if held is not None:
                 fleet.hold(held)
-                message += f" Holding {held.label} for it."
-        result.waiting.append(Waiting(job, "no_room", message, need, held))
-        return False
+                holds += 1
+        free = largest.free_mb if largest is not None else None
+        waiting.append(Waiting(job, "no_room", need, held, kind, free, position=position))
 
-    for job in queue:
-        if max_placements is not None and len(result.placed) >= max_placements:
+    for position, job in enumerate(queue):
+        if max_placements is not None and len(placed) >= max_placements:
             break
         quota = quota_for(job.org) if quota_for else 0
         if quota > 0 and running.get(job.org, 0) >= quota:
-            over_quota.append(job)
+            over_quota.append((position, job))
             continue
-        if not try_place(job, borrowed=False) and result.waiting and result.waiting[-1].job is job:
-            nominal_waiting = True
-    for job in over_quota:
-        if max_placements is not None and len(result.placed) >= max_placements:
-            break
-        quota = quota_for(job.org) if quota_for else 0
-        if nominal_waiting:
-            message = (
-                f"Waiting: the organization runs {running.get(job.org, 0)} jobs, its limit is {quota} "
-                "(it borrows idle capacity when no other organization is waiting)."
-            )
-            result.waiting.append(Waiting(job, "quota", message))
-            continue
-        try_place(job, borrowed=True)
-    if over_quota:  # keep `waiting` in queue order
-        order = {job.id: i for i, job in enumerate(queue)}
-        result.waiting.sort(key=lambda w: order.get(w.job.id, 0))
+        try_place(position, job, False, quota)
+    if over_quota:  # borrowing: what the jobs within their quota could not use
+        for position, job in over_quota:
+            if max_placements is not None and len(placed) >= max_placements:
+                break
+            try_place(position, job, True, quota_for(job.org) if quota_for else 0)
+        waiting.sort(key=lambda w: w.position)  # keep queue order
     return result
