@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,7 +47,7 @@ def train_rows(code: str) -> bytes:
     return ("".join(json.dumps(row) + "\n" for _ in range(10))).encode()
 
 
-def hot_load(http: httpx.Client, n: int) -> tuple[list[str], list[float], list[float]]:
+def hot_load(http: httpx.Client, n: int, lora_rank: int | None) -> tuple[list[str], list[float], list[float]]:
     """Train n small jobs one after another; after each succeeds, stream a chat at once."""
     models, first_token_ms, ready_ms = [], [], []
     for i in range(n):
@@ -54,7 +55,9 @@ def hot_load(http: httpx.Client, n: int) -> tuple[list[str], list[float], list[f
         file_id = http.post(
             "/files", files={"file": ("t.jsonl", train_rows(code))}, data={"purpose": "fine-tune"}
         ).json()["id"]
-        hp = {"n_epochs": 8, "batch_size": 5}
+        hp: dict[str, Any] = {"n_epochs": 8, "batch_size": 5}
+        if lora_rank:
+            hp["lora_rank"] = lora_rank
         body = {
             "model": "demo-tiny",
             "training_file": file_id,
@@ -146,6 +149,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=96, help="Requests per throughput run.")
     parser.add_argument("--tokens", type=int, default=32, help="Tokens each throughput request generates.")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Alternated base/mix throughput rounds (median)."
+    )
+    parser.add_argument(
+        "--lora-rank", type=int, default=None, help="The jobs' lora_rank (default: auto, 16)."
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
@@ -169,15 +178,19 @@ def main() -> None:
             vllm_url = next(r["url"] for r in json.loads(server.cli("inference", "list", "--json")))
             headers = {"authorization": f"Bearer {key}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=600) as api:
-                models, first_token, ready = hot_load(api, args.adapters)
+                models, first_token, ready = hot_load(api, args.adapters, args.lora_rank)
                 with httpx.Client(base_url=vllm_url, timeout=60) as vllm:
                     direct, proxied = proxy_overhead(api, vllm, args.overhead_requests)
             run = {"concurrency": args.concurrency, "requests": args.requests, "tokens": args.tokens}
             asyncio.run(
                 throughput(server.base_url, key, models + ["demo-tiny"], concurrency=2, requests=16, tokens=4)
             )
-            base_tps = asyncio.run(throughput(server.base_url, key, ["demo-tiny"], **run))
-            mix_tps = asyncio.run(throughput(server.base_url, key, models[:8], **run))
+            # Alternated rounds, so load from other work on the machine hits both alike.
+            base_runs, mix_runs = [], []
+            for _ in range(args.rounds):
+                base_runs.append(asyncio.run(throughput(server.base_url, key, ["demo-tiny"], **run)))
+                mix_runs.append(asyncio.run(throughput(server.base_url, key, models[:8], **run)))
+            base_tps, mix_tps = statistics.median(base_runs), statistics.median(mix_runs)
         finally:
             server.stop()
 
@@ -203,8 +216,11 @@ def main() -> None:
                 },
                 "throughput": {
                     **run,
+                    "lora_rank": args.lora_rank or 16,
                     "base_tokens_per_s": round(base_tps, 1),
                     "mix_8_adapters_tokens_per_s": round(mix_tps, 1),
+                    "rounds_base": [round(x, 1) for x in base_runs],
+                    "rounds_mix": [round(x, 1) for x in mix_runs],
                     "ratio": round(mix_tps / base_tps, 3),
                 },
             }

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from api.deps import CurrentOrg, SettingsDep
 from api.protocol import ChatCompletionCreate, CompletionCreate, ErrorResponse
 from api.services.inference import Kind, get_inference
 from core.errors import PayloadTooLargeError
@@ -55,19 +54,23 @@ async def _read_body(request: Request, kind: Kind, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _handle(kind: Kind, request: Request, org: Any, settings: Any) -> Response:
-    body = await _read_body(request, kind, settings.inference_max_request_bytes)
+async def _handle(kind: Kind, request: Request) -> Response:
+    # No FastAPI dependencies on this hot path: each sync one costs a thread-pool hop. The service
+    # authenticates (with a 1 s cache) and reads its settings itself.
+    service = get_inference(request)
+    org = await service.authenticate(request)
+    body = await _read_body(request, kind, service.settings.inference_max_request_bytes)
     request_id = getattr(request.state, "request_id", None)
-    return await get_inference(request).handle(kind, org, body, request_id)
+    return await service.handle(kind, org, body, request_id)
 
 
 @router.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionCreate), response_class=Response)
-async def create_chat_completion(request: Request, org: CurrentOrg, settings: SettingsDep) -> Response:
+async def create_chat_completion(request: Request) -> Response:
     """Chat with a base model or a fine-tuned `ft:` model (streaming with `stream: true`)."""
-    return await _handle("chat", request, org, settings)
+    return await _handle("chat", request)
 
 
 @router.post("/completions", openapi_extra=_body_schema(CompletionCreate), response_class=Response)
-async def create_completion(request: Request, org: CurrentOrg, settings: SettingsDep) -> Response:
+async def create_completion(request: Request) -> Response:
     """Complete a prompt with a base model or a fine-tuned `ft:` model (streaming with `stream: true`)."""
-    return await _handle("completions", request, org, settings)
+    return await _handle("completions", request)

@@ -54,6 +54,7 @@ from core.inference import (
     resolve_adapter,
     sync_configured_replicas,
 )
+from core.keys import authenticate, hash_key
 from core.model_registry import load_registry
 from core.models import InferenceReplica, Organization, ServedAdapter
 from core.settings import Settings
@@ -70,6 +71,7 @@ NOT_FORWARDED = frozenset(
      "verbosity", "user", "modalities"}
 )  # fmt: skip
 CACHE_TTL_S = 1.0
+AUTH_TTL_S = 1.0
 DOWN_FOR_S = 3.0  # a replica that refused a connection is skipped this long
 _NOT_LOADED = object()
 
@@ -262,6 +264,7 @@ class InferenceService:
         self._down_until: dict[str, float] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._flush_task: asyncio.Task[None] | None = None
+        self._auth: dict[str, tuple[Organization, float]] = {}  # key digest → (org, when checked)
 
     async def start(self) -> None:
         try:
@@ -287,6 +290,30 @@ class InferenceService:
                 await asyncio.to_thread(self.loader.flush)
             except Exception:
                 log.exception("could not flush adapter recency; retrying")
+
+    # -- auth ----------------------------------------------------------------------------------------------
+
+    def _authenticate_now(self, token: str | None) -> Organization:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return authenticate(session, key=token)[1]
+
+    async def authenticate(self, request: Request) -> Organization:
+        """The caller's organization, as `api.deps.get_current_org` finds it, remembered for AUTH_TTL_S (a
+        revoked key stops working within that)."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        digest = hash_key(token) if token else ""
+        hit = self._auth.get(digest) if digest else None
+        if hit is not None and time.monotonic() - hit[1] < AUTH_TTL_S:
+            org = hit[0]
+        else:
+            org = await asyncio.to_thread(self._authenticate_now, token or None)
+            if len(self._auth) > 10_000:
+                self._auth.clear()
+            self._auth[digest] = (org, time.monotonic())
+        request.state.organization_id = org.id
+        return org
 
     # -- routing tables ------------------------------------------------------------------------------------
 

@@ -211,3 +211,22 @@ def test_job_creation_refuses_a_rank_vllm_would_refuse(
         error["param"] == "method.supervised.hyperparameters.lora_rank"
         and "max_lora_rank 64" in error["message"]
     )
+
+
+def test_a_revoked_key_stops_working_within_a_second(
+    client: TestClient, engine: Engine, make_key_for: Callable[[str], tuple[str, str]]
+) -> None:
+    import time
+
+    from core.keys import hash_key, revoke_key
+    from core.models import ApiKey
+
+    key, _org = make_key_for("org-revoked")
+    body = {**CHAT, "model": "no-such-model"}
+    assert _post(client, key, body)[0] == 404  # authenticated (and remembered for up to 1 s)
+    with session_scope(engine) as session:
+        row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).one()
+        revoke_key(session, key_id=row.id)
+    time.sleep(1.1)
+    status, payload = _post(client, key, body)
+    assert status == 401 and payload["error"]["code"] == "invalid_api_key"
