@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from arq.connections import ArqRedis
@@ -165,3 +166,28 @@ def test_claims_racing_on_one_job_place_it_once(engine: Engine, storage: Storage
 
     assert sorted(wins, key=lambda w: w or 0) == [None] * 7 + [1]
     assert messages(engine, job_id).count("Fine-tuning job started") == 1
+
+
+async def test_a_waiting_job_gets_its_place_a_start_forecast_and_one_reason(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings
+) -> None:
+    org = make_org(engine)
+    training = make_file(engine, storage, org, chat_rows(12))
+    running = make_job(engine, org, training)
+    await _worker(arq_redis, "w1", max_jobs=1)
+    scheduler = Scheduler(engine, arq_redis, settings)
+    await scheduler.tick()
+    with session_scope(engine) as session:  # the running job reports it will finish in 10 minutes
+        jobs.update_fenced(session, job_id=running, attempt=1, estimated_finish=int(time.time()) + 600)
+    behind = [make_job(engine, org, training), make_job(engine, org, training)]
+    for _ in range(3):
+        scheduler._forecast_at = 0.0  # forecast on every tick here
+        await scheduler.tick()
+
+    first, second = (get_job(engine, job_id) for job_id in behind)
+    assert (first.status, first.queue_position, second.queue_position) == (jobs.QUEUED, 1, 2)
+    assert first.wait_reason == "Waiting: every GPU worker is at its job limit."
+    assert first.estimated_start_at == pytest.approx(time.time() + 600, abs=30)
+    # The second starts when the first ends: its own steps at the default rate (no history yet).
+    assert second.estimated_start_at is not None and second.estimated_start_at > first.estimated_start_at
+    assert messages(engine, behind[0]).count(first.wait_reason) == 1  # said once, not once per tick
