@@ -57,6 +57,8 @@ typecheck: install
 bench: install
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/vram_estimator.py
+	$(BIN)/python bench/scheduler_sim.py
 
 clean:
 	rm -rf $(VENV) .ftserve .pytest_cache .mypy_cache .ruff_cache
