@@ -56,8 +56,8 @@ class TrainJobConfig:
     max_threads: int | None = field(
         default=None,
         metadata={
-            "help": "CPU threads for torch. None: 1 thread for tiny models (<50M params; measured far "
-            "faster on CPU), torch's default otherwise."
+            "help": "CPU threads for torch. None: gpu_worker.accel.cpu_threads (1 thread for models under "
+            "50M parameters, measured faster; else every core this process may use)."
         },
     )
     max_eval_examples: int = field(
@@ -65,6 +65,27 @@ class TrainJobConfig:
         metadata={
             "help": "Periodic validation uses at most this many validation examples (the first ones); "
             "the final full_valid_* metrics use all of them."
+        },
+    )
+    cache_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Where tokenised SFT datasets are cached, keyed by file hash, tokenizer, template and "
+            "max_seq_length, so a retry or resume doesn't tokenise again. None: no cache."
+        },
+    )
+    packing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "SFT batch layout. None (auto): packed and padding-free when the model passes the packed-vs-"
+            "unpacked check, else length-grouped batches. True: packed or fail. False: padded batches."
+        },
+    )
+    use_unsloth: bool | None = field(
+        default=None,
+        metadata={
+            "help": "None (auto): unsloth's FastLanguageModel on CUDA when it is installed and supports the "
+            "architecture, else transformers + peft. False: never. True: unsloth or fail."
         },
     )
     keep_local_checkpoints: int = field(
@@ -79,6 +100,8 @@ class TrainJobConfig:
             self.validation_file = Path(self.validation_file)
         if self.resume_from_checkpoint is not None:
             self.resume_from_checkpoint = Path(self.resume_from_checkpoint)
+        if self.cache_dir is not None:
+            self.cache_dir = Path(self.cache_dir)
         if self.method not in ("supervised", "dpo"):
             raise ValueError(f"method must be 'supervised' or 'dpo', got {self.method!r}")
         if self.method != self.hyperparameters.method:

@@ -10,12 +10,17 @@ Loss masking (labels = -100 where no loss is taken):
   `weight: 0` are masked too.
 - prompt_completion: loss only on the completion plus eos.
 - preference (DPO): TRL tokenises prompt/chosen/rejected itself; we only check lengths and reshape.
+
+Tokenised SFT datasets are cached on disk (`cached_sft_dataset`), so a retry or resume doesn't tokenise again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -236,3 +241,112 @@ def build_dpo_rows(
 
 def count_trainable_tokens(rows: list[dict[str, Any]]) -> int:
     return sum(sum(1 for t in r["labels"] if t != IGNORE_INDEX) for r in rows)
+
+
+# -- the tokenised-dataset cache ------------------------------------------------------------------------------
+
+TOKENIZATION_VERSION = 1  # bump when anything above changes the ids or labels a file tokenises to
+CACHE_KEEP = 16  # newest entries kept per cache dir; older ones are deleted
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A hash of everything about the tokenizer that changes token ids: vocabulary, merges, normaliser, special
+    tokens and post-processor (a fast tokenizer's full JSON), or the vocabulary and special tokens otherwise."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = backend.to_str()
+    else:
+        state = json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps(
+        [type(tokenizer).__name__, tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token]
+    )
+    return hashlib.sha256((state + extra).encode()).hexdigest()
+
+
+def sft_cache_key(path: Path, tokenizer: Any, *, data_format: str, max_seq_length: int) -> str:
+    template = training_chat_template(tokenizer) if data_format != "prompt_completion" else ""
+    parts = [
+        f"v{TOKENIZATION_VERSION}",
+        file_sha256(path),
+        tokenizer_fingerprint(tokenizer),
+        hashlib.sha256(template.encode()).hexdigest(),
+        data_format,
+        str(max_seq_length),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:40]
+
+
+def cached_sft_dataset(
+    path: Path,
+    tokenizer: Any,
+    *,
+    data_format: str,
+    max_seq_length: int,
+    file_label: str,
+    cache_dir: Path | None,
+) -> tuple[Any, int, bool]:
+    """The tokenised SFT dataset (input_ids, labels) of a JSONL file, its trainable tokens, and whether it came
+    from the cache.
+
+    Keyed by (file hash, tokenizer hash, chat template, format, max_seq_length), so a retry or a resumed attempt of
+    the same job (or another job on the same file and model) loads the Arrow files instead of re-tokenising. Only
+    datasets that passed every check are cached: a file with errors fails the same way each time.
+    """
+    from datasets import Dataset, load_from_disk
+
+    key = (
+        sft_cache_key(path, tokenizer, data_format=data_format, max_seq_length=max_seq_length)
+        if cache_dir
+        else ""
+    )
+    entry = Path(cache_dir) / key if cache_dir else None
+    if entry is not None and (entry / "meta.json").is_file():
+        try:
+            meta = json.loads((entry / "meta.json").read_text())
+            ds = load_from_disk(str(entry / "data"))
+            entry.touch()  # most recently used: pruned last
+            return ds, int(meta["trainable_tokens"]), True
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(entry, ignore_errors=True)  # unreadable: rebuild it
+    rows = build_sft_rows(
+        load_examples(path, data_format),
+        tokenizer,
+        data_format=data_format,
+        max_seq_length=max_seq_length,
+        file_label=file_label,
+    )
+    tokens = count_trainable_tokens(rows)
+    ds = Dataset.from_dict(
+        {"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]}
+    )
+    if entry is not None:
+        tmp = entry.with_name(f".{key}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            ds.save_to_disk(str(tmp / "data"))
+            (tmp / "meta.json").write_text(json.dumps({"trainable_tokens": tokens, "examples": len(rows)}))
+            tmp.rename(entry)  # published whole, or not at all
+        except OSError:
+            shutil.rmtree(
+                tmp, ignore_errors=True
+            )  # a concurrent writer won, or the disk is full: train anyway
+        _prune(Path(cache_dir))  # type: ignore[arg-type]
+    return ds, tokens, False
+
+
+def _prune(cache_dir: Path, keep: int = CACHE_KEEP) -> None:
+    entries = sorted(
+        (p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[keep:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -297,6 +297,7 @@ class Attempt:
             hyperparameters=hyperparameters,
             seed=job.seed,
             resume_from_checkpoint=resume,
+            cache_dir=self.settings.data_dir / "cache" / "tokenized",  # retries and resumes skip tokenising
         )
         result = run_training(config, reporter)
         reporter.flush(force=True)

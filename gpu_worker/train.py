@@ -1,8 +1,10 @@
 """Train one LoRA adapter: SFT or DPO, with TRL + PEFT, on CPU or one GPU.
 
-Reads top to bottom, nanoGPT-style: threads and seed, data (fails fast, before the model loads), model and
-LoRA, trainer arguments, a callback that bridges the HF Trainer to our `TrainingReporter`, train (or resume),
-then the final adapter and a full validation pass.
+Reads top to bottom, nanoGPT-style: threads and seed, data (tokenised once and cached; fails fast, before the
+model loads), batch layout (packed and padding-free when provably exact, see `gpu_worker.packing`), model and
+LoRA (`gpu_worker.accel`: unsloth or transformers + peft, QLoRA, gradient checkpointing), trainer arguments, a
+callback that bridges the HF Trainer to our `TrainingReporter`, train (or resume), then the final adapter and a
+full validation pass.
 
     result = run_training(TrainJobConfig(...), reporter)
 
@@ -16,28 +18,31 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+# TRL pings the Hugging Face Hub for every trainer it creates; a self-hosted service reports nothing.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from core.hyperparameters import ResolvedHyperparameters
-from gpu_worker.config import TrainJobConfig
-from gpu_worker.data import (
-    TrainingDataError,
-    build_dpo_rows,
-    build_sft_rows,
-    count_trainable_tokens,
-    load_examples,
-)
-from gpu_worker.reporting import StopRequest, TrainingReporter
+# isort: off
+from gpu_worker import accel  # first: on CUDA workers with unsloth, it must be imported before transformers
 
-TINY_MODEL_PARAMS = 50_000_000  # below this, one CPU thread beats many (thread sync dominates tiny matmuls)
+accel.import_unsloth_first()
+# isort: on
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
+
+from core.hyperparameters import ResolvedHyperparameters  # noqa: E402
+from gpu_worker import packing  # noqa: E402
+from gpu_worker.config import TrainJobConfig  # noqa: E402
+from gpu_worker.data import TrainingDataError, build_dpo_rows, cached_sft_dataset, load_examples  # noqa: E402
+from gpu_worker.reporting import StopRequest, TrainingReporter  # noqa: E402
+
 MAX_LOGGED_STEPS = 500  # log every step up to this many steps, then throttle to ~this many rows per run
 
 
@@ -73,48 +78,59 @@ def _run(
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     model_config = transformers.AutoConfig.from_pretrained(config.base_model_path, trust_remote_code=False)
     n_params_est = _estimate_params(model_config)
-    if config.max_threads:
-        torch.set_num_threads(config.max_threads)
-    elif not cuda and n_params_est < TINY_MODEL_PARAMS:
-        torch.set_num_threads(1)
+    if not cuda or config.max_threads:
+        torch.set_num_threads(accel.cpu_threads(n_params_est, config.max_threads))
 
     # -- data: tokenise and check everything before the model is loaded (fail in seconds, not minutes) ------
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss, so eos is safe here
     dpo = config.method == "dpo"
-    train_rows, tokens_per_epoch = _prepare(config, tokenizer, config.training_file, "training")
-    valid_rows: list[dict[str, Any]] = []
-    if config.validation_file is not None:
-        valid_rows, _ = _prepare(config, tokenizer, config.validation_file, "validation")
-    if len(train_rows) != hp.n_examples:
-        # The hyperparameters were resolved on the validator's count; a mismatch means a different file.
-        raise TrainingDataError(
-            f"training file has {len(train_rows)} examples, hyperparameters expect {hp.n_examples}"
-        )
-
     import datasets  # heavy import; only the worker needs it
-    from datasets import Dataset
 
     datasets.disable_progress_bars()  # progress goes through `reporter`; bars would only clutter worker logs
+    train_ds, tokens_per_epoch, cached = _prepare(config, tokenizer, config.training_file, "training")
+    valid_ds: Any = None
+    if config.validation_file is not None:
+        valid_ds, _, _ = _prepare(config, tokenizer, config.validation_file, "validation")
+    if len(train_ds) != hp.n_examples:
+        # The hyperparameters were resolved on the validator's count; a mismatch means a different file.
+        raise TrainingDataError(
+            f"training file has {len(train_ds)} examples, hyperparameters expect {hp.n_examples}"
+        )
+    eval_ds = valid_ds.select(range(min(len(valid_ds), config.max_eval_examples))) if valid_ds else None
+    max_len = hp.max_seq_length if dpo else packing.max_length(train_ds)
 
-    train_ds = Dataset.from_list(train_rows)
-    eval_ds = Dataset.from_list(valid_rows[: config.max_eval_examples]) if valid_rows else None
+    # -- batch layout: packed and padding-free where provably exact (SFT), else length-grouped ---------------
+    batching: packing.Batching = "padded"
+    why = "DPO batches chosen/rejected pairs itself" if dpo else "packing turned off for this run"
+    if not dpo and config.packing is not False:
+        batching, why = packing.preferred_batching(model_config, hp.max_seq_length)
+    attn = packing.register_varlen_attention() if batching == "padding_free" else "sdpa"
 
     # -- model + LoRA --------------------------------------------------------------------------------------
     # Seed *before* LoRA is attached: adapter init consumes RNG, and a resumed run must see the same stream.
     transformers.set_seed(config.seed)
-    model = AutoModelForCausalLM.from_pretrained(config.base_model_path, dtype=dtype, trust_remote_code=False)
-    model.config.use_cache = False  # no KV cache during training
-    lora = LoraConfig(
-        r=hp.lora_rank,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=hp.target_modules,
-        bias="none",  # vLLM serves no LoRA biases
-        task_type="CAUSAL_LM",
-    )
-    peft_model = get_peft_model(model, lora)
+    loaded = accel.load_model_with_lora(
+        config.base_model_path, hp, cuda=cuda, dtype=dtype, n_params=n_params_est, attn_implementation=attn,
+        seed=config.seed, use_unsloth=config.use_unsloth,
+    )  # fmt: skip
+    peft_model = loaded.model
+    for note in loaded.notes:
+        reporter.event(f"Training backend: {note}", data={"backend": loaded.backend})
+    if batching in ("padding_free", "bfd"):
+        try:  # prove on this very model that packed rows give the logits of separate ones
+            packing.packing_is_exact(peft_model, batching, tokenizer.pad_token_id)
+        except Exception as exc:  # noqa: BLE001 (any failure: length-grouped batches are always correct)
+            if config.packing:
+                raise
+            batching, why = "length_grouped", f"packing check failed on this model ({exc})"
+            peft_model.get_base_model().set_attn_implementation("sdpa")
+    collator = None
+    if batching in ("padding_free", "bfd"):
+        collator = packing.PackedCollator(
+            tokenizer.pad_token_id, "one" if batching == "padding_free" else "bfd"
+        )
     n_params = sum(p.numel() for p in peft_model.parameters())
     n_trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
 
@@ -139,7 +155,10 @@ def _run(
         "eval_strategy": "steps" if eval_ds is not None else "no",
         "eval_steps": hp.eval_every_steps,
         "bf16": dtype == torch.bfloat16,  # TRL defaults bf16=True, which on CPU means slow autocast
-        "gradient_checkpointing": cuda,  # trades ~20% speed for memory: worth it on GPU, not for CPU toys
+        # Models over 1B on CUDA: recompute activations in backward (~20-30% slower, far less memory).
+        "gradient_checkpointing": loaded.gradient_checkpointing and loaded.backend != "unsloth",
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "train_sampling_strategy": "group_by_length" if batching == "length_grouped" else "random",
         "use_cpu": not cuda,
         "report_to": "none",
         "disable_tqdm": True,
@@ -159,15 +178,18 @@ def _run(
         )  # fmt: skip
     else:
         from trl.trainer.sft_config import SFTConfig
-        from trl.trainer.sft_trainer import SFTTrainer
 
         # Our rows already carry input_ids and labels (assistant-only / completion-only, weight 0 masked).
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
-        trainer = SFTTrainer(
+        step_logits = hp.batch_size * max_len * int(model_config.get_text_config().vocab_size)
+        plain_head = not cuda and step_logits <= accel.PLAIN_HEAD_MAX_LOGITS
+        trainer = accel.sft_trainer_class(plain_head)(
             model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-            processing_class=tokenizer, callbacks=[bridge],
+            processing_class=tokenizer, callbacks=[bridge], data_collator=collator,
         )  # fmt: skip
     bridge.trainer = trainer
+    counter = None if dpo else packing.CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter or trainer.data_collator
     trainer.remove_callback(transformers.PrinterCallback)  # we report through `reporter`, not stdout
 
     reporter.event(
@@ -178,8 +200,14 @@ def _run(
             "trainable_parameters": n_trainable,
             "trainable_percent": round(100 * n_trainable / n_params, 3),
             "trainable_tokens_per_epoch": tokens_per_epoch,
-            "device": "cuda" if cuda else f"cpu ({torch.get_num_threads()} threads)",
+            "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
             "dtype": str(dtype).removeprefix("torch."),
+            "backend": loaded.backend,
+            "quantization": loaded.quantization,
+            "gradient_checkpointing": loaded.gradient_checkpointing,
+            "batching": batching,
+            "batching_reason": why,
+            "tokenized_from_cache": cached,
             "log_every_steps": log_every,
         },
     )
@@ -195,7 +223,9 @@ def _run(
         resumed_step = json.loads(state_file.read_text())["global_step"]
         resume = str(config.resume_from_checkpoint)
         reporter.event(f"Resumed from checkpoint at step {resumed_step}", data={"step": resumed_step})
+    t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    train_s = time.perf_counter() - t_train
     state = trainer.state
     trained_tokens = round(tokens_per_epoch * (state.epoch or 0.0))
     result = TrainResult(
@@ -219,13 +249,18 @@ def _run(
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
     result.adapter_dir = adapter_dir
-    if valid_rows:
+    if valid_ds is not None:
         bridge.final_eval = True
-        trainer.evaluate(eval_dataset=Dataset.from_list(valid_rows), metric_key_prefix="full_valid")
+        trainer.evaluate(eval_dataset=valid_ds, metric_key_prefix="full_valid")
         result.metrics.update(bridge.full_valid)
     elapsed = time.perf_counter() - t0
     result.metrics["trained_tokens"] = trained_tokens
+    result.metrics["train_s"] = round(train_s, 2)
+    if counter is not None:
+        result.metrics["padding_pct"] = counter.padding_pct  # share of processed tokens that were padding
     result.metrics["elapsed_s"] = round(elapsed, 2)
+    if cuda:
+        result.metrics["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
     reporter.event(
         f"Fine-tuning finished: {state.global_step} steps, {trained_tokens} trained tokens in {elapsed:.1f}s",
         data={k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
@@ -233,24 +268,19 @@ def _run(
     return result
 
 
-def _prepare(
-    config: TrainJobConfig, tokenizer: Any, path: Path, label: str
-) -> tuple[list[dict[str, Any]], int]:
-    """Rows for the trainer and their loss-bearing tokens per epoch."""
+def _prepare(config: TrainJobConfig, tokenizer: Any, path: Path, label: str) -> tuple[Any, int, bool]:
+    """The file as a Dataset for the trainer, its loss-bearing tokens per epoch, and whether it was cached."""
+    from datasets import Dataset
+
     hp = config.hyperparameters
-    examples = load_examples(path, config.data_format)
     if config.method == "dpo":
+        examples = load_examples(path, config.data_format)
         rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
-        return rows, tokens
-    rows = build_sft_rows(
-        examples,
-        tokenizer,
-        data_format=config.data_format,
-        max_seq_length=hp.max_seq_length,
-        file_label=label,
-    )
-    tokens = count_trainable_tokens(rows)
-    return [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows], tokens
+        return Dataset.from_list(rows), tokens, False
+    return cached_sft_dataset(
+        path, tokenizer, data_format=config.data_format, max_seq_length=hp.max_seq_length, file_label=label,
+        cache_dir=config.cache_dir,
+    )  # fmt: skip
 
 
 def _estimate_params(model_config: Any) -> int:

@@ -1,0 +1,238 @@
+"""How a run uses its hardware: CPU threads, and how the base model and its LoRA adapter are loaded.
+
+On CUDA:
+- bf16 where the GPU supports it (fp32 otherwise);
+- `quantization="4bit"`: QLoRA, the frozen base in bitsandbytes NF4 with double quantization, bf16 compute;
+- gradient checkpointing for models over 1B parameters (below that, activations are cheap and the ~20-30%
+  recompute isn't worth it);
+- unsloth's `FastLanguageModel` when unsloth is installed and supports the architecture, else transformers + peft.
+  Which one ran, and why, is returned as notes for the job's events.
+
+On CPU: threads chosen by `cpu_threads` (see its docstring for the measurements behind the rule).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_MODEL_PARAMS = 50_000_000  # below this, one CPU thread is fastest (measured: docs/training.md#threads)
+GRADIENT_CHECKPOINTING_PARAMS = 1_000_000_000  # checkpoint activations for models above this size
+# Architectures unsloth 2026.10 patches with its fast kernels (FastLanguageModel dispatch in unsloth/models/loader.py)
+UNSLOTH_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text", "cohere",
+     "granite", "falcon_h1"}
+)  # fmt: skip
+
+
+def import_unsloth_first() -> None:
+    """Import unsloth before transformers, trl and peft (it patches them at import), where it may be used.
+
+    Called by train.py before those imports. FTSERVE_UNSLOTH=0 keeps unsloth out of the process entirely.
+    """
+    if (
+        os.environ.get("FTSERVE_UNSLOTH", "1") == "0"
+        or not unsloth_installed()
+        or not torch.cuda.is_available()
+    ):
+        return
+    try:
+        import unsloth  # noqa: F401
+    except Exception:  # noqa: BLE001 (a broken unsloth must not stop plain training; load_model says why)
+        pass
+
+
+class AccelerationUnavailable(RuntimeError):
+    """The job asks for something this worker cannot do (4-bit without CUDA or bitsandbytes, unsloth forced)."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (containers)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def cpu_threads(n_params: int, requested: int | None = None) -> int:
+    """Torch threads for CPU training.
+
+    Below 50M parameters the matrices are so small that thread start-up and synchronisation cost more than the
+    work they split: on a 2-core box demo-tiny (0.46M) trains ~1.4x faster on 1 thread than on 2, and a 25M model
+    about the same on both (docs/training.md#threads has the figures). Above that, every usable core. torch's
+    own default counts the host's cores, not a container's quota, which oversubscribes and is much slower.
+    """
+    if requested:
+        return requested
+    return 1 if n_params < TINY_MODEL_PARAMS else available_cpus()
+
+
+def unsloth_installed() -> bool:
+    return os.environ.get("FTSERVE_UNSLOTH", "1") != "0" and importlib.util.find_spec("unsloth") is not None
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a PeftModel with the LoRA adapter attached, trainable
+    backend: str  # "unsloth" or "transformers"
+    quantization: str  # "none" or "4bit"
+    gradient_checkpointing: bool
+    notes: list[str] = field(default_factory=list)  # what was chosen and why, for the job's events
+
+
+def load_model_with_lora(
+    path: Path,
+    hp: Any,
+    *,
+    cuda: bool,
+    dtype: torch.dtype,
+    n_params: int,
+    attn_implementation: str,
+    seed: int,
+    use_unsloth: bool | None,
+) -> LoadedModel:
+    """The base model with a fresh LoRA adapter, on the fastest path this worker has for it."""
+    from transformers import AutoConfig
+
+    quant = getattr(hp, "quantization", "none")
+    if quant == "4bit" and not cuda:
+        raise AccelerationUnavailable("quantization '4bit' (QLoRA) needs a CUDA worker; this one has no GPU")
+    if quant == "4bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise AccelerationUnavailable("quantization '4bit' needs bitsandbytes, which this worker lacks")
+    gc = cuda and n_params > GRADIENT_CHECKPOINTING_PARAMS
+    model_type = getattr(AutoConfig.from_pretrained(path, trust_remote_code=False), "model_type", "")
+    notes = []
+    if use_unsloth is not False:
+        why_not = _unsloth_unusable(cuda, model_type)
+        if why_not is None:
+            try:
+                model = _load_unsloth(path, hp, dtype=dtype, quant=quant, gc=gc, seed=seed)
+                return LoadedModel(model, "unsloth", quant, gc, ["unsloth FastLanguageModel"])
+            except Exception as exc:  # noqa: BLE001 (any unsloth failure: fall back, and say why)
+                why_not = f"unsloth failed to load the model ({type(exc).__name__}: {str(exc)[:300]})"
+        if use_unsloth:
+            raise AccelerationUnavailable(f"use_unsloth=True but {why_not}")
+        if cuda:
+            notes.append(f"unsloth not used: {why_not}; training with transformers + peft")
+    model = _load_transformers(path, hp, dtype=dtype, quant=quant, gc=gc, attn=attn_implementation)
+    return LoadedModel(model, "transformers", quant, gc, notes)
+
+
+def _unsloth_unusable(cuda: bool, model_type: str) -> str | None:
+    if not cuda:
+        return "no CUDA device"
+    if not unsloth_installed():
+        return "unsloth is not installed (or FTSERVE_UNSLOTH=0)"
+    if model_type not in UNSLOTH_MODEL_TYPES:
+        return f"unsloth has no fast path for model type {model_type!r}"
+    return None
+
+
+def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, attn: str) -> Any:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False, "attn_implementation": attn}
+    if quant == "4bit":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too: ~0.4 bit/param saved
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.config.use_cache = False  # no KV cache during training
+    if quant == "4bit":
+        # Norms and embeddings in fp32, inputs that require grad: the standard QLoRA preparation.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    lora = LoraConfig(
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=hp.target_modules,
+        bias="none",  # vLLM serves no LoRA biases
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def _load_unsloth(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, seed: int) -> Any:
+    os.environ.setdefault("UNSLOTH_DISABLE_AUTO_PADDING_FREE", "1")  # we pack ourselves (gpu_worker.packing)
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(path),
+        max_seq_length=hp.max_seq_length,
+        dtype=dtype,
+        load_in_4bit=quant == "4bit",
+        fix_tokenizer=False,  # the data is already tokenised with the model's own tokenizer
+        trust_remote_code=False,
+        use_gradient_checkpointing="unsloth" if gc else False,
+    )
+    targets = hp.target_modules
+    if targets == "all-linear":  # unsloth wants names; these are its (and Llama-family) linear layers
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=hp.lora_rank,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if gc else False,
+        random_state=seed,
+    )
+
+
+PLAIN_HEAD_MAX_LOGITS = (
+    1 << 27
+)  # logits elements per step under which the plain LM head is used (512 MiB fp32)
+
+
+def sft_trainer_class(plain_head: bool) -> Any:
+    """TRL's SFTTrainer, or a subclass whose loss uses the model's plain LM head.
+
+    TRL always computes the loss through its chunked fused LM head, which never materialises the logits: a big
+    memory saving with 150k-token vocabularies on a GPU, but on CPU with small logits its Python tile loops cost
+    ~15% of a small model's step (profiled on demo-tiny). So below PLAIN_HEAD_MAX_LOGITS the subclass takes the
+    same loss (summed token NLL / label tokens in the step) and token accuracy from the full logits.
+    """
+    from trl.trainer.sft_trainer import SFTTrainer
+
+    if not plain_head:
+        return SFTTrainer
+
+    class PlainHeadSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if model.training else "eval"
+            labels = inputs["labels"][..., 1:]
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
+            logits = logits[..., :-1, :].float()
+            mask = labels != -100
+            n = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            nll = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum"
+            )
+            loss = nll / torch.as_tensor(n).clamp(min=1)
+            with torch.no_grad():
+                valid = int(mask.sum())
+                correct = int(((logits.argmax(-1) == labels) & mask).sum())
+            self._metrics[mode]["mean_token_accuracy"].append(correct / valid if valid else 0.0)
+            if mode == "train":
+                self._total_train_tokens += int(inputs["input_ids"].numel())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return (loss, {"logits": logits}) if return_outputs else loss
+
+    return PlainHeadSFTTrainer
