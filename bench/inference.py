@@ -175,11 +175,11 @@ def main() -> None:
         try:
             server.wait_inference_ready("demo-tiny")
             key = server.create_key("bench")
-            vllm_url = next(r["url"] for r in json.loads(server.cli("inference", "list", "--json")))
+            vllm_url, vllm_headers = server.vllm_replica("demo-tiny")
             headers = {"authorization": f"Bearer {key}"}
             with httpx.Client(base_url=server.base_url, headers=headers, timeout=600) as api:
                 models, first_token, ready = hot_load(api, args.adapters, args.lora_rank)
-                with httpx.Client(base_url=vllm_url, timeout=60) as vllm:
+                with httpx.Client(base_url=vllm_url, headers=vllm_headers, timeout=60) as vllm:
                     direct, proxied = proxy_overhead(api, vllm, args.overhead_requests)
             run = {"concurrency": args.concurrency, "requests": args.requests, "tokens": args.tokens}
             asyncio.run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -248,9 +249,12 @@ def vllm_children(settings: Settings) -> list[Child]:
         if settings.vllm_max_model_len:
             args += ["--max-model-len", str(settings.vllm_max_model_len)]
         args += shlex.split(settings.vllm_extra_args)
+        # A key per start: only ftserve may call it (its load/unload routes read any local path).
+        key = secrets.token_urlsafe(24)
         env = {
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
             "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm_kv_cache_gib),
+            "VLLM_API_KEY": key,
         }
         children.append(
             Child(
@@ -265,6 +269,7 @@ def vllm_children(settings: Settings) -> list[Child]:
                     "adapter_dir": settings.adapters_dir,
                     "max_adapters": settings.resolved_inference_max_adapters,
                     "max_lora_rank": settings.vllm_max_lora_rank,
+                    "api_key": key,
                 },
             )
         )

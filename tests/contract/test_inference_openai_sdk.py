@@ -47,15 +47,15 @@ def sdk(server: FtserveProcess, key: str) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def vllm_url(server: FtserveProcess) -> str:
-    replicas = json.loads(server.cli("inference", "list", "--json"))
-    (managed,) = [r for r in replicas if r["source"] == "managed" and r["base_model"] == "demo-tiny"]
-    return str(managed["url"])
+def vllm(server: FtserveProcess) -> tuple[str, dict[str, str]]:
+    """The local vLLM's URL and the key `ftserve up` gave it."""
+    return server.vllm_replica("demo-tiny")
 
 
-def loaded_adapters(vllm_url: str) -> set[str]:
+def loaded_adapters(vllm: tuple[str, dict[str, str]]) -> set[str]:
     """What vLLM itself says it has loaded (its /v1/models, which ftserve never exposes to users)."""
-    cards = httpx.get(f"{vllm_url}/v1/models", timeout=10).json()["data"]
+    url, headers = vllm
+    cards = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()["data"]
     return {c["id"] for c in cards if c.get("parent")}
 
 
@@ -86,6 +86,10 @@ def wait_succeeded(sdk: openai.OpenAI, job_id: str, timeout_s: float = 600) -> A
     raise AssertionError(f"{job_id} did not finish")
 
 
+def _kind(event: Any) -> Any:
+    return event.data.get("event") if isinstance(event.data, dict) else None
+
+
 def event_times(
     sdk: openai.OpenAI, job_id: str, *, wait_s: float = 0
 ) -> tuple[int | None, int | None, list[Any]]:
@@ -95,7 +99,7 @@ def event_times(
     while True:
         events = list(sdk.fine_tuning.jobs.list_events(job_id, limit=100))
         done = next((e.created_at for e in events if e.message == "The job has successfully completed"), None)
-        ready = next((e for e in events if (e.data or {}).get("event") == "model.ready"), None)
+        ready = next((e for e in events if _kind(e) == "model.ready"), None)
         if ready is not None or time.monotonic() >= deadline:
             return done, ready.created_at if ready else None, events
         time.sleep(0.1)
@@ -159,7 +163,7 @@ def test_model_ready_event_within_2s_of_succeeded(sdk: openai.OpenAI, learned: d
     assert succeeded is not None and ready is not None, [e.message for e in events]
     assert ready - succeeded <= 2  # event times are whole seconds
     assert learned["ready_polled_s"] is not None and learned["ready_polled_s"] < 2.0
-    event = next(e for e in events if (e.data or {}).get("event") == "model.ready")
+    event = next(e for e in events if _kind(e) == "model.ready")
     assert event.message == f"Model ready: {job.fine_tuned_model} is served by 1 replica(s)"
     assert len(event.data["replicas"]) == 1 and event.level == "info"
     print(f"\nmodel.ready seen {learned['ready_polled_s']:.2f}s after succeeded was seen")
@@ -276,17 +280,17 @@ def test_another_orgs_model_is_not_found(server: FtserveProcess, learned: dict[s
 
 
 def test_after_a_vllm_restart_the_first_request_lazy_loads(
-    sdk: openai.OpenAI, server: FtserveProcess, vllm_url: str, learned: dict[str, Any]
+    sdk: openai.OpenAI, server: FtserveProcess, vllm: tuple[str, dict[str, str]], learned: dict[str, Any]
 ) -> None:
     model = learned["model"]
     assert ask(sdk, model, question(learned["pairs"][5][0])) == learned["pairs"][5][1]
     starts = len(server.vllm_pids["demo-tiny"])
     os.kill(server.vllm_pids["demo-tiny"][-1], signal.SIGTERM)
     server.wait_inference_ready("demo-tiny", starts=starts + 1)
-    assert model not in loaded_adapters(vllm_url)  # a new vLLM knows none of the adapters it had
+    assert model not in loaded_adapters(vllm)  # a new vLLM knows none of the adapters it had
     word, code = learned["pairs"][6]
     assert ask(sdk, model, question(word)) == code
-    assert model in loaded_adapters(vllm_url)
+    assert model in loaded_adapters(vllm)
 
 
 # -- eviction: five adapters on a replica that holds two -------------------------------------------------------
@@ -302,29 +306,29 @@ def secrets_models(sdk: openai.OpenAI, job_ids: dict[str, Any]) -> list[str]:
 
 
 def test_five_adapters_in_turn_answer_correctly_through_eviction(
-    sdk: openai.OpenAI, server: FtserveProcess, vllm_url: str, secrets_models: list[str]
+    sdk: openai.OpenAI, server: FtserveProcess, vllm: tuple[str, dict[str, str]], secrets_models: list[str]
 ) -> None:
     for _round in range(2):
         for model, code in zip(secrets_models, SECRETS, strict=True):
             assert ask(sdk, model, SECRET_QUESTION) == code, model
-            loaded = loaded_adapters(vllm_url)
+            loaded = loaded_adapters(vllm)
             assert model in loaded and len(loaded) <= 2, loaded
     replicas = json.loads(server.cli("inference", "list", "--json"))
     (managed,) = [r for r in replicas if r["source"] == "managed"]
-    assert managed["adapters"] == sorted(loaded_adapters(vllm_url))
+    assert managed["adapters"] == sorted(loaded_adapters(vllm))
 
 
 def test_deleted_model_is_unloaded_and_not_found(
-    sdk: openai.OpenAI, vllm_url: str, secrets_models: list[str]
+    sdk: openai.OpenAI, vllm: tuple[str, dict[str, str]], secrets_models: list[str]
 ) -> None:
     model = secrets_models[-1]
     assert ask(sdk, model, SECRET_QUESTION) == SECRETS[-1]
-    assert model in loaded_adapters(vllm_url)
+    assert model in loaded_adapters(vllm)
     assert sdk.models.delete(model).deleted
-    assert model not in loaded_adapters(vllm_url)
+    assert model not in loaded_adapters(vllm)
     with pytest.raises(openai.NotFoundError):
         ask(sdk, model, SECRET_QUESTION)
     with pytest.raises(openai.NotFoundError):
         ask(sdk, model + ":ckpt-step-16", SECRET_QUESTION)
-    assert model not in loaded_adapters(vllm_url)
+    assert model not in loaded_adapters(vllm)
     assert ask(sdk, secrets_models[0], SECRET_QUESTION) == SECRETS[0]  # the others still answer

@@ -6,7 +6,6 @@ LoRA weights shaped like demo-tiny's layers), so nothing trains here."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,22 +32,36 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def vllm_url(ftserve_server: FtserveProcess) -> str:
+def vllm(ftserve_server: FtserveProcess) -> tuple[str, dict[str, str]]:
+    """The session vLLM's URL and auth headers (`ftserve up` gives each vLLM a key)."""
     ftserve_server.wait_inference_ready("demo-tiny")
-    replicas = json.loads(ftserve_server.cli("inference", "list", "--json"))
-    return str(next(r["url"] for r in replicas if r["source"] == "managed"))
+    return ftserve_server.vllm_replica("demo-tiny")
 
 
-def vllm_adapters(url: str) -> dict[str, str]:
-    cards = httpx.get(f"{url}/v1/models", timeout=10).json()["data"]
+@pytest.fixture(scope="module")
+def vllm_url(vllm: tuple[str, dict[str, str]]) -> str:
+    return vllm[0]
+
+
+@pytest.fixture(scope="module")
+def vllm_key(vllm: tuple[str, dict[str, str]]) -> str | None:
+    auth = vllm[1].get("authorization")
+    return auth.removeprefix("Bearer ") if auth else None
+
+
+def vllm_adapters(vllm: tuple[str, dict[str, str]]) -> dict[str, str]:
+    url, headers = vllm
+    cards = httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()["data"]
     return {c["id"]: c["root"] for c in cards if c.get("parent")}
 
 
-def _replica(engine: Engine, settings: Settings, url: str, base_model: str = "demo-tiny") -> InferenceReplica:
+def _replica(
+    engine: Engine, settings: Settings, url: str, key: str | None, base_model: str = "demo-tiny"
+) -> InferenceReplica:
     with session_scope(engine) as session:
         return upsert_replica(
             session, base_model=base_model, url=url, adapter_dir=settings.adapters_dir, max_adapters=2,
-            max_lora_rank=16, source=FROM_CLI,
+            max_lora_rank=16, source=FROM_CLI, api_key=key,
         )  # fmt: skip
 
 
@@ -58,12 +71,14 @@ def _statuses(engine: Engine) -> dict[str, tuple[str, str | None]]:
 
 
 def test_health_checks_mark_replicas_and_drop_lost_placements(
-    engine: Engine, settings: Settings, vllm_url: str
+    engine: Engine, settings: Settings, vllm_url: str, vllm_key: str | None
 ) -> None:
     port = vllm_url.rsplit(":", 1)[1]
-    good = _replica(engine, settings, vllm_url)
-    _replica(engine, settings, f"http://localhost:{port}", base_model="llama-70b")  # the wrong model
-    down = _replica(engine, settings, f"http://127.0.0.1:{free_port()}")
+    good = _replica(engine, settings, vllm_url, vllm_key)
+    _replica(
+        engine, settings, f"http://localhost:{port}", vllm_key, base_model="llama-70b"
+    )  # the wrong model
+    down = _replica(engine, settings, f"http://127.0.0.1:{free_port()}", None)
     with session_scope(engine) as session:
         session.add(
             AdapterPlacement(adapter_id="ft:demo-tiny:o::ftjob-gone", replica_id=good.id, lora_path="/x")
@@ -95,7 +110,8 @@ def test_health_checks_mark_replicas_and_drop_lost_placements(
 def test_hot_load_on_two_replicas_then_serve_and_delete(
     engine: Engine,
     settings: Settings,
-    vllm_url: str,
+    vllm: tuple[str, dict[str, str]],
+    vllm_key: str | None,
     demo_model_dir: Path,
     tmp_path: Path,
     make_key_for: Callable[[str], tuple[str, str]],
@@ -103,8 +119,12 @@ def test_hot_load_on_two_replicas_then_serve_and_delete(
 ) -> None:
     """Two replica entries (one vLLM reached as 127.0.0.1 and as localhost): the finished model is loaded and
     warmed on both before model.ready; then the API answers with it and DELETE unloads it."""
+    vllm_url = vllm[0]
     port = vllm_url.rsplit(":", 1)[1]
-    replicas = [_replica(engine, settings, vllm_url), _replica(engine, settings, f"http://localhost:{port}")]
+    replicas = [
+        _replica(engine, settings, vllm_url, vllm_key),
+        _replica(engine, settings, f"http://localhost:{port}", vllm_key),
+    ]
     key, org = make_key_for("org-place")
     model, job_id = make_model(
         org, make_adapter(tmp_path / "ad", demo_model_dir, rank=8), base_dir=demo_model_dir
@@ -129,9 +149,9 @@ def test_hot_load_on_two_replicas_then_serve_and_delete(
     assert {p.replica_id for p in placed} == {r.id for r in replicas}
     assert {p.lora_path for p in placed} == {str(path)}
     ready = [e for e in events if (e.data or {}).get("event") == "model.ready"]
-    assert len(ready) == 1 and sorted(ready[0].data["replicas"]) == sorted(r.id for r in replicas)
+    assert len(ready) == 1 and sorted((ready[0].data or {})["replicas"]) == sorted(r.id for r in replicas)
     assert ready[0].message == f"Model ready: {model} is served by 2 replica(s)"
-    assert vllm_adapters(vllm_url)[model] == str(path)
+    assert vllm_adapters(vllm)[model] == str(path)
 
     from api.main import create_app
 
@@ -144,20 +164,20 @@ def test_hot_load_on_two_replicas_then_serve_and_delete(
         assert_valid("CreateChatCompletionResponse", response.json())
         deleted = client.delete(f"/v1/models/{model}", headers=headers)
         assert deleted.status_code == 200
-        assert model not in vllm_adapters(vllm_url)
+        assert model not in vllm_adapters(vllm)
         assert client.post("/v1/chat/completions", json=body, headers=headers).status_code == 404
     assert not path.exists()
     with Session(engine) as session:
         assert session.exec(select(AdapterPlacement).where(AdapterPlacement.adapter_id == model)).all() == []
 
 
-def _vllm_accepts(url: str, adapter: Path) -> tuple[bool, str]:
+def _vllm_accepts(vllm: tuple[str, dict[str, str]], adapter: Path) -> tuple[bool, str]:
+    url, headers = vllm
     name = f"parity-{uuid.uuid4().hex[:8]}"
-    response = httpx.post(
-        f"{url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(adapter)}, timeout=60
-    )
+    body = {"lora_name": name, "lora_path": str(adapter)}
+    response = httpx.post(f"{url}/v1/load_lora_adapter", json=body, headers=headers, timeout=60)
     if response.status_code == 200:
-        httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+        httpx.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=headers, timeout=60)
     return response.status_code == 200, response.text
 
 
@@ -177,7 +197,11 @@ def _vllm_accepts(url: str, adapter: Path) -> tuple[bool, str]:
     ],
 )  # fmt: skip
 def test_our_checks_agree_with_vllm(
-    vllm_url: str, demo_model_dir: Path, tmp_path: Path, kwargs: dict[str, Any], servable: bool
+    vllm: tuple[str, dict[str, str]],
+    demo_model_dir: Path,
+    tmp_path: Path,
+    kwargs: dict[str, Any],
+    servable: bool,
 ) -> None:
     """Goal: no adapter that passes our checks is refused by vLLM, and we refuse what vLLM refuses (with a
     message the user can act on, before any replica is touched)."""
@@ -187,5 +211,5 @@ def test_our_checks_agree_with_vllm(
         ours = True
     except AdapterRejected:
         ours = False
-    theirs, why = _vllm_accepts(vllm_url, adapter)
+    theirs, why = _vllm_accepts(vllm, adapter)
     assert (ours, theirs) == (servable, servable), why

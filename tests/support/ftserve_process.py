@@ -103,6 +103,25 @@ class FtserveProcess:
                 self._inference_ready.wait(min(left, 1.0))
             return self.vllm_pids[model][-1]
 
+    def vllm_replica(self, model: str) -> tuple[str, dict[str, str]]:
+        """(URL, auth headers) of the local vLLM serving `model`, for tests that look inside it."""
+        from sqlmodel import Session, select
+
+        from core.db import make_engine
+        from core.models import InferenceReplica
+
+        engine = make_engine(f"sqlite:///{self.data_dir / 'ftserve.db'}")
+        try:
+            with Session(engine) as session:
+                row = session.exec(
+                    select(InferenceReplica).where(
+                        InferenceReplica.base_model == model, InferenceReplica.source == "managed"
+                    )
+                ).one()
+        finally:
+            engine.dispose()
+        return row.url, {"authorization": f"Bearer {row.api_key}"} if row.api_key else {}
+
     def register_model(self, model_id: str, path: Path) -> None:
         """Add a base model; the registry is read on every request, so this works while running too."""
         register_model(Settings(data_dir=self.data_dir, model_registry=self.model_registry), model_id, path)
