@@ -31,9 +31,11 @@ from cli.user_common import (
     fail,
     make_client,
     print_json,
+    server_message,
     suggest,
 )
-from ftserve_client import Client
+from ftserve_client import APIStatusError, Client
+from ftserve_client.types import Estimate
 
 config_app = typer.Typer(
     no_args_is_help=True, help="Fine-tuning jobs described in YAML files (see docs/config.md)."
@@ -56,6 +58,13 @@ HYPERPARAMETER_KEYS = {
     "lora_alpha": "lora_alpha",
     "lora_dropout": "lora_dropout",
     "lora_target_modules": "target_modules",
+}
+# PyYAML's wording for the usual slips, and what they mean in plain words.
+YAML_PROBLEMS = {
+    "'\\t'": "a tab; YAML indents with spaces only",
+    "expected <block end>": "the indentation does not line up with the lines above",
+    "mapping values are not allowed": "a ':' YAML did not expect: check this line's indentation, or quote a value that contains ': '",
+    "could not find expected ':'": "a line that is not `key: value`",
 }
 METHOD_FORMATS = {"sft": {"chat", "prompt_completion", "sharegpt", "alpaca"}, "dpo": {"preference"}}
 
@@ -170,17 +179,25 @@ def _key_lines(text: str) -> dict[str, int]:
     return {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
 
 
+FIELD_NAMES = set(JobConfig.model_fields) | set(Dataset.model_fields)
+
+
 def _pydantic_problem(exc: ValidationError, path: Path, lines: dict[str, int]) -> str:
     errors = exc.errors()
-    first = errors[0]
-    loc = [str(p) for p in first["loc"]]
+
+    # Union fields ("auto" or a number, a Dataset or a path) report one error per branch, with the branch's
+    # name in `loc`; keep real keys and indexes only, and prefer the branch that says what is wrong.
+    def where_in(error: Any) -> list[str]:
+        return [str(p) for p in error["loc"] if isinstance(p, int) or p in FIELD_NAMES]
+
+    first_loc = where_in(errors[0])
+    same = [e for e in errors if where_in(e) == first_loc]
+    specific = [e for e in same if e["type"] != "literal_error"] or same
+    error = specific[0]
+    loc = where_in(error) if error["type"] != "extra_forbidden" else [str(p) for p in error["loc"]]
     key = loc[0] if loc else ""
     where = f"{path}:{lines[key]}" if key in lines else str(path)
     dotted = key + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
-    # Union fields ("auto" or a number) report one error per branch; the non-literal one says what's wrong.
-    same = [e for e in errors if e["loc"] == first["loc"]]
-    specific = [e for e in same if e["type"] not in ("literal_error",)] or same
-    error = specific[0]
     if error["type"] == "extra_forbidden":
         valid = sorted(JobConfig.model_fields) if len(loc) == 1 else sorted(Dataset.model_fields)
         return (
@@ -191,7 +208,7 @@ def _pydantic_problem(exc: ValidationError, path: Path, lines: dict[str, int]) -
         examples = {"base_model": "base_model: demo-tiny", "datasets": "datasets: [{path: train.jsonl}]"}
         example = examples.get(key, f"{key}: ...")
         return f"{path}: missing required key '{dotted}'. Add a line like `{example}` (see docs/config.md)."
-    reason = error["msg"]
+    reason = error["msg"].removeprefix("Value error, ")
     if len(same) > 1 and any(e["type"] == "literal_error" for e in same) and key in HYPERPARAMETER_KEYS:
         reason += ", or 'auto'"
     got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
@@ -208,6 +225,10 @@ def load_config(path: Path) -> LoadedConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        for clue, plain in YAML_PROBLEMS.items():
+            if clue in problem:
+                problem = f"{plain} ({problem})"
+                break
         raise UserError(
             f"{where}: invalid YAML: {problem}. Fix the syntax there: keys are `name: value`, list items "
             "`- item`, indent with spaces (see docs/config.md)."
@@ -224,12 +245,13 @@ def load_config(path: Path) -> LoadedConfig:
     lines = _key_lines(text)
     if config.beta is not None and config.method != "dpo":
         raise UserError(
-            f"{path}:{lines.get('beta', '?')}: beta applies to method: dpo only. Remove it or set method: dpo."
+            f"{path}:{lines.get('beta', '?')}: beta applies to method: dpo only. Remove it or set "
+            "method: dpo (see docs/config.md)."
         )
     if config.lora_target_linear and config.lora_target_modules is not None:
         raise UserError(
             f"{path}: give lora_target_linear or lora_target_modules, not both "
-            "(lora_target_linear: true means every linear layer)."
+            "(lora_target_linear: true means every linear layer; see docs/config.md)."
         )
     loaded = LoadedConfig(path, config)
     loaded.sources("datasets")  # fail early on a missing dataset file
@@ -323,9 +345,13 @@ def config_validate(
         loaded = load_config(file)
         datasets = check_datasets_locally(loaded)
         checked_model = False
+        estimate: Estimate | None = None
+        estimate_note = ""
         if not offline and _has_key():
-            check_model(make_client(), loaded.config.base_model, where=f"base_model in {file}")
+            client = make_client()
+            check_model(client, loaded.config.base_model, where=f"base_model in {file}")
             checked_model = True
+            estimate, estimate_note = _estimate(client, loaded, datasets)
     config = loaded.config
     if as_json:
         print_json(
@@ -337,16 +363,25 @@ def config_validate(
                 "method": config.method,
                 "hyperparameters": config.hyperparameters(),
                 "datasets": datasets,
+                "estimate": estimate.to_dict() if estimate else None,
             }
         )
         return
-    described = ", ".join(
-        f"{d.get('path', d.get('file_id'))} ({d['examples']} {d['data_format']} examples)"
-        if "examples" in d
-        else str(d["file_id"])
-        for d in datasets
+
+    def describe(which: str) -> str:
+        return ", ".join(
+            f"{d['path']} ({d['examples']} {d['data_format']} examples)"
+            if "examples" in d
+            else str(d["file_id"])
+            for d in datasets
+            if d["where"].startswith(which)
+        )
+
+    described = describe("datasets") + (
+        f"; validation: {describe('validation_datasets')}" if config.validation_datasets else ""
     )
-    hp = ", ".join(f"{k}={v}" for k, v in config.hyperparameters().items()) or "all auto"
+    shown = [*HYPERPARAMETER_KEYS, "lora_target_linear"]
+    hp = ", ".join(f"{k}={getattr(config, k)}" for k in shown if getattr(config, k) is not None) or "all auto"
     console.print(
         f"[green]✓[/green] {file} is valid: {config.method} on {config.base_model}"
         f"{'' if checked_model else ' (not checked against a server)'}; datasets: {described}; "
@@ -355,6 +390,40 @@ def config_validate(
         markup=True,
         soft_wrap=True,
     )
+    if estimate is not None:
+        fits = (
+            ", ".join(f"{f.gpu_class} ({f.free_now}/{f.devices} free)" for f in estimate.fits) or "none live"
+        )
+        console.print(
+            f"  needs ~{estimate.estimated_vram_mb} MB of GPU memory (CPU worker: ~{estimate.cpu_ram_mb} MB RAM); "
+            f"GPUs that fit: {fits}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    elif estimate_note:
+        console.print(f"  {estimate_note}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _estimate(
+    client: Client, loaded: LoadedConfig, datasets: list[dict[str, Any]]
+) -> tuple[Estimate | None, str]:
+    """The server's pre-flight memory estimate for the job, sized by the example count found locally.
+    Only informative: a server without the endpoint, or a model it cannot size, is a note, not an error."""
+    examples = [d["examples"] for d in datasets if d["where"].startswith("datasets") and "examples" in d]
+    if len(examples) != len([d for d in datasets if d["where"].startswith("datasets")]):
+        return None, ""  # a dataset given by file id: its size is not known here
+    config = loaded.config
+    try:
+        estimate = client.estimates.create(
+            model=config.base_model,
+            n_examples=sum(examples),
+            method="dpo" if config.method == "dpo" else "supervised",
+            hyperparameters=config.hyperparameters() or None,
+        )
+    except APIStatusError as exc:
+        return None, f"(no memory estimate: {server_message(exc)})"
+    return estimate, ""
 
 
 @config_app.command("run")
@@ -366,6 +435,7 @@ def config_run(
     """Upload the datasets, create the job and follow it; prints the fine-tuned model's name at the end."""
     with cli_errors():
         loaded = load_config(file)
+        check_datasets_locally(loaded)  # bad lines and wrong formats fail here, before any upload
         client = make_client()
     names = loaded.api_names()
     with cli_errors(names):

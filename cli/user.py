@@ -15,11 +15,11 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from cli.follow import follow_job
 from cli.user_common import (
+    HYPERPARAMETER_NAMES,
     JSON_HELP,
     UserError,
     cli_errors,
@@ -30,6 +30,7 @@ from cli.user_common import (
     out,
     print_json,
     print_json_line,
+    print_table,
     suggest,
     when,
 )
@@ -47,7 +48,7 @@ JOB_FLAGS = {
     "seed": "--seed",
     "metadata": "--metadata",
     "method.type": "--method",
-    "hyperparameters": "-H {}=...",
+    "hyperparameters": "-H {}=VALUE",
 }
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}
 
@@ -134,9 +135,8 @@ def files_list(
         if not files:
             console.print("No files yet: `ftserve files upload train.jsonl`.")
             return
-        table = Table("id", "filename", "size", "status", "format", "examples", "created", box=None)
-        for f in files:
-            table.add_row(
+        rows = [
+            [
                 f.id,
                 f.filename,
                 human_bytes(f.bytes),
@@ -144,8 +144,10 @@ def files_list(
                 f.data_format or "-",
                 str(f.example_count if f.example_count is not None else "-"),
                 when(f.created_at),
-            )
-        out.print(table)
+            ]
+            for f in files
+        ]
+        print_table(["id", "filename", "size", "status", "format", "examples", "created"], rows)
 
 
 @files_app.command("get")
@@ -335,6 +337,12 @@ def jobs_create(
         if method_type is None:
             raise UserError(f"unknown method '{method}'. Use --method sft or --method dpo.")
         hyperparameters = parse_pairs(hyperparameter, "-H", typed=True)
+        for name in hyperparameters:
+            if name not in HYPERPARAMETER_NAMES:
+                raise UserError(
+                    f"unknown hyperparameter '{name}'.{suggest(name, HYPERPARAMETER_NAMES)} "
+                    f"Fix -H {name}=VALUE; known: {', '.join(HYPERPARAMETER_NAMES)}."
+                )
         meta = parse_pairs(metadata, "--metadata", typed=False)
         client = make_client()
         check_model(client, model, where="--model")
@@ -357,25 +365,32 @@ def jobs_create(
     create_and_follow(client, body, follow=follow, as_json=as_json, names=JOB_FLAGS)
 
 
-def _job_table(jobs: list[FineTuningJob]) -> Table:
-    table = Table("id", "status", "model", "fine-tuned model", "progress", "created", box=None)
-    for job in jobs:
-        progress = f"{job.step or 0}/{job.total_steps}" if job.total_steps else "-"
-        table.add_row(
-            job.id, job.status, job.model, job.fine_tuned_model or "-", progress, when(job.created_at)
-        )
-    return table
+def _print_jobs(jobs: list[FineTuningJob]) -> None:
+    rows = [
+        [
+            job.id,
+            job.status,
+            job.model,
+            job.fine_tuned_model or "-",
+            f"{job.step or 0}/{job.total_steps}" if job.total_steps else "-",
+            when(job.created_at),
+        ]
+        for job in jobs
+    ]
+    print_table(["id", "status", "model", "fine-tuned model", "progress", "created"], rows)
 
 
 @jobs_app.command("list")
 def jobs_list(
     limit: int = typer.Option(20, "--limit", "-n", help="How many (newest first)."),
     all_jobs: bool = typer.Option(False, "--all", help="Every job, page after page."),
+    metadata: list[str] = typer.Option([], "--metadata", help="Only jobs with this key=value (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """List your fine-tuning jobs, newest first."""
     with cli_errors():
-        page = make_client().fine_tuning.jobs.list(limit=min(limit, 100))
+        meta = parse_pairs(metadata, "--metadata", typed=False) or None
+        page = make_client().fine_tuning.jobs.list(limit=min(limit, 100), metadata=meta)
         jobs = list(page) if all_jobs else list(page)[:limit]
         if as_json:
             print_json(jobs)
@@ -383,7 +398,7 @@ def jobs_list(
         if not jobs:
             console.print("No jobs yet: `ftserve jobs create --model demo-tiny --file train.jsonl --follow`.")
             return
-        out.print(_job_table(jobs))
+        _print_jobs(jobs)
 
 
 @jobs_app.command("get")
@@ -484,16 +499,16 @@ def jobs_checkpoints(job_id: str, as_json: bool = typer.Option(False, "--json", 
         if as_json:
             print_json(checkpoints)
             return
-        table = Table("step", "model", "train loss", "created", box=None)
-        for c in checkpoints:
-            loss = c.metrics.get("train_loss")
-            table.add_row(
+        rows = [
+            [
                 str(c.step_number),
                 c.fine_tuned_model_checkpoint,
-                f"{loss:.4f}" if isinstance(loss, float) else "-",
+                f"{loss:.4f}" if isinstance(loss := c.metrics.get("train_loss"), float) else "-",
                 when(c.created_at),
-            )
-        out.print(table)
+            ]
+            for c in checkpoints
+        ]
+        print_table(["step", "model", "train loss", "created"], rows)
 
 
 # --- models (API side) ---------------------------------------------------------------------------------------
@@ -505,10 +520,7 @@ def models_list_api(as_json: bool) -> None:
         if as_json:
             print_json(models)
             return
-        table = Table("id", "owned by", "created", box=None)
-        for m in models:
-            table.add_row(m.id, m.owned_by, when(m.created))
-        out.print(table)
+        print_table(["id", "owned by", "created"], [[m.id, m.owned_by, when(m.created)] for m in models])
 
 
 def register_model_commands(models_app: typer.Typer) -> None:
@@ -559,7 +571,9 @@ def chat(
             return
         if as_json:
             raise UserError("--json needs a one-shot prompt: add -p 'your question'.")
-        console.print(f"Chatting with {model}. /reset clears the history, /exit (or Ctrl-D) quits.")
+        console.print(
+            f"Chatting with {model}. /reset clears the history, /exit (or Ctrl-D) quits.", soft_wrap=True
+        )
         while True:
             try:
                 line = console.input("[bold]you>[/bold] ")

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from ftserve_client import (
     APIConnectionError,
@@ -134,6 +135,18 @@ def print_json_line(value: Any) -> None:
     if hasattr(value, "to_dict"):
         value = value.to_dict()
     print(json.dumps(value, ensure_ascii=False), flush=True)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines when piped (for grep, cut and awk), like gh does."""
+    if out.is_terminal:
+        table = Table(*headers, box=None)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    for row in [headers, *rows]:
+        print("\t".join(row))
 
 
 def when(ts: int | None) -> str:

@@ -60,36 +60,34 @@ def test_header_names_are_case_insensitive(client: Client) -> None:
     client.webhooks.verify(BODY, {k.title(): v for k, v in headers().items()})
 
 
-def _vectors() -> list[tuple[str, str | bytes, dict[str, str], str, bool]]:
+def _vectors() -> dict[str, tuple[str | bytes, dict[str, str], str, bool]]:
+    """(payload, headers, secret, valid) by name; built when the test runs, since they depend on the clock."""
     now = int(time.time())
     good = headers(ts=now)
-    return [
-        ("valid", BODY, good, SECRET, True),
-        ("valid bytes", BODY.encode(), good, SECRET, True),
-        ("rotation: old and new signatures", BODY, headers(secrets=(OTHER_SECRET, SECRET)), SECRET, True),
-        (
-            "rotation: verified with the new secret",
+    return {
+        "valid": (BODY, good, SECRET, True),
+        "valid bytes": (BODY.encode(), good, SECRET, True),
+        "rotation: old and new signatures": (BODY, headers(secrets=(OTHER_SECRET, SECRET)), SECRET, True),
+        "rotation: verified with the new secret": (
             BODY,
             headers(secrets=(OTHER_SECRET, SECRET)),
             OTHER_SECRET,
             True,
         ),
-        ("tampered body", BODY.replace("ftjob-1", "ftjob-2"), good, SECRET, False),
-        ("wrong secret", BODY, good, OTHER_SECRET, False),
-        ("4 minutes old", BODY, headers(ts=now - 240), SECRET, True),
-        ("6 minutes old", BODY, headers(ts=now - 360), SECRET, False),
-        ("6 minutes in the future", BODY, headers(ts=now + 360), SECRET, False),
-        ("signature of another id", BODY, {**good, "webhook-id": "msg_2"}, SECRET, False),
-        ("garbage signature", BODY, {**good, "webhook-signature": "v1,AAAA"}, SECRET, False),
-        ("a raw (not whsec_) secret", BODY, headers(secrets=("plain-secret",)), "plain-secret", True),
-    ]
+        "tampered body": (BODY.replace("ftjob-1", "ftjob-2"), good, SECRET, False),
+        "wrong secret": (BODY, good, OTHER_SECRET, False),
+        "4 minutes old": (BODY, headers(ts=now - 240), SECRET, True),
+        "6 minutes old": (BODY, headers(ts=now - 360), SECRET, False),
+        "6 minutes in the future": (BODY, headers(ts=now + 360), SECRET, False),
+        "signature of another id": (BODY, {**good, "webhook-id": "msg_2"}, SECRET, False),
+        "garbage signature": (BODY, {**good, "webhook-signature": "v1,AAAA"}, SECRET, False),
+        "a raw (not whsec_) secret": (BODY, headers(secrets=("plain-secret",)), "plain-secret", True),
+    }
 
 
-@pytest.mark.parametrize("case", _vectors(), ids=lambda c: c[0])
-def test_verification_agrees_with_the_openai_sdk(
-    case: tuple[str, str | bytes, dict[str, str], str, bool], client: Client
-) -> None:
-    _name, payload, hdrs, secret, valid = case
+@pytest.mark.parametrize("case", list(_vectors()))
+def test_verification_agrees_with_the_openai_sdk(case: str, client: Client) -> None:
+    payload, hdrs, secret, valid = _vectors()[case]
     official = openai.OpenAI(api_key="x", base_url="http://127.0.0.1:1", webhook_secret=secret)
     try:
         official.webhooks.verify_signature(payload, hdrs, secret=secret)

@@ -14,10 +14,19 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from .._exceptions import InvalidWebhookSignatureError
 from .._resource import AsyncAPIResource, SyncAPIResource
-from ..types.webhooks import WebhookEvent
+from ..pagination import AsyncPaginator, SyncCursorPage
+from ..types.webhooks import (
+    WebhookDeliveryAttempt,
+    WebhookEndpoint,
+    WebhookEndpointDeleted,
+    WebhookEndpointWithSecret,
+    WebhookEvent,
+    WebhookTestResult,
+)
 
 __all__ = ["Webhooks", "AsyncWebhooks", "verify_signature", "sign"]
 
@@ -111,15 +120,169 @@ class _WebhooksMixin:
         return WebhookEvent.model_validate(json.loads(payload))
 
 
+def _endpoint_body(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 class Webhooks(SyncAPIResource, _WebhooksMixin):
+    """Verify deliveries (`verify`, `unwrap`) and manage the endpoints that receive them."""
+
     @property
     def _secret(self) -> str | None:  # type: ignore[override]
         return self._client.webhook_secret
+
+    def create(
+        self,
+        *,
+        url: str,
+        event_types: list[str] | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpointWithSecret:
+        """Add an endpoint; `event_types` None means every type, future ones included. The returned
+        `signing_secret` is shown this once."""
+        body = _endpoint_body(
+            url=url, event_types=event_types, name=name, description=description, enabled=enabled
+        )
+        return self._client._post("webhook_endpoints", WebhookEndpointWithSecret, body=body)
+
+    def retrieve(self, webhook_endpoint_id: str) -> WebhookEndpoint:
+        return self._client._get(f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpoint)
+
+    def update(
+        self,
+        webhook_endpoint_id: str,
+        *,
+        url: str | None = None,
+        event_types: list[str] | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpoint:
+        body = _endpoint_body(
+            url=url, event_types=event_types, name=name, description=description, enabled=enabled
+        )
+        return self._client._post(f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpoint, body=body)
+
+    def delete(self, webhook_endpoint_id: str) -> WebhookEndpointDeleted:
+        return self._client._delete(f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpointDeleted)
+
+    def rotate_secret(
+        self, webhook_endpoint_id: str, *, keep_old_secret_active_for_24_hours: bool = True
+    ) -> WebhookEndpointWithSecret:
+        """A new secret, returned once. By default the old one keeps signing for 24 h as well, so
+        receivers can switch without losing events (`verify` accepts either)."""
+        return self._client._post(
+            f"webhook_endpoints/{webhook_endpoint_id}/rotate_secret",
+            WebhookEndpointWithSecret,
+            body={"keep_old_secret_active_for_24_hours": keep_old_secret_active_for_24_hours},
+        )
+
+    def test(self, webhook_endpoint_id: str, *, event_type: str) -> WebhookTestResult:
+        """Send one signed sample event now; returns the receiver's answer."""
+        return self._client._post(
+            f"webhook_endpoints/{webhook_endpoint_id}/test",
+            WebhookTestResult,
+            body={"event_type": event_type},
+        )
+
+    def list(self, *, after: str | None = None, limit: int | None = None) -> SyncCursorPage[WebhookEndpoint]:
+        return self._client._get_api_list(
+            "webhook_endpoints", WebhookEndpoint, params={"after": after, "limit": limit}
+        )
+
+    def list_deliveries(
+        self,
+        webhook_endpoint_id: str,
+        *,
+        event_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> SyncCursorPage[WebhookDeliveryAttempt]:
+        """Every delivery attempt, newest first; `event_id` (the `webhook-id`) keeps one event's."""
+        return self._client._get_api_list(
+            f"webhook_endpoints/{webhook_endpoint_id}/deliveries",
+            WebhookDeliveryAttempt,
+            params={"event_id": event_id, "after": after, "limit": limit},
+        )
 
 
 class AsyncWebhooks(AsyncAPIResource, _WebhooksMixin):
-    """Verification is CPU-only, so the async twin's methods are plain (not coroutines)."""
+    """`verify` and `unwrap` are CPU-only, so they are plain methods here too; the rest are coroutines."""
 
     @property
     def _secret(self) -> str | None:  # type: ignore[override]
         return self._client.webhook_secret
+
+    async def create(
+        self,
+        *,
+        url: str,
+        event_types: list[str] | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpointWithSecret:
+        body = _endpoint_body(
+            url=url, event_types=event_types, name=name, description=description, enabled=enabled
+        )
+        return await self._client._post("webhook_endpoints", WebhookEndpointWithSecret, body=body)
+
+    async def retrieve(self, webhook_endpoint_id: str) -> WebhookEndpoint:
+        return await self._client._get(f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpoint)
+
+    async def update(
+        self,
+        webhook_endpoint_id: str,
+        *,
+        url: str | None = None,
+        event_types: list[str] | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        enabled: bool | None = None,
+    ) -> WebhookEndpoint:
+        body = _endpoint_body(
+            url=url, event_types=event_types, name=name, description=description, enabled=enabled
+        )
+        return await self._client._post(
+            f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpoint, body=body
+        )
+
+    async def delete(self, webhook_endpoint_id: str) -> WebhookEndpointDeleted:
+        return await self._client._delete(f"webhook_endpoints/{webhook_endpoint_id}", WebhookEndpointDeleted)
+
+    async def rotate_secret(
+        self, webhook_endpoint_id: str, *, keep_old_secret_active_for_24_hours: bool = True
+    ) -> WebhookEndpointWithSecret:
+        return await self._client._post(
+            f"webhook_endpoints/{webhook_endpoint_id}/rotate_secret",
+            WebhookEndpointWithSecret,
+            body={"keep_old_secret_active_for_24_hours": keep_old_secret_active_for_24_hours},
+        )
+
+    async def test(self, webhook_endpoint_id: str, *, event_type: str) -> WebhookTestResult:
+        return await self._client._post(
+            f"webhook_endpoints/{webhook_endpoint_id}/test",
+            WebhookTestResult,
+            body={"event_type": event_type},
+        )
+
+    def list(self, *, after: str | None = None, limit: int | None = None) -> AsyncPaginator[WebhookEndpoint]:
+        return self._client._get_api_list(
+            "webhook_endpoints", WebhookEndpoint, params={"after": after, "limit": limit}
+        )
+
+    def list_deliveries(
+        self,
+        webhook_endpoint_id: str,
+        *,
+        event_id: str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncPaginator[WebhookDeliveryAttempt]:
+        return self._client._get_api_list(
+            f"webhook_endpoints/{webhook_endpoint_id}/deliveries",
+            WebhookDeliveryAttempt,
+            params={"event_id": event_id, "after": after, "limit": limit},
+        )

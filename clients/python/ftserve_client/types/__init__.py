@@ -9,7 +9,7 @@ from .chat import (
     ChunkChoice,
     CompletionUsage,
 )
-from .estimates import Estimate
+from .estimates import Estimate, GpuFit
 from .files import FileDeleted, FileObject, FileValidationReport, ValidationLineError
 from .fine_tuning import (
     TERMINAL_STATUSES,
@@ -23,7 +23,14 @@ from .fine_tuning import (
     MethodSection,
 )
 from .models import Model, ModelDeleted
-from .webhooks import WebhookEvent
+from .webhooks import (
+    WebhookDeliveryAttempt,
+    WebhookEndpoint,
+    WebhookEndpointDeleted,
+    WebhookEndpointWithSecret,
+    WebhookEvent,
+    WebhookTestResult,
+)
 
 __all__ = [
     "ChatCompletion",
@@ -34,6 +41,7 @@ __all__ = [
     "ChunkChoice",
     "CompletionUsage",
     "Estimate",
+    "GpuFit",
     "FileDeleted",
     "FileObject",
     "FileValidationReport",
@@ -49,5 +57,10 @@ __all__ = [
     "MethodSection",
     "Model",
     "ModelDeleted",
+    "WebhookDeliveryAttempt",
+    "WebhookEndpoint",
+    "WebhookEndpointDeleted",
+    "WebhookEndpointWithSecret",
     "WebhookEvent",
+    "WebhookTestResult",
 ]

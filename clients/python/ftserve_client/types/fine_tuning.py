@@ -91,6 +91,15 @@ class FineTuningJob(BaseModel):
     step: int | None = None
     """The last optimizer step the worker reported."""
     total_steps: int | None = None
+    # ftserve scheduling extensions: what the job reserves on a GPU, where it runs, and while queued, its
+    # place in the queue, a start-time forecast and why it waits.
+    priority: int = 0
+    estimated_vram_mb: int | None = None
+    vram_estimate: dict[str, Any] | None = None
+    gpu_class: str | None = None
+    queue_position: int | None = None
+    estimated_start_at: int | None = None
+    queue_reason: str | None = None
 
     @property
     def done(self) -> bool:

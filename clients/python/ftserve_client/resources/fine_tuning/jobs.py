@@ -33,6 +33,7 @@ def job_create_body(
     seed: int | None,
     metadata: Mapping[str, str] | None,
     integrations: list[dict[str, Any]] | None,
+    priority: int | None,
     extra_body: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The JSON body of POST /fine_tuning/jobs. `hyperparameters` go where OpenAI wants them now:
@@ -59,6 +60,7 @@ def job_create_body(
         "seed": seed,
         "metadata": dict(metadata) if metadata is not None else None,
         "integrations": integrations,
+        "priority": priority,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     body.update(extra_body or {})
@@ -193,11 +195,13 @@ class Jobs(SyncAPIResource):
         seed: int | None = None,
         metadata: Mapping[str, str] | None = None,
         integrations: list[dict[str, Any]] | None = None,
+        priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> FineTuningJob:
         """Create a job. `method` is "supervised", "dpo" or OpenAI's method object; `hyperparameters`
         (OpenAI's plus ftserve's LoRA ones: lora_rank, lora_alpha, ...) land in `method.<type>`.
-        `extra_body` adds fields this SDK does not know yet (e.g. a server extension)."""
+        `priority` (ftserve extension) orders the queue: higher goes first. `extra_body` adds fields this
+        SDK does not know yet."""
         body = job_create_body(
             model=model,
             training_file=training_file,
@@ -208,6 +212,7 @@ class Jobs(SyncAPIResource):
             seed=seed,
             metadata=metadata,
             integrations=integrations,
+            priority=priority,
             extra_body=extra_body,
         )
         return self._client._post("fine_tuning/jobs", FineTuningJob, body=body)
@@ -303,6 +308,7 @@ class AsyncJobs(AsyncAPIResource):
         seed: int | None = None,
         metadata: Mapping[str, str] | None = None,
         integrations: list[dict[str, Any]] | None = None,
+        priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> FineTuningJob:
         body = job_create_body(
@@ -315,6 +321,7 @@ class AsyncJobs(AsyncAPIResource):
             seed=seed,
             metadata=metadata,
             integrations=integrations,
+            priority=priority,
             extra_body=extra_body,
         )
         return await self._client._post("fine_tuning/jobs", FineTuningJob, body=body)
