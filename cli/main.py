@@ -30,8 +30,6 @@ app.add_typer(inference_app, name="inference")
 app.add_typer(user.files_app, name="files")
 app.add_typer(user.jobs_app, name="jobs")
 app.add_typer(config_file.config_app, name="config")
-app.command("chat")(user.chat)
-user.register_model_commands(models_app)
 
 err = Console(stderr=True)
 
@@ -199,6 +197,10 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key-...), 
         raise typer.Exit(2) from None
     err.print(f"Revoked {key_id}.")
 
+
+# Registered last, so that `ftserve --help` lists them after the server verbs.
+app.command("chat")(user.chat)
+user.register_model_commands(models_app)
 
 if __name__ == "__main__":
     app()
