@@ -105,10 +105,15 @@ class AdapterPlacer:
         if time.monotonic() - self._last_health >= self.settings.inference_health_interval_s:
             self._last_health = time.monotonic()
             await self.check_health()
+        new = [m for m in self._new_models() if m.id not in self._tasks and m.id not in self._attempted]
+        if not new:
+            return []
+        with Session(self.engine) as session:  # one query, not one per waiting model
+            serving = {r.base_model for r in list_replicas(session) if r.status in (HEALTHY, UNKNOWN)}
         started = []
-        for model in self._new_models():
-            if model.id in self._tasks or model.id in self._attempted:
-                continue
+        for model in new:
+            if model.base_model not in serving:
+                continue  # no replica up for its base model (yet): it waits, or loads on first use
             self._tasks[model.id] = asyncio.create_task(self._hot_load_task(model))
             started.append(model.id)
         return started
