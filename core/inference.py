@@ -560,7 +560,7 @@ def mark_deleted(engine: Engine, model_id: str) -> list[str]:
         rows = session.exec(
             select(ServedAdapter).where(
                 (col(ServedAdapter.id) == model_id)
-                | col(ServedAdapter.id).startswith(model_id + ":ckpt-step-")
+                | col(ServedAdapter.id).startswith(model_id + ":ckpt-step-", autoescape=True)
             )
         ).all()
         for row in rows:
@@ -570,7 +570,7 @@ def mark_deleted(engine: Engine, model_id: str) -> list[str]:
         names |= set(placements_by_adapter(session, [model_id]))
         for adapter_id in session.exec(
             select(AdapterPlacement.adapter_id).where(
-                col(AdapterPlacement.adapter_id).startswith(model_id + ":")
+                col(AdapterPlacement.adapter_id).startswith(model_id + ":", autoescape=True)
             )
         ).all():
             names.add(adapter_id)
