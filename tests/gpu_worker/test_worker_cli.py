@@ -14,7 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ftserve(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "FTSERVE_DATA_DIR": str(data_dir)}
+    env = {k: v for k, v in os.environ.items() if k != "FTSERVE_API_KEY"}  # server verbs, not the API view
+    env["FTSERVE_DATA_DIR"] = str(data_dir)
     env.pop("FTSERVE_MODEL_REGISTRY", None)
     return subprocess.run(
         [sys.executable, "-m", "cli.main", *args],
