@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         "smaller jobs cannot starve it.",
     )
     scheduler_window: int = Field(500, description="Queued jobs the scheduler considers per tick, in order.")
+    fleet_memory_s: float = Field(
+        300.0,
+        description="A job too big for every live GPU fails only if no larger GPU was live in this window (a "
+        "worker may be missing from the registry for a moment, e.g. while Redis restarts).",
+    )
 
     # Webhooks (docs/webhooks.md).
     webhook_allow_private: bool = Field(

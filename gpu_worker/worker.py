@@ -341,7 +341,10 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         # Connect to the DB now, not on the first lease renewal: a slow first connect must not cost a lease.
-        await asyncio.to_thread(lambda: state.engine.connect().close())
+        try:
+            await asyncio.to_thread(lambda: state.engine.connect().close())
+        except Exception as exc:  # noqa: BLE001 (it may come up later; renewals retry every heartbeat)
+            log.warning("cannot reach the database yet: %s", exc)
         await queue.publish_worker(ctx["redis"], state.info(), ttl_s=settings.heartbeat_ttl_s)
         ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx["redis"], state))
         log.info("worker %s ready on queue %s", state.worker_id, queue.queue_name(state.worker_id))

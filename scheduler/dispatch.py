@@ -17,7 +17,7 @@ import statistics
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import func, text, update
@@ -34,7 +34,7 @@ from core.queue import TRAIN_TASK, WorkerInfo, arq_job_id, queue_name
 from core.settings import Settings
 from core.vram import EstimateError, estimate_request
 from scheduler.forecast import forecast_starts
-from scheduler.placement import Device, Fleet, JobRequest, PlanResult, gb, plan
+from scheduler.placement import Device, Fleet, JobRequest, PlanResult, Waiting, gb, plan
 
 log = logging.getLogger("ftserve.scheduler")
 
@@ -355,6 +355,41 @@ class Quotas:
         return self.by_id.get(org_id, self.default)
 
 
+class FleetMemory:
+    """The workers seen in the last `window_s` seconds. A worker can be missing from the registry for a moment
+    (Redis flushed or restarted, the worker restarting); its jobs must not look impossible meanwhile. A job
+    is rejected only when no device seen in the window could hold it, and only once the scheduler has
+    watched the fleet for a whole window."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.started = time.monotonic()
+        self.seen: dict[str, tuple[float, WorkerInfo]] = {}
+
+    def observe(self, workers: Sequence[WorkerInfo]) -> None:
+        now = time.monotonic()
+        for worker in workers:
+            self.seen[worker.id] = (now, worker)
+        for worker_id, (at, _) in list(self.seen.items()):
+            if now - at > self.window_s:
+                del self.seen[worker_id]
+
+    def largest(self, job: JobRequest) -> int | None:
+        """The largest device seen that could ever hold `job`, or None if none (or not watched long enough,
+        in which case nothing is called impossible yet)."""
+        if time.monotonic() - self.started < self.window_s:
+            return 0
+        best = None
+        for _, worker in self.seen.values():
+            if not job.needs <= set(worker.capabilities):
+                continue
+            for device in worker.gpus:
+                need = job.cpu_mb if device.name == "cpu" else job.gpu_mb
+                if need is None or device.total_mb >= need:
+                    best = max(best or 0, device.total_mb)
+        return best
+
+
 async def place_queued(
     engine: Engine,
     redis: Any,
@@ -362,6 +397,7 @@ async def place_queued(
     *,
     settings: Settings | None = None,
     max_placements: int = 100,
+    memory: FleetMemory | None = None,
 ) -> list[Placement]:
     """Plan the queue onto the live fleet and carry out the placements. `redis` is an arq pool (ArqRedis)."""
     settings = settings or Settings()
@@ -382,9 +418,17 @@ async def place_queued(
         reserve_after_s=settings.reserve_after_s,
         max_placements=max_placements,
     )
+    if memory is not None:
+        memory.observe(workers)
     for rejected in result.rejected:
+        if memory is not None and memory.largest(rejected.job) is not None:
+            # A device that could hold it was live recently (or it is too early to tell): wait for it.
+            rejected = replace(rejected, code="no_room", text=_missing_device_message(rejected, memory))
+            result.waiting.append(rejected)
+            continue
         if reject(engine, by_id[rejected.job.id], rejected.message):
             log.info("rejected %s: %s", rejected.job.id, rejected.message)
+    result.waiting.sort(key=lambda w: w.position)
 
     placed: list[Placement] = []
     for decision in result.placed:
@@ -421,6 +465,15 @@ async def place_queued(
         placed.append(Placement(job.id, attempt, info.id, device.index, device.name, decision.reserve_mb))
     _record_waits(engine, result, by_id)
     return placed
+
+
+def _missing_device_message(waiting: Waiting, memory: FleetMemory) -> str:
+    need = waiting.job.gpu_mb
+    size = f" (~{gb(need)} GB)" if need is not None else ""
+    return (
+        f"No live GPU can hold it{size}. It waits while a larger worker seen in the last "
+        f"{memory.window_s:.0f}s may come back, then fails."
+    )
 
 
 def _fill_missing_estimates(engine: Engine, settings: Settings, queue: list[FineTuningJob]) -> None:

@@ -20,7 +20,7 @@ from core.db import make_engine, migrate
 from core.queue import deserialize, live_workers, serialize
 from core.settings import Settings
 from scheduler.adapters import AdapterPlacer
-from scheduler.dispatch import Placement, place_queued, update_forecasts, validate_pending
+from scheduler.dispatch import FleetMemory, Placement, place_queued, update_forecasts, validate_pending
 from scheduler.leases import reap_expired_leases
 from scheduler.webhooks import WebhookDispatcher
 
@@ -49,13 +49,16 @@ class Scheduler:
         self.redis = redis
         self.settings = settings or Settings()
         self._forecast_at = 0.0
+        self.memory = FleetMemory(self.settings.fleet_memory_s)
 
     async def tick(self) -> TickResult:
         settings = self.settings
         result = TickResult(validated=validate_pending(self.engine, settings))
         result.requeued = reap_expired_leases(self.engine, max_lost_attempts=settings.max_lost_attempts)
         workers = await live_workers(self.redis)
-        result.placed = await place_queued(self.engine, self.redis, workers, settings=settings)
+        result.placed = await place_queued(
+            self.engine, self.redis, workers, settings=settings, memory=self.memory
+        )
         if time.monotonic() - self._forecast_at >= FORECAST_EVERY_S:
             self._forecast_at = time.monotonic()
             update_forecasts(self.engine, workers, settings)

@@ -356,7 +356,9 @@ def plan(
         elif cpu_max and (job.cpu_mb is None or job.cpu_mb <= cpu_max):
             kind, need = "cpu", job.cpu_mb
         elif any_device:
-            result.rejected.append(Waiting(job, "too_big", job.gpu_mb, text=_too_big(job, fleet)))
+            result.rejected.append(
+                Waiting(job, "too_big", job.gpu_mb, text=_too_big(job, fleet), position=position)
+            )
             return
         else:
             waiting.append(Waiting(job, "no_worker", position=position))

@@ -191,3 +191,35 @@ async def test_a_waiting_job_gets_its_place_a_start_forecast_and_one_reason(
     # The second starts when the first ends: its own steps at the default rate (no history yet).
     assert second.estimated_start_at is not None and second.estimated_start_at > first.estimated_start_at
     assert messages(engine, behind[0]).count(first.wait_reason) == 1  # said once, not once per tick
+
+
+async def test_a_job_too_big_for_the_live_gpus_waits_while_a_bigger_worker_may_come_back(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings
+) -> None:
+    from scheduler.dispatch import FleetMemory
+
+    org = make_org(engine)
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, chat_rows(12)),
+        hyperparameters={"batch_size": 8, "max_seq_length": 262144},  # ~32 GB even for demo-tiny's shape
+    )  # fmt: skip
+    validate_pending(engine, settings)
+    big = WorkerInfo(id="big", gpus=[Device(index=0, name="H100-80GB", total_mb=81920, free_mb=81920)])
+    small = WorkerInfo(id="small", gpus=[GPU_24])
+    memory = FleetMemory(window_s=60)
+    memory.started -= 120  # watched long enough
+    memory.observe([big, small])
+    # The big worker has dropped out of the registry (say Redis restarted) and it is busy anyway.
+    assert await place_queued(engine, arq_redis, [small], settings=settings, memory=memory) == []
+    job = get_job(engine, job_id)
+    assert (
+        job.status == jobs.QUEUED
+        and job.wait_reason
+        and job.wait_reason.startswith("No live GPU can hold it")
+    )
+    # Once it has been gone for a whole window, the job is impossible: it fails with the numbers.
+    memory.seen["big"] = (memory.seen["big"][0] - 120, big)
+    assert await place_queued(engine, arq_redis, [small], settings=settings, memory=memory) == []
+    job = get_job(engine, job_id)
+    assert job.status == jobs.FAILED and job.error and job.error["code"] == "insufficient_gpu_memory"
+    assert "more than the largest GPU of this fleet holds (24 GB)" in job.error["message"]

@@ -182,6 +182,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path) -> Ite
         "FTSERVE_SCHEDULER_INTERVAL_S": "0.1",
         "FTSERVE_WORKER_MAX_JOBS": "2",  # memory, not slots, is what limits the fleet here
         "FTSERVE_ORG_MAX_RUNNING_JOBS": "0",
+        "FTSERVE_FLEET_MEMORY_S": "15",  # remember workers missing from Redis for a moment
         "FTSERVE_MIN_EXAMPLES": "10",
         "PYTHONUNBUFFERED": "1",
     }
@@ -277,9 +278,10 @@ def test_jobs_land_on_the_gpu_that_fits_them_best(fleet: Fleet, training_file: s
     if view["status"] == "queued":  # (unless a GPU already freed up on a slow machine)
         assert view["queue_reason"].startswith(f"Needs ~{need['medium'] / 1024:.1f} GB; largest free GPU ")
         assert view["queue_position"] == 1
-    # A job no GPU of the fleet could ever hold fails at once, with the numbers.
+    # A job no GPU of the fleet could ever hold fails, with the numbers (as soon as the scheduler has
+    # watched the fleet for FTSERVE_FLEET_MEMORY_S, so that a worker missing for a moment is not missed).
     huge = fleet.create("huge", training_file, _hp(HUGE, 1))
-    fleet.wait("the huge job to fail", lambda: fleet.row(huge).status == jobs.FAILED, 30)
+    fleet.wait("the huge job to fail", lambda: fleet.row(huge).status == jobs.FAILED, 60)
     error = fleet.job(huge)["error"]
     assert (
         error["code"] == "insufficient_gpu_memory"
