@@ -498,7 +498,26 @@ def main(argv: list[str] | None = None) -> int:
     shutdown = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
+    _terminate_with_parent(shutdown)
     return run_attempt(settings, args.job_id, args.attempt, shutdown)
+
+
+def _terminate_with_parent(shutdown: threading.Event) -> None:
+    """Have the kernel SIGTERM this runner when its worker dies (Linux), so an orphan checkpoints and hands
+    its job back instead of training on with no one renewing its lease."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import os
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:  # the worker died before the request took effect
+        shutdown.set()
 
 
 if __name__ == "__main__":

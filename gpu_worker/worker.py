@@ -217,18 +217,6 @@ async def _stop_runner(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-def _terminate_with_parent() -> None:
-    """In the runner, before exec: SIGTERM it if the worker dies (Linux), so an orphan checkpoints and hands
-    its job back instead of training on with no one renewing its lease."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     """Run one attempt of a job in a child process; returns its exit code."""
     task = queue.TrainTask(job_id=job_id, attempt=attempt)
@@ -246,7 +234,6 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
             "--attempt",
             str(task.attempt),
             start_new_session=True,
-            preexec_fn=_terminate_with_parent,
         )
     except BaseException:
         state.leased.discard(key)  # nothing runs it: let the lease run out and the scheduler re-place it

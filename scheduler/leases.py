@@ -39,9 +39,19 @@ def _last_checkpoint_step(engine: Engine, job_id: str) -> int | None:
     return int(step) if step is not None else None
 
 
-def reap_expired_leases(engine: Engine, *, max_lost_attempts: int = 3, now: float | None = None) -> list[str]:
+def reap_expired_leases(
+    engine: Engine, *, max_lost_attempts: int = 3, now: float | None = None, lease_ttl_s: float = 30.0
+) -> list[str]:
     """Handle every job whose lease has expired. Returns the ids of the jobs put back in the queue or failed."""
     now = time.time() if now is None else now
+    with session_scope(engine) as session:
+        # A job held with no lease at all was placed before leases existed (an upgrade): give it one, so a
+        # worker that still runs it keeps it, and one that is gone loses it one lease later.
+        session.execute(
+            update(FineTuningJob)
+            .where(col(FineTuningJob.worker_id).is_not(None), col(FineTuningJob.lease_expires_at).is_(None))
+            .values(lease_expires_at=now + lease_ttl_s)
+        )
     with Session(engine, expire_on_commit=False) as session:
         expired = session.exec(
             select(FineTuningJob).where(

@@ -54,7 +54,9 @@ class Scheduler:
     async def tick(self) -> TickResult:
         settings = self.settings
         result = TickResult(validated=validate_pending(self.engine, settings))
-        result.requeued = reap_expired_leases(self.engine, max_lost_attempts=settings.max_lost_attempts)
+        result.requeued = reap_expired_leases(
+            self.engine, max_lost_attempts=settings.max_lost_attempts, lease_ttl_s=settings.lease_ttl_s
+        )
         workers = await live_workers(self.redis)
         result.placed = await place_queued(
             self.engine, self.redis, workers, settings=settings, memory=self.memory

@@ -215,6 +215,45 @@ async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_o
         await redis.close(close_connection_pool=True)
 
 
+@pytest.mark.slow
+async def test_a_worker_killed_with_kill_9_has_its_runner_hand_the_job_back(
+    settings: Settings, engine: Engine, start_worker: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    """The kernel SIGTERMs an orphaned runner (PR_SET_PDEATHSIG): it checkpoints and re-queues its job at
+    once, rather than training on with nobody renewing its lease."""
+    import psutil
+
+    storage = make_storage_from_settings(settings)
+    org = make_org(engine, "org-worker")
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, chat_rows(12)),
+        hyperparameters={"n_epochs": 40, "batch_size": 1, "checkpoint_every_steps": 1000},
+    )  # fmt: skip
+    redis = await connect_redis(str(settings.redis_url))
+    stop = asyncio.Event()
+    scheduler = asyncio.create_task(Scheduler(engine, redis, settings).run(stop, 0.1))
+    try:
+        worker = start_worker("w-doomed")
+        await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
+        (runner,) = psutil.Process(worker.pid).children()
+        stop.set()  # no re-placement: this test is about the runner alone
+        worker.kill()
+        await _until(
+            lambda: not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE, 60, "the runner"
+        )
+    finally:
+        stop.set()
+        await scheduler
+        await redis.close(close_connection_pool=True)
+    job = get_job(engine, job_id)
+    assert (job.status, job.worker_id) == (jobs.QUEUED, None), messages(engine, job_id)
+    requeued = [
+        m for m in messages(engine, job_id) if m.startswith("Worker stopping: job re-queued at step ")
+    ]
+    step = int(requeued[-1].rsplit(" ", 1)[1])
+    assert f"Checkpoint created at step {step}" in messages(engine, job_id)
+
+
 def test_nvidia_smi_output_as_seen_on_an_h200_parses() -> None:
     out = "0, NVIDIA H200, 143771, 143156, 9.0\n1, NVIDIA A100-SXM4-80GB, 81920, 80000, 8.0\n"
     (h200, cap), (a100, _) = parse_nvidia_smi(out)

@@ -151,3 +151,20 @@ def test_a_stopped_job_whose_runner_died_just_gets_its_hold_back(db: Engine, sto
     with Session(db) as session:  # nothing else changed
         assert session.exec(select(FineTuningJob.attempt).where(FineTuningJob.id == job_id)).one() == 1
     db.dispose()
+
+
+def test_a_job_held_without_a_lease_gets_one_and_loses_it_only_if_not_renewed(
+    db: Engine, storage: Storage
+) -> None:
+    org = make_org(db)
+    job_id = make_job(db, org, make_file(db, storage, org, chat_rows(12)), status=jobs.QUEUED)
+    _place(db, job_id, "w-old")
+    with session_scope(db) as session:  # placed before leases existed
+        session.execute(
+            update(FineTuningJob).where(col(FineTuningJob.id) == job_id).values(lease_expires_at=None)
+        )
+    assert reap_expired_leases(db, lease_ttl_s=30) == []
+    assert get_job(db, job_id).lease_expires_at is not None and get_job(db, job_id).status == jobs.RUNNING
+    _expire(db, job_id)
+    assert reap_expired_leases(db, lease_ttl_s=30) == [job_id]
+    db.dispose()
