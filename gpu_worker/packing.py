@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -199,14 +200,18 @@ def varlen_attention(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
     if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and dropout == 0.0:
-        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # (T, H, D)
+        q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # (T, H, D)
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         flash = _flash_varlen()
         if flash:
             cu32 = cu.to(device=q.device, dtype=torch.int32)
-            out = flash(q, k, v, cu32, int(kwargs.get("max_length_q") or query.shape[2]), scaling)
-            return out.unsqueeze(0), None
+            try:
+                out = flash(q, k, v, cu32, int(kwargs.get("max_length_q") or query.shape[2]), scaling)
+                return out.unsqueeze(0), None
+            except RuntimeError:  # e.g. a head size the kernel lacks: per-example SDPA from now on
+                global _FLASH_VARLEN
+                _FLASH_VARLEN = False
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     bounds = cu.tolist()
@@ -324,11 +329,14 @@ class CountingCollator:
         self.inner = inner
         self.real = 0
         self.total = 0
+        self.largest: tuple[int, ...] = ()  # shape of the biggest input_ids batch (what peak memory follows)
 
     def __call__(self, features: list[dict[str, Any]]) -> Any:
         batch = self.inner(features)
         self.real += sum(len(f["input_ids"]) for f in features)
         self.total += int(batch["input_ids"].numel())
+        if batch["input_ids"].numel() > (math.prod(self.largest) if self.largest else 0):
+            self.largest = tuple(batch["input_ids"].shape)
         return batch
 
     @property

@@ -125,7 +125,8 @@ def _run(
             if config.packing:
                 raise
             batching, why = "length_grouped", f"packing check failed on this model ({exc})"
-            peft_model.get_base_model().set_attn_implementation("sdpa")
+            if attn != "sdpa" and loaded.backend == "transformers":
+                peft_model.get_base_model().set_attn_implementation("sdpa")
     collator = None
     if batching in ("padding_free", "bfd"):
         collator = packing.PackedCollator(
@@ -223,9 +224,9 @@ def _run(
         resumed_step = json.loads(state_file.read_text())["global_step"]
         resume = str(config.resume_from_checkpoint)
         reporter.event(f"Resumed from checkpoint at step {resumed_step}", data={"step": resumed_step})
-    t_train = time.perf_counter()
+    t_train, cpu_train = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resume)
-    train_s = time.perf_counter() - t_train
+    train_s, train_cpu_s = time.perf_counter() - t_train, time.process_time() - cpu_train
     state = trainer.state
     trained_tokens = round(tokens_per_epoch * (state.epoch or 0.0))
     result = TrainResult(
@@ -256,8 +257,10 @@ def _run(
     elapsed = time.perf_counter() - t0
     result.metrics["trained_tokens"] = trained_tokens
     result.metrics["train_s"] = round(train_s, 2)
+    result.metrics["train_cpu_s"] = round(train_cpu_s, 2)  # CPU time of this process (all its threads)
     if counter is not None:
         result.metrics["padding_pct"] = counter.padding_pct  # share of processed tokens that were padding
+        result.metrics["largest_batch_shape"] = list(counter.largest)
     result.metrics["elapsed_s"] = round(elapsed, 2)
     if cuda:
         result.metrics["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)

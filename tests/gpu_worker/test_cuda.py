@@ -61,13 +61,26 @@ def _train(config: Any) -> tuple[Any, dict[str, Any], list[str]]:
     return result, started, reporter.messages
 
 
-def test_bf16_padding_free_on_the_flash_varlen_kernel(model_dir: Path, tmp_path: Path) -> None:
+def test_bf16_padding_free_on_the_flash_varlen_kernel(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kernel = packing._flash_varlen()
+    assert kernel, "torch has no varlen FlashAttention kernel"
+    calls = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(args[0].shape)
+        return kernel(*args)
+
+    monkeypatch.setattr(packing, "_FLASH_VARLEN", counted)
     rows = chat_rows(code_task(48, seed=2))
     result, started, _ = _train(_config(model_dir, tmp_path, rows, batch_size=8, n_epochs=4))
     assert started["dtype"] == ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
     assert started["batching"] == "padding_free" and started["backend"] == "transformers"
     assert started["gradient_checkpointing"] is False  # 0.5M parameters: far below the 1B rule
-    assert packing._flash_varlen(), "torch's varlen FlashAttention kernel was not available"
+    assert (
+        calls and packing._FLASH_VARLEN is counted
+    )  # the kernel ran, and never failed over to the SDPA loop
     assert result.metrics["padding_pct"] == 0.0
     assert result.metrics_history[-1]["train_loss"] < result.metrics_history[0]["train_loss"]
 
