@@ -4,9 +4,10 @@
 # Run from the repo root with .gpu_wheels carried:  bash bench/gpu_check.sh
 # Prints labelled lines; everything also goes to $OUT/gpu_check.log (and bench JSON to $OUT/*.json).
 #   1. versions, GPU, whether unsloth imports (and why not)
-#   2. pytest -m gpu tests/gpu_worker/test_cuda.py, plain path (FTSERVE_UNSLOTH=0), then the unsloth test alone
-#   3. bench/train_throughput.py on a random ~0.6B Llama: bf16 LoRA (unsloth auto), QLoRA 4-bit, and bf16 with
-#      unsloth off when unsloth was used; each prints one JSON line "BENCH <name> {...}"
+#   2. pytest -m gpu tests/gpu_worker/test_cuda.py on the plain path (FTSERVE_UNSLOTH=0)
+#   3. bench/train_throughput.py on a random ~0.6B Llama: bf16 LoRA, then QLoRA 4-bit (transformers + peft); each
+#      prints one JSON line "BENCH <name> {...}"
+#   4. if unsloth imports: the bf16 bench with unsloth forced on, then the unsloth test
 # Budget: ~5 minutes; later steps are skipped (and say so) past BUDGET_S.
 set -u
 OUT=${OUT:-/tmp/gpu_check_out}; mkdir -p "$OUT"
@@ -39,23 +40,19 @@ except Exception as e:
     print(f"  torch varlen_attn: NOT available ({e})")
 EOF
 step "unsloth import"
-if timeout 150 python3 -c "import unsloth, unsloth_zoo; print('UNSLOTH IMPORTS:', unsloth.__version__)" \
-    > "$OUT/unsloth_import.txt" 2>&1; then
+timeout 90 python3 -c "import unsloth, unsloth_zoo; print('UNSLOTH IMPORTS:', unsloth.__version__)" \
+  > "$OUT/unsloth_import.txt" 2>&1
+rc=$?
+if [ $rc = 0 ]; then
   UNSLOTH=1; grep "UNSLOTH IMPORTS" "$OUT/unsloth_import.txt"
 else
-  UNSLOTH=0; echo "UNSLOTH DOES NOT IMPORT (exit $?); last lines:"; tail -n 15 "$OUT/unsloth_import.txt"
+  UNSLOTH=0; echo "UNSLOTH DOES NOT IMPORT (exit $rc); last lines:"; tail -n 15 "$OUT/unsloth_import.txt"
 fi
 
 step "gpu tests, plain transformers + peft path (FTSERVE_UNSLOTH=0)"
 FTSERVE_UNSLOTH=0 timeout 200 python3 -m pytest -q -m gpu --confcutdir=tests/gpu_worker -p no:cacheprovider \
-  -o addopts="" -W ignore tests/gpu_worker/test_cuda.py 2>&1 | tail -n 25
+  -W ignore tests/gpu_worker/test_cuda.py 2>&1 | tail -n 25
 echo "GPU TESTS (plain) EXIT: ${PIPESTATUS[0]}"
-if [ "$UNSLOTH" = 1 ] && left 200 "unsloth test"; then
-  step "gpu test, unsloth auto"
-  timeout 150 python3 -m pytest -q -m gpu --confcutdir=tests/gpu_worker -p no:cacheprovider -W ignore \
-    tests/gpu_worker/test_cuda.py -k unsloth 2>&1 | tail -n 25
-  echo "GPU TESTS (unsloth) EXIT: ${PIPESTATUS[0]}"
-fi
 
 bench() {  # name, then args for bench/train_throughput.py
   local name=$1; shift
@@ -67,7 +64,15 @@ bench() {  # name, then args for bench/train_throughput.py
   if [ -n "$line" ]; then echo "BENCH $name $line"; echo "$line" > "$OUT/bench_$name.json"
   else echo "BENCH $name FAILED (exit $rc):"; tail -n 30 "$OUT/bench_$name.txt"; fi
 }
-bench bf16_lora --model-size 0.5b --examples 768 --batch-size 8
+bench bf16_lora --model-size 0.5b --examples 768 --batch-size 8 --unsloth off
 bench qlora_4bit --model-size 0.5b --examples 768 --batch-size 8 --quantization 4bit --unsloth off
-[ "$UNSLOTH" = 1 ] && bench bf16_lora_no_unsloth --model-size 0.5b --examples 768 --batch-size 8 --unsloth off
+if [ "$UNSLOTH" = 1 ]; then
+  bench bf16_lora_unsloth --model-size 0.5b --examples 768 --batch-size 8 --unsloth on
+  if left 60 "unsloth test"; then
+    step "gpu test, unsloth auto"
+    timeout $((BUDGET_S - SECONDS + 20)) python3 -m pytest -q -m gpu --confcutdir=tests/gpu_worker \
+      -p no:cacheprovider -W ignore tests/gpu_worker/test_cuda.py -k unsloth 2>&1 | tail -n 25
+    echo "GPU TESTS (unsloth) EXIT: ${PIPESTATUS[0]}"
+  fi
+fi
 step "done"
