@@ -43,8 +43,8 @@ def _configure_logging(settings: Settings) -> None:
 
 @app.command()
 def up() -> None:
-    """Run the whole service on this machine: API, scheduler and one worker, with Redis embedded unless
-    FTSERVE_REDIS_URL is set."""
+    """Run the whole service on this machine: API, scheduler, one worker and a vLLM per base model (see
+    docs/inference.md), with Redis embedded unless FTSERVE_REDIS_URL is set."""
     from cli.supervisor import Supervisor, default_children
 
     settings = get_settings()
