@@ -210,7 +210,9 @@ class WebhookDelivery(SQLModel, table=True):
     """The outbox: one row per (event, endpoint), written in the transaction of the change it reports."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),)
+    __table_args__ = (
+        UniqueConstraint("event_id", "endpoint_id", name="uq_webhook_deliveries_event_endpoint"),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(index=True, unique=True, max_length=64)
@@ -311,7 +313,9 @@ class AdapterPlacement(SQLModel, table=True):
     check drops rows the replica no longer lists, e.g. after a vLLM restart)."""
 
     __tablename__ = "adapter_placements"
-    __table_args__ = (UniqueConstraint("adapter_id", "replica_id", name="uq_adapter_placements_adapter_replica"),)
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "replica_id", name="uq_adapter_placements_adapter_replica"),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     adapter_id: str = Field(index=True, max_length=512)

@@ -88,13 +88,17 @@ class Settings(BaseSettings):
         description="Allow webhook URLs on loopback, private, link-local and metadata addresses, and plain "
         "http://. For development and tests only: it opens SSRF to anyone who can create an endpoint.",
     )
-    webhook_allow_http: bool = Field(False, description="Allow plain http:// webhook URLs (public hosts only).")
+    webhook_allow_http: bool = Field(
+        False, description="Allow plain http:// webhook URLs (public hosts only)."
+    )
     webhook_secret_key: str | None = Field(
         None,
         description="Key that encrypts webhook signing secrets in the database. Default: a random key kept "
         "in DATA_DIR/webhook_secret.key. Every API and scheduler process must use the same one.",
     )
-    webhook_timeout_s: float = Field(10.0, description="Whole-request limit for one webhook delivery attempt.")
+    webhook_timeout_s: float = Field(
+        10.0, description="Whole-request limit for one webhook delivery attempt."
+    )
     webhook_connect_timeout_s: float = Field(3.0, description="TCP/TLS connect limit for a delivery attempt.")
     webhook_retry_base_s: float = Field(5.0, description="Wait after the first failed attempt.")
     webhook_retry_factor: float = Field(4.0, description="Each further wait is this many times longer.")
@@ -102,11 +106,15 @@ class Settings(BaseSettings):
     webhook_retry_window_s: float = Field(
         3 * 86400.0, description="Retry an event for this long after it happened, then mark it failed."
     )
-    webhook_poll_interval_s: float = Field(0.5, description="How often the dispatcher looks for due deliveries.")
+    webhook_poll_interval_s: float = Field(
+        0.5, description="How often the dispatcher looks for due deliveries."
+    )
     webhook_lease_s: float = Field(
         60.0, description="How long a dispatcher holds a delivery it is sending (a dead one's lease lapses)."
     )
-    webhook_max_concurrency: int = Field(32, description="Endpoints the dispatcher sends to at the same time.")
+    webhook_max_concurrency: int = Field(
+        32, description="Endpoints the dispatcher sends to at the same time."
+    )
     webhook_max_endpoints_per_org: int = Field(20, description="Webhook endpoints one organization may have.")
     webhook_retention_days: float = Field(
         30.0, description="Finished deliveries and their attempt log are deleted after this many days."

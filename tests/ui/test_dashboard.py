@@ -297,8 +297,10 @@ def test_create_job_in_the_form_and_watch_the_chart_grow(
     assert bigger == api_estimate["estimated_vram_mb"] > auto_mb
     shots(page, "estimate")
 
+    # Long enough (hundreds of steps) for the 1 s event poll to see the chart grow several times, even on a
+    # quiet machine where demo-tiny steps take a few milliseconds.
     page.fill("#hp-batch_size", "2")
-    page.fill("#hp-n_epochs", "5")
+    page.fill("#hp-n_epochs", "30")
     page.fill("#suffix", "ui-chart")
     shots(page, "form-filled")
     page.click("form.job-form button[type=submit]")
