@@ -5,8 +5,8 @@ pydantic, orjson, bitsandbytes or unsloth, and nothing can be downloaded there: 
 working tree, at most 64 MiB in all. Two wheels are too big as published and are slimmed here (their RECORD
 rewritten to match):
 - bitsandbytes 0.50.2 (43 MB): keeps the CPU and CUDA 13.x libraries, drops those for CUDA 11.8-12.8, ROCm, XPU;
-- unsloth 2026.10.9 (29 MB): drops `studio/` (the web UI; training never imports it); unsloth_zoo drops `mlx/`
-  (Apple only).
+- unsloth 2026.10.9 (29 MB): drops `studio/` (the web UI; training never imports it). unsloth_zoo is kept
+  whole: its `__init__` imports `unsloth_zoo.mlx.runtime` even on CUDA (seen on an H200, 2026-11-28).
 The GPU worker pins trl 1.15.0, the newest that unsloth accepts (the TRL API we use is the same as 1.16's).
 
     echo /.gpu_wheels/ >> .git/info/exclude   # once: the folder travels as a `carry` path, never committed
@@ -43,7 +43,6 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x
 DROP = {
     "bitsandbytes": lambda n: n.endswith(".so") and not n.endswith(("_cpu.so", "_cuda130.so", "_cuda132.so")),
     "unsloth": lambda n: n.startswith("studio/"),
-    "unsloth_zoo": lambda n: n.startswith("unsloth_zoo/mlx/"),
 }
 
 
