@@ -349,7 +349,7 @@ def test_create_job_in_the_form_and_watch_the_chart_grow(
     )
 
     page.wait_for_selector("#checkpoints tbody tr")
-    assert page.locator("#hyperparameters [data-name='n_epochs'] dd").inner_text() == "5"
+    assert page.locator("#hyperparameters [data-name='n_epochs'] dd").inner_text() == "30"
     assert page.locator("#hyperparameters [data-name='lora_rank'] dd").inner_text() == "16"  # auto, resolved
     shots(page, "job-succeeded")
 
