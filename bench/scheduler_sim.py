@@ -38,6 +38,7 @@ import random
 import statistics
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,15 +163,17 @@ class Result:
     placements: int = 0
 
 
-class Policy:
+class Policy(ABC):
+    """A placement policy under test: FIFO + first-fit, or ftserve's own `plan`."""
+
     name = ""
 
     def __init__(self, workers: list[WorkerInfo]) -> None:
         self.fleet = Fleet.from_registry(workers, reserved_mb={}, held={})
         self.devices = [d for w in self.fleet.workers.values() for d in w.devices]
 
-    def place(self, queue: list[SimJob], now: float, result: Result) -> list[tuple[SimJob, FleetDevice]]:
-        raise NotImplementedError
+    @abstractmethod
+    def place(self, queue: list[SimJob], now: float, result: Result) -> list[tuple[SimJob, FleetDevice]]: ...
 
     def finish(self, device: FleetDevice, mb: int) -> None:
         self.fleet.give_back(device, mb)
