@@ -30,6 +30,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    health_port: int = Field(
+        0,
+        ge=0,
+        description="Port of the /healthz, /readyz and /metrics server of a scheduler or worker process (the "
+        "API serves them on its own port). 0: none. Binds HOST.",
+    )
 
     max_upload_bytes: int = Field(512 * 1024 * 1024, description="Largest accepted upload, in bytes.")
     max_line_bytes: int = Field(
@@ -172,6 +178,22 @@ class Settings(BaseSettings):
     inference_timeout_s: float = Field(600.0, description="Longest a proxied inference request may take.")
     inference_load_timeout_s: float = Field(
         120.0, description="Longest one adapter load on a replica may take."
+    )
+
+    # The adapter agent beside each vLLM of a split deployment (docs/deploy.md).
+    agent_port: int = Field(8300, description="Port of `ftserve adapter-agent`.")
+    agent_adapter_dir: Path | None = Field(
+        None,
+        description="Where the agent puts adapters for its vLLM (the same absolute path must be visible to "
+        "vLLM). Default: DATA_DIR/adapters.",
+    )
+    agent_vllm_url: str = Field(
+        "http://127.0.0.1:8000", description="The vLLM server the agent sits beside (checked by /readyz)."
+    )
+    agent_token: str | None = Field(
+        None,
+        description="Bearer token the API and scheduler send to adapter agents, and agents require. Needed "
+        "whenever an agent listens beyond loopback; set the same value on api, scheduler and every agent.",
     )
 
     @field_validator("vllm_max_lora_rank")
