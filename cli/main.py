@@ -60,6 +60,7 @@ def api(
     import uvicorn
 
     settings = get_settings()
+    _configure_logging(settings)  # ftserve's own loggers (adapter loads, evictions); uvicorn sets up its own
     uvicorn.run(
         "api.main:app",
         factory=True,
