@@ -14,7 +14,9 @@ from api.routes import estimates, files, fine_tuning, inference, models, ui, web
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.settings import Settings, get_settings
-from core.storage import make_storage_from_settings
+from core.storage import LocalStorage, make_storage_from_settings
+
+STALE_UPLOAD_S = 3600.0  # an upload's temporary file untouched this long belongs to a dead process
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -28,6 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = make_engine(url)
         app.state.storage = make_storage_from_settings(settings)
+        if isinstance(app.state.storage, LocalStorage):  # uploads cut short by a crash of an earlier API
+            app.state.storage.sweep_temporaries("files/", older_than_s=STALE_UPLOAD_S)
         async with inference_lifespan(app):  # pooled client to the vLLM replicas
             yield
         app.state.engine.dispose()

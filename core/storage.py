@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,6 +178,23 @@ class LocalStorage:
 
     def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
         return _download_dir(self, prefix, local_dir)
+
+    def sweep_temporaries(self, prefix: str, *, older_than_s: float) -> int:
+        """Delete temporary files under `prefix` untouched for `older_than_s`: what a writer killed mid-write
+        (kill -9, power loss) left behind. They were never visible; this only gives the disk back. A write
+        still in progress touches its file on every chunk, so it is never this old."""
+        wanted = _check_prefix(prefix)
+        base = self.root / wanted if wanted else self.root
+        cutoff = time.time() - older_than_s
+        swept = 0
+        for path in base.rglob(".*.tmp-*") if base.is_dir() else []:
+            try:
+                if _TMP_NAME.fullmatch(path.name) and path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    swept += 1
+            except FileNotFoundError:  # committed or aborted meanwhile
+                continue
+        return swept
 
 
 def _upload_dir(storage: Storage, local_dir: Path, prefix: str) -> list[str]:
