@@ -503,6 +503,19 @@ class InferenceService:
                     yield normalize_event(event, kind) + b"\n\n"
             if buffer.strip():
                 yield normalize_event(buffer.strip(), kind) + b"\n\n"
+        except httpx.TransportError as exc:
+            # The replica died mid-stream (killed, OOM). The 200 is already sent: end the stream with an
+            # error event and no [DONE], so the client knows it is cut short, rather than a broken
+            # connection and a traceback in our log.
+            log.warning("replica %s failed mid-stream: %r", replica.url, exc)
+            self._mark_down(replica)
+            error = {
+                "message": "The inference server failed mid-stream; the response is incomplete. Retry.",
+                "type": "server_error",
+                "param": None,
+                "code": "upstream_error",
+            }
+            yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
         finally:
             self._inflight[replica.id] -= 1
             await response.aclose()
