@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser run test test-fast test-gpu lint format typecheck bench clean
+.PHONY: install browser run test test-fast test-gpu lint format typecheck bench fuzz clean
 
 install: $(STAMP)
 
@@ -59,6 +59,18 @@ bench: install
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/vram_estimator.py
 	$(BIN)/python bench/scheduler_sim.py
+
+# The long bad-input run: schemathesis with a bigger example budget (CI runs a small one), hypothesis on the
+# JSONL validator, then atheris on it for FUZZ_SECONDS if its wheel installs (it is not a default dependency).
+FUZZ_SECONDS ?= 120
+fuzz: install
+	FTSERVE_FUZZ_EXAMPLES=60 FTSERVE_FUZZ_STATEFUL_EXAMPLES=100 FTSERVE_FUZZ_JSONL_EXAMPLES=5000 \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/reliability/test_fuzz_api.py \
+	  tests/reliability/test_fuzz_jsonl.py
+	@if $(PIP) install -q --disable-pip-version-check atheris; then \
+	  $(BIN)/python bench/fuzz_jsonl_atheris.py -max_total_time=$(FUZZ_SECONDS) >$(VENV)/fuzz-atheris.log 2>&1 \
+	    && grep "^Done" $(VENV)/fuzz-atheris.log || { tail -40 $(VENV)/fuzz-atheris.log; exit 1; }; \
+	else echo "atheris did not install; the hypothesis run above is the JSONL fuzz"; fi
 
 clean:
 	rm -rf $(VENV) .ftserve .pytest_cache .mypy_cache .ruff_cache
