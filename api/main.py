@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.errors import install_error_handlers
+from api.metrics import HttpMetricsMiddleware, metrics_endpoint
 from api.middleware import RequestIdMiddleware
 from api.routes import estimates, files, fine_tuning, inference, models, ui, webhooks
 from api.services.inference import inference_lifespan
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)  # added last: outermost, so it sees every response
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
@@ -57,10 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], include_in_schema=False)
-    def readyz() -> dict[str, str]:
-        with app.state.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        return {"status": "ready"}
+    def readyz() -> JSONResponse:
+        try:
+            with app.state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:  # noqa: BLE001 (any failure means: not ready)
+            return JSONResponse({"status": "not ready", "failed": ["database"]}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    app.get("/metrics", tags=["health"], include_in_schema=False)(metrics_endpoint)  # Prometheus text format
 
     return app
 
