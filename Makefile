@@ -52,7 +52,7 @@ format: install
 	$(BIN)/ruff format .
 
 typecheck: install
-	$(BIN)/mypy core api scheduler cli clients/python/ftserve_client
+	$(BIN)/mypy core api scheduler cli adapter_agent clients/python/ftserve_client
 
 bench: install
 	$(BIN)/python bench/upload.py
@@ -71,6 +71,15 @@ fuzz: install
 	  $(BIN)/python bench/fuzz_jsonl_atheris.py -max_total_time=$(FUZZ_SECONDS) >$(VENV)/fuzz-atheris.log 2>&1 \
 	    && grep "^Done" $(VENV)/fuzz-atheris.log || { tail -40 $(VENV)/fuzz-atheris.log; exit 1; }; \
 	else echo "atheris did not install; the hypothesis run above is the JSONL fuzz"; fi
+
+# Chaos soak (bench/soak.py): small jobs on a split deployment while a random component is killed every
+# SOAK_CHAOS_S seconds; prints "jobs: N submitted, N succeeded, 0 lost, 0 duplicated".
+.PHONY: soak
+SOAK_MINUTES ?= 15
+SOAK_JOBS ?= 50
+SOAK_CHAOS_S ?= 30
+soak: install
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_JOBS=$(SOAK_JOBS) SOAK_CHAOS_S=$(SOAK_CHAOS_S) $(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .ftserve .pytest_cache .mypy_cache .ruff_cache

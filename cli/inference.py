@@ -44,6 +44,12 @@ def inference_add(
         help="Where ftserve copies adapters for it: a path that vLLM reads at the same absolute path (the same "
         "host, or a shared volume mounted there). Default: DATA_DIR/adapters.",
     ),
+    agent_url: str = typer.Option(
+        None,
+        "--agent-url",
+        help="The `ftserve adapter-agent` beside it (e.g. http://vllm-1:8300): adapters then reach its host "
+        "through object storage and --adapter-dir is not used.",
+    ),
     max_adapters: int = typer.Option(
         None, "--max-adapters", min=1, help="Adapters kept loaded before evicting."
     ),
@@ -73,6 +79,7 @@ def inference_add(
                 max_lora_rank=max_lora_rank or settings.vllm_max_lora_rank,
                 source=FROM_CLI,
                 api_key=api_key,
+                agent_url=agent_url,
             )
             replica_id, replica_url = row.id, row.url
     except FtserveError as exc:
@@ -131,6 +138,7 @@ def inference_list(as_json: bool = typer.Option(False, "--json", help="Print JSO
             "status": r.status,
             "last_error": r.last_error,
             "adapter_dir": r.adapter_dir,
+            "agent_url": r.agent_url,
             "max_adapters": r.max_adapters,
             "max_lora_rank": r.max_lora_rank,
             "adapters": loaded[r.id],

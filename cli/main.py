@@ -71,6 +71,34 @@ def api(
     )
 
 
+@app.command("adapter-agent")
+def adapter_agent(
+    port: int = typer.Option(None, help="Port (default FTSERVE_AGENT_PORT)."),
+) -> None:
+    """Run the adapter agent beside a vLLM server of a split deployment: it copies adapters from object
+    storage to this host for its vLLM (docs/deploy.md)."""
+    import uvicorn
+
+    from adapter_agent.app import is_loopback
+
+    settings = get_settings()
+    _configure_logging(settings)
+    if not settings.agent_token and not is_loopback(settings.host):
+        err.print(
+            f"[red]error:[/red] the agent would listen on {settings.host} without a token: set FTSERVE_AGENT_TOKEN "
+            "(the same value on the API and the scheduler)"
+        )
+        raise typer.Exit(2)
+    uvicorn.run(
+        "adapter_agent.app:create_agent_app",
+        factory=True,
+        host=settings.host,
+        port=port or settings.agent_port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
 @app.command()
 def scheduler() -> None:
     """Run the scheduler alone: validates waiting jobs and places queued ones on live workers."""

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -211,6 +212,34 @@ def _free_port(host: str, start: int) -> int:
     raise RuntimeError(f"no free port for vLLM from {start}")
 
 
+def vllm_argv(
+    settings: Settings, *, model_path: Path, served_name: str, host: str, port: int, gpu: bool
+) -> list[str]:
+    """The vLLM server command line for one base model: runtime LoRA loading on, limits from settings."""
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_path), "--served-model-name", served_name,
+        "--host", host, "--port", str(port),
+        "--dtype", "auto" if gpu else "float32",
+        "--enable-lora",
+        "--max-loras", str(settings.vllm_max_loras),
+        "--max-cpu-loras", str(max(settings.vllm_max_cpu_loras, settings.vllm_max_loras)),
+        "--max-lora-rank", str(settings.vllm_max_lora_rank),
+        "--disable-log-stats", "--uvicorn-log-level", "warning",
+    ]  # fmt: skip
+    if settings.vllm_max_model_len:
+        args += ["--max-model-len", str(settings.vllm_max_model_len)]
+    return args + shlex.split(settings.vllm_extra_args)
+
+
+def vllm_env(settings: Settings, *, api_key: str) -> dict[str, str]:
+    return {
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm_kv_cache_gib),
+        "VLLM_API_KEY": api_key,
+    }
+
+
 def vllm_children(settings: Settings) -> list[Child]:
     """One vLLM per served base model (FTSERVE_VLLM_MODELS, default: every registered one), with runtime LoRA
     loading on and the adapter limits from settings. Registered in the DB as managed replicas."""
@@ -235,27 +264,10 @@ def vllm_children(settings: Settings) -> list[Child]:
             print(f"ftserve: base model {model!r} is not registered locally; no vLLM for it", file=sys.stderr)
             continue
         port = _free_port(host, port)
-        args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(base.path), "--served-model-name", model,
-            "--host", host, "--port", str(port),
-            "--dtype", "auto" if gpu else "float32",
-            "--enable-lora",
-            "--max-loras", str(settings.vllm_max_loras),
-            "--max-cpu-loras", str(max(settings.vllm_max_cpu_loras, settings.vllm_max_loras)),
-            "--max-lora-rank", str(settings.vllm_max_lora_rank),
-            "--disable-log-stats", "--uvicorn-log-level", "warning",
-        ]  # fmt: skip
-        if settings.vllm_max_model_len:
-            args += ["--max-model-len", str(settings.vllm_max_model_len)]
-        args += shlex.split(settings.vllm_extra_args)
+        args = vllm_argv(settings, model_path=base.path, served_name=model, host=host, port=port, gpu=gpu)
         # A key per start: only ftserve may call it (its load/unload routes read any local path).
         key = secrets.token_urlsafe(24)
-        env = {
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm_kv_cache_gib),
-            "VLLM_API_KEY": key,
-        }
+        env = vllm_env(settings, api_key=key)
         children.append(
             Child(
                 f"vllm:{model}",

@@ -83,11 +83,14 @@ def upsert_replica(
     max_lora_rank: int,
     source: str,
     api_key: str | None = None,
+    agent_url: str | None = None,
 ) -> InferenceReplica:
-    """Register (or update, keyed by URL) a replica. A changed base model drops its placements."""
+    """Register (or update, keyed by URL) a replica. A changed base model drops its placements. With
+    `agent_url`, adapters reach the replica through its adapter agent and `adapter_dir` is not used."""
     url = normalize_url(url)
+    agent_url = normalize_url(agent_url) if agent_url else None
     adapter_dir = str(Path(adapter_dir).expanduser())
-    if not Path(adapter_dir).is_absolute():
+    if agent_url is None and not Path(adapter_dir).is_absolute():
         raise InvalidRequestError(
             f"adapter_dir {adapter_dir!r} must be an absolute path", param="adapter_dir"
         )
@@ -102,6 +105,7 @@ def upsert_replica(
         session.execute(delete(AdapterPlacement).where(col(AdapterPlacement.replica_id) == row.id))
     row.status = UNKNOWN  # (re-)registered: the health check says what it is
     row.base_model, row.adapter_dir, row.api_key = base_model, adapter_dir, api_key
+    row.agent_url = agent_url
     row.max_adapters, row.max_lora_rank, row.source = max_adapters, max_lora_rank, source
     row.updated_at = now_s()
     session.add(row)
@@ -128,8 +132,8 @@ def list_replicas(session: Session, base_model: str | None = None) -> list[Infer
 
 
 def parse_replicas_setting(raw: str | None) -> list[dict[str, Any]]:
-    """FTSERVE_INFERENCE_REPLICAS: a JSON list of {base_model, url, adapter_dir?, max_adapters?, api_key?,
-    max_lora_rank?}."""
+    """FTSERVE_INFERENCE_REPLICAS: a JSON list of {base_model, url, adapter_dir?, agent_url?, max_adapters?,
+    api_key?, max_lora_rank?}."""
     if not raw or not raw.strip():
         return []
     try:
@@ -158,6 +162,7 @@ def sync_configured_replicas(engine: Engine, settings: Settings) -> list[Inferen
                 max_lora_rank=int(entry.get("max_lora_rank") or settings.vllm_max_lora_rank),
                 source=FROM_SETTINGS,
                 api_key=entry.get("api_key"),
+                agent_url=entry.get("agent_url"),
             )
             for entry in entries
         ]
@@ -440,6 +445,63 @@ async def vllm_unload(
     return True
 
 
+# -- talking to adapter agents ---------------------------------------------------------------------------------
+
+
+def agent_headers(settings: Settings) -> dict[str, str]:
+    return {"authorization": f"Bearer {settings.agent_token}"} if settings.agent_token else {}
+
+
+async def agent_sync(
+    http: httpx.AsyncClient,
+    replica: InferenceReplica,
+    settings: Settings,
+    *,
+    storage_prefix: str,
+    rel_dir: str,
+    expected_version: str | None,
+    timeout_s: float,
+) -> tuple[str, str]:
+    """Have the replica's adapter agent copy an adapter from storage to its host: (absolute path, version).
+    Raises AdapterRejected (the agent refused the adapter) or ReplicaError (the agent failed)."""
+    body = {
+        "storage_prefix": storage_prefix,
+        "rel_dir": rel_dir,
+        "expected_version": expected_version,
+        "max_lora_rank": replica.max_lora_rank,
+        "base_model": replica.base_model,
+    }
+    try:
+        response = await http.post(
+            f"{replica.agent_url}/v1/adapters/sync",
+            json=body,
+            headers=agent_headers(settings),
+            timeout=timeout_s,
+        )
+    except httpx.HTTPError as exc:
+        raise ReplicaError(replica, 0, f"adapter agent unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code == 422:
+        raise AdapterRejected(_error_message(response))
+    if response.status_code != 200:
+        raise ReplicaError(replica, response.status_code, f"adapter agent: {_error_message(response)}")
+    answer = response.json()
+    return str(answer["path"]), str(answer["version"])
+
+
+async def agent_forget(
+    http: httpx.AsyncClient, replica: InferenceReplica, settings: Settings, job_id: str
+) -> None:
+    """Delete the local copies of one job's adapters on the agent's host (best effort: raises ReplicaError)."""
+    try:
+        response = await http.delete(
+            f"{replica.agent_url}/v1/adapters/{job_id}", headers=agent_headers(settings), timeout=30.0
+        )
+    except httpx.HTTPError as exc:
+        raise ReplicaError(replica, 0, f"adapter agent unreachable: {type(exc).__name__}: {exc}") from None
+    if response.status_code not in (200, 204, 404):
+        raise ReplicaError(replica, response.status_code, f"adapter agent: {_error_message(response)}")
+
+
 # -- loading ---------------------------------------------------------------------------------------------------
 
 
@@ -475,6 +537,27 @@ class AdapterLoader:
                 self.recency[key] = max(ms, self.recency.get(key, 0))
             raise
 
+    async def path_on(self, adapter: ServedAdapter, replica: InferenceReplica) -> str:
+        """The adapter's absolute path on the replica's host: copied there by its adapter agent when it has
+        one, else by this process into the replica's adapter_dir."""
+        if not replica.agent_url:
+            return await asyncio.to_thread(self.copy_for, adapter, replica)
+        rel_dir = adapter_rel_dir(adapter.job_id, adapter.checkpoint_step)
+        path, version = await agent_sync(
+            self.http,
+            replica,
+            self.settings,
+            storage_prefix=adapter.storage_prefix,
+            rel_dir=rel_dir,
+            expected_version=adapter.version,
+            timeout_s=self.settings.inference_load_timeout_s,
+        )
+        if adapter.version is None:
+            await asyncio.to_thread(
+                set_adapter_version, self.engine, adapter.id, version, f"{rel_dir}/{version}"
+            )
+        return path
+
     def copy_for(self, adapter: ServedAdapter, replica: InferenceReplica) -> str:
         """The adapter's immutable local path under the replica's adapter_dir (copied there if missing)."""
         registered = load_registry(self.settings).get(adapter.base_model)
@@ -498,7 +581,7 @@ class AdapterLoader:
         ReplicaError (the replica failed)."""
         lock = self._locks.setdefault((adapter.id, replica.id), asyncio.Lock())
         async with lock:
-            path = await asyncio.to_thread(self.copy_for, adapter, replica)
+            path = await self.path_on(adapter, replica)
             # One eviction + load at a time per replica, so two loads can't both take the last free slot.
             async with self._replica_locks.setdefault(replica.id, asyncio.Lock()):
                 evicted = await self._make_room(replica, keep=adapter.id)

@@ -269,8 +269,11 @@ class InferenceReplica(SQLModel, table=True):
     base_model: str = Field(index=True, max_length=256)
     url: str = Field(index=True, unique=True, max_length=512)
     # Where ftserve writes adapter copies for this replica; vLLM reads them at the same absolute path
-    # (the same host, or a volume mounted at the same path on both).
+    # (the same host, or a volume mounted at the same path on both). Unused when agent_url is set.
     adapter_dir: str = Field(max_length=1024)
+    # The `ftserve adapter-agent` beside this vLLM (split deployments): it copies adapters from object
+    # storage to the vLLM host's own disk and says where they are.
+    agent_url: str | None = Field(default=None, max_length=512)
     api_key: str | None = Field(default=None, max_length=512)
     max_adapters: int = 4
     max_lora_rank: int = 64

@@ -16,6 +16,7 @@ LIGHT_MODULES = [
     "core.storage",
     "core.training_data",
     "core.jobs",
+    "adapter_agent.app",  # runs in the vLLM image, which has torch, but needs none of it
 ]
 
 

@@ -45,6 +45,7 @@ from core.inference import (
     UNKNOWN,
     AdapterLoader,
     ReplicaError,
+    agent_forget,
     drop_placements,
     list_replicas,
     mark_deleted,
@@ -552,7 +553,13 @@ class InferenceService:
         job_id = model_id.rsplit(":", 1)[-1]
         if job_id.startswith("ftjob-"):  # the copies of the model and its checkpoints, on this host
             for replica in await self._replicas_now():
-                await asyncio.to_thread(remove_local_copy, Path(replica.adapter_dir), job_id)
+                if not replica.agent_url:
+                    await asyncio.to_thread(remove_local_copy, Path(replica.adapter_dir), job_id)
+                    continue
+                try:
+                    await agent_forget(self.http, replica, self.settings, job_id)
+                except ReplicaError as exc:
+                    problems.append(str(exc))
         return problems
 
 
