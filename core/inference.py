@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from core import ids, jobs
+from core import ids, jobs, metrics
 from core.adapters import AdapterRejected, adapter_rel_dir, materialize
 from core.db import session_scope
 from core.errors import InvalidRequestError, NotFoundError
@@ -576,9 +576,13 @@ class AdapterLoader:
             set_adapter_version(self.engine, adapter.id, version, f"{rel_dir}/{version}")
         return str(path)
 
-    async def load(self, adapter: ServedAdapter, replica: InferenceReplica) -> Loaded:
+    async def load(
+        self, adapter: ServedAdapter, replica: InferenceReplica, *, trigger: str = "lazy"
+    ) -> Loaded:
         """Load `adapter` on `replica` (idempotent). Raises AdapterRejected (the adapter can't be served) or
-        ReplicaError (the replica failed)."""
+        ReplicaError (the replica failed). `trigger` labels the metrics: "lazy" (a request for it) or "hot"
+        (the scheduler, as soon as the model is ready)."""
+        started = time.perf_counter()
         lock = self._locks.setdefault((adapter.id, replica.id), asyncio.Lock())
         async with lock:
             path = await self.path_on(adapter, replica)
@@ -601,6 +605,8 @@ class AdapterLoader:
                     raise ReplicaError(replica, 0, f"loaded {adapter.id} but the replica does not list it")
                 await asyncio.to_thread(record_placement, self.engine, adapter.id, replica.id, path)
                 self.touch(adapter.id, replica.id)
+        metrics.ADAPTER_LOADS.labels(trigger=trigger).inc()
+        metrics.ADAPTER_LOAD_SECONDS.observe(time.perf_counter() - started)
         log.info(
             "loaded %s on %s from %s (evicted %s)", adapter.id, replica.url, path, list(evicted) or "none"
         )
@@ -612,6 +618,7 @@ class AdapterLoader:
             await vllm_unload(self.http, replica, victim)
             await asyncio.to_thread(drop_placements, self.engine, [(victim, replica.id)])
             self.recency.pop((victim, replica.id), None)
+            metrics.ADAPTER_EVICTIONS.inc()
             log.info("evicted %s from %s (least recently used)", victim, replica.url)
         return victims
 

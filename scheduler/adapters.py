@@ -201,7 +201,7 @@ class AdapterPlacer:
     async def _load_and_warm(self, adapter: ServedAdapter, replica: InferenceReplica) -> None:
         """Load, then one 1-token completion: the first request after a load is the slow one (vLLM #8559),
         and a model is only 'ready' once it has answered."""
-        await self.loader.load(adapter, replica)
+        await self.loader.load(adapter, replica, trigger="hot")
         try:
             response = await self.http.post(
                 f"{replica.url}/v1/completions",
