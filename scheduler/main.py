@@ -2,7 +2,8 @@
 workers (expired leases), place queued ones by VRAM fit, and refresh queued jobs' start-time forecasts.
 
 One tick is `Scheduler.tick()`; tests call it directly. A failing tick (DB or Redis briefly down) is logged
-and retried on the next one: the loop itself never dies of it.
+and retried on the next one: the loop itself never dies of it. With FTSERVE_HEALTH_PORT set, /healthz (the
+loop ticks), /readyz (DB and Redis answer) and /metrics are served on that port (core.observability).
 """
 
 from __future__ import annotations
@@ -17,11 +18,20 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from sqlalchemy.engine import Engine
 
 from core.db import make_engine, migrate
+from core.observability import HealthServer, Liveness, database_check, redis_check
 from core.queue import deserialize, live_workers, serialize
 from core.settings import Settings
 from scheduler.adapters import AdapterPlacer
-from scheduler.dispatch import FleetMemory, Placement, place_queued, update_forecasts, validate_pending
+from scheduler.dispatch import (
+    FleetMemory,
+    Placement,
+    QueueClock,
+    place_queued,
+    update_forecasts,
+    validate_pending,
+)
 from scheduler.leases import reap_expired_leases
+from scheduler.stats import refresh_gauges
 from scheduler.webhooks import WebhookDispatcher
 
 log = logging.getLogger("ftserve.scheduler")
@@ -34,6 +44,7 @@ async def connect_redis(url: str) -> ArqRedis:
 
 
 FORECAST_EVERY_S = 5.0  # start-time forecasts replay the queue: cheap, but not needed every tick
+GAUGES_EVERY_S = 5.0  # jobs by status, device memory, webhook backlog: counted from the DB, not every tick
 
 
 @dataclass
@@ -49,7 +60,13 @@ class Scheduler:
         self.redis = redis
         self.settings = settings or Settings()
         self._forecast_at = 0.0
+        self._gauges_at = 0.0
         self.memory = FleetMemory(self.settings.fleet_memory_s)
+        self.queue_clock = QueueClock()
+        # /healthz: the loop below beats after every tick, failed ones too (a DB outage is for /readyz).
+        self.liveness = Liveness(
+            "scheduler loop", stale_after_s=max(60.0, 20 * self.settings.scheduler_interval_s)
+        )
 
     async def tick(self) -> TickResult:
         settings = self.settings
@@ -59,11 +76,14 @@ class Scheduler:
         )
         workers = await live_workers(self.redis)
         result.placed = await place_queued(
-            self.engine, self.redis, workers, settings=settings, memory=self.memory
+            self.engine, self.redis, workers, settings=settings, memory=self.memory, clock=self.queue_clock
         )
         if time.monotonic() - self._forecast_at >= FORECAST_EVERY_S:
             self._forecast_at = time.monotonic()
             update_forecasts(self.engine, workers, settings)
+        if time.monotonic() - self._gauges_at >= GAUGES_EVERY_S:
+            self._gauges_at = time.monotonic()
+            refresh_gauges(self.engine, workers)
         return result
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
@@ -72,6 +92,7 @@ class Scheduler:
                 await self.tick()
             except Exception:
                 log.exception("scheduler tick failed; retrying in %.1fs", interval_s)
+            self.liveness.beat()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
             except TimeoutError:
@@ -94,10 +115,22 @@ async def serve(settings: Settings) -> None:
     webhook_task = asyncio.create_task(WebhookDispatcher(engine, settings).run(stop))
     # Adapter hot-loading and replica health checks likewise run on their own, faster loop (0.25 s).
     adapter_task = asyncio.create_task(AdapterPlacer(engine, settings).run(stop))
+    scheduler = Scheduler(engine, redis, settings)
+    health = None
     try:
-        await Scheduler(engine, redis, settings).run(stop, settings.scheduler_interval_s)
+        if settings.health_port > 0:
+            health = HealthServer(
+                host=settings.host,
+                port=settings.health_port,
+                liveness=scheduler.liveness,
+                checks={"database": database_check(engine), "redis": redis_check(redis)},
+            )
+            await health.start()
+        await scheduler.run(stop, settings.scheduler_interval_s)
     finally:
         stop.set()
+        if health is not None:
+            await health.close()
         await webhook_task
         await adapter_task
         await redis.close(close_connection_pool=True)

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, CursorResult, delete, or_, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from core import netguard, webhook_sender, webhooks
+from core import metrics, netguard, webhook_sender, webhooks
 from core.db import session_scope
 from core.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
 from core.settings import Settings
@@ -377,3 +377,5 @@ class WebhookDispatcher:
                 webhooks.disable_endpoint(
                     session, endpoint_id=claimed.endpoint_id, reason="The endpoint answered 410 Gone."
                 )
+        if fenced and result.ok:  # committed: this dispatcher's delivery is the one that counts
+            metrics.WEBHOOK_DELIVERY_LAG.observe(max(0.0, now - claimed.event_created_at))
