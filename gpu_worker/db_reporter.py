@@ -14,11 +14,12 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from core import ids, jobs, webhooks
@@ -28,6 +29,7 @@ from core.storage import ObjectNotFound, Storage
 from gpu_worker.reporting import StopRequest
 
 log = logging.getLogger("ftserve.worker.reporter")
+T = TypeVar("T")
 
 MANIFEST = "_COMPLETE.json"
 KEEP_CHECKPOINTS = 3
@@ -50,6 +52,25 @@ LIVE = (jobs.RUNNING, jobs.PAUSED)  # a paused attempt still finishes its step a
 # The trainer announces its own stops; the runner reports them instead, because only it knows why (a pause,
 # a cancel, or the worker shutting down), so these are not repeated as job events.
 TRAINER_STOP_EVENT = re.compile(r"Training (paused|cancelled) at step \d+")
+
+
+DB_OUTAGE_S = 60.0  # how long training waits out an unreachable database before the attempt fails
+
+
+def ride_out_db_outage(what: str, call: Callable[[], T]) -> T:
+    """`call()`, retried while the database is unreachable (restart, failover), for up to DB_OUTAGE_S.
+    Only for idempotent or fenced writes and reads: a retried commit may already have happened."""
+    deadline = time.monotonic() + DB_OUTAGE_S
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unreachable (%s); retrying in %.1fs", what, exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def checkpoint_prefix(job_id: str, step: int, attempt: int) -> str:
@@ -151,7 +172,13 @@ class DbReporter:
         self, events: list[dict[str, Any]], *, statuses: Collection[str] = LIVE, **fields: Any
     ) -> bool:
         """Commit `events` (and job `fields`) only while the job is still this attempt's and in `statuses`.
-        The fenced UPDATE comes first: it is the fence, and on SQLite it takes the write lock up front."""
+        The fenced UPDATE comes first: it is the fence, and on SQLite it takes the write lock up front.
+        A database outage is waited out (a retried commit at worst repeats a progress event)."""
+        return ride_out_db_outage("job events", lambda: self._write_events(events, statuses, fields))
+
+    def _write_events(
+        self, events: list[dict[str, Any]], statuses: Collection[str], fields: dict[str, Any]
+    ) -> bool:
         with session_scope(self.engine) as session:
             if not jobs.update_fenced(
                 session,
@@ -250,13 +277,17 @@ class DbReporter:
 
     def _status(self) -> tuple[str, int, str | None] | None:
         """(status, attempt, worker): one cheap indexed SELECT."""
-        with Session(self.engine) as session:
-            row = session.exec(
-                select(FineTuningJob.status, FineTuningJob.attempt, FineTuningJob.worker_id).where(
-                    FineTuningJob.id == self.job_id
-                )
-            ).first()
-        return None if row is None else (row[0], row[1], row[2])
+
+        def read() -> tuple[str, int, str | None] | None:
+            with Session(self.engine) as session:
+                row = session.exec(
+                    select(FineTuningJob.status, FineTuningJob.attempt, FineTuningJob.worker_id).where(
+                        FineTuningJob.id == self.job_id
+                    )
+                ).first()
+            return None if row is None else (row[0], row[1], row[2])
+
+        return ride_out_db_outage("job status", read)
 
     def _still_ours(self) -> bool:
         row = self._status()
