@@ -248,6 +248,19 @@ class Attempt:
                 log.warning(
                     "checkpoint at step %d of %s is incomplete; skipping it", row.step_number, self.job_id
                 )
+                # Say so on the job too: the user sees why it resumes from further back.
+                with session_scope(self.engine) as session:
+                    if jobs.update_fenced(
+                        session, job_id=self.job_id, attempt=self.attempt, owner=self.owner
+                    ):
+                        jobs.append_event(
+                            session,
+                            job_id=self.job_id,
+                            level="warn",
+                            message=f"The checkpoint at step {row.step_number} is incomplete in storage "
+                            "(a file missing or cut short); resuming from an earlier one.",
+                            data={"step": row.step_number},
+                        )
                 continue
             local = self.work_dir / "resume" / f"step-{row.step_number}"
             self.storage.download_dir(row.storage_prefix, local)
