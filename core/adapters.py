@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import uuid
@@ -40,6 +41,8 @@ _DECODER_MODULES = frozenset(
 SUPPORTED_MODULES: dict[str, frozenset[str]] = dict.fromkeys(
     ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "granite"), _DECODER_MODULES
 )
+# A module path as PEFT writes it (q_proj, model.layers.0.mlp.up_proj): no regex, no spaces, no slashes.
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*|all-linear")
 # PEFT initialisations that rewrite the base weights (vLLM refuses them); the others only seed the adapter.
 _HARMLESS_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 
@@ -122,6 +125,7 @@ def _feature_problems(config: dict[str, Any], max_lora_rank: int) -> list[str]:
     ):
         if config.get(key):
             problems.append(f"{what} is not supported by vLLM")
+    problems += _import_problems(config)
     ranks = [config.get("r")] + list((config.get("rank_pattern") or {}).values())
     try:
         rank = max(int(r) for r in ranks if r is not None)
@@ -132,6 +136,27 @@ def _feature_problems(config: dict[str, Any], max_lora_rank: int) -> list[str]:
             problems.append(f"LoRA rank r={rank} is not a positive integer")
         elif rank > max_lora_rank:
             problems.append(f"LoRA rank {rank} is greater than the servers' max_lora_rank {max_lora_rank}")
+    return problems
+
+
+def _import_problems(config: dict[str, Any]) -> list[str]:
+    """Config keys that make PEFT or transformers import or build something named in the file (peft#3085):
+    a tenant's adapter must name only LoRA modules by their plain attribute names."""
+    problems = []
+    if config.get("auto_mapping"):
+        problems.append("auto_mapping names classes to import; adapters may not carry one")
+    if config.get("megatron_config") or config.get("megatron_core") not in (None, "megatron.core"):
+        problems.append("megatron_config / megatron_core name modules to import; adapters may not set them")
+    targets = config.get("target_modules")
+    names = [targets] if isinstance(targets, str) else targets
+    if targets is not None and (
+        not isinstance(names, list)
+        or not all(isinstance(name, str) and _MODULE_NAME.fullmatch(name) for name in names)
+    ):
+        problems.append(
+            f"target_modules {targets!r} must be a list of module names (letters, digits, '_' and '.'), "
+            "not patterns or other values"
+        )
     return problems
 
 
@@ -201,6 +226,12 @@ def _tensor_problems(
     return problems
 
 
+def _same_base(claimed: str, base_model_dir: Path) -> bool:
+    """The trainer records the base's local directory, which may sit elsewhere on the worker's host: the
+    directory name must match, and it must be a plain path (not a URL)."""
+    return "://" not in claimed and Path(claimed).name == base_model_dir.name
+
+
 def validate_adapter(
     adapter_dir: Path, *, max_lora_rank: int, base_model_dir: Path | None = None
 ) -> AdapterInfo:
@@ -238,6 +269,12 @@ def validate_adapter(
 
     problems = _feature_problems(config, max_lora_rank)
     problems += _tensor_problems(header, model_type=model_type, base_shapes=base_shapes)
+    claimed_base = config.get("base_model_name_or_path")
+    if base_model_dir is not None and claimed_base and not _same_base(str(claimed_base), base_model_dir):
+        problems.append(
+            f"base_model_name_or_path {str(claimed_base)[:200]!r} names another model than this base "
+            f"({base_model_dir.name})"
+        )
     if problems:
         raise AdapterRejected("The adapter cannot be served by vLLM: " + "; ".join(problems) + ".")
     targets = config.get("target_modules")
@@ -271,8 +308,12 @@ def materialize(
     Returns (absolute path, version). An existing copy of the expected version (validated when it was made)
     is reused without downloading anything."""
     root = root.resolve()
+    # rel_dir is built from server ids (adapter_rel_dir); still, nothing is ever placed outside the root.
+    model_dir = (root / rel_dir).resolve()
+    if not model_dir.is_relative_to(root) or model_dir == root:
+        raise AdapterRejected(f"Adapter path {rel_dir!r} is not a directory under the adapter root.")
     if expected_version:
-        existing = root / rel_dir / expected_version
+        existing = model_dir / expected_version
         if (existing / WEIGHTS_FILE).is_file() and (existing / CONFIG_FILE).is_file():
             return existing, expected_version
     staging = root / ".staging" / uuid.uuid4().hex
@@ -291,7 +332,7 @@ def materialize(
             raise AdapterRejected(
                 f"The stored adapter changed: version {info.version}, expected {expected_version}."
             )
-        final = root / rel_dir / info.version
+        final = model_dir / info.version
         final.parent.mkdir(parents=True, exist_ok=True)
         for path in staging.iterdir():
             path.chmod(0o444)

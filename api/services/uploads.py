@@ -136,9 +136,12 @@ class _StreamingForm:
 
 
 def clean_filename(name: str | None) -> str:
-    """A display name only (storage keys are ours): drop control characters, keep it short."""
+    """A display name only (storage keys are ours): the last path component, no control characters, short.
+    Directory parts are dropped so that no client that saves a download under its name can be sent
+    elsewhere ('../../x')."""
     cleaned = "".join(ch for ch in (name or "") if ch.isprintable()).strip()
-    return cleaned[:255] or "upload.jsonl"
+    cleaned = cleaned.replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return "upload.jsonl" if cleaned in ("", ".", "..") else cleaned[:255]
 
 
 def check_purpose(purpose: str | None) -> None:
