@@ -147,6 +147,7 @@ class DbReporter:
         shutdown: threading.Event | None = None,
         flush_interval_s: float = 0.25,
         keep_checkpoints: int = KEEP_CHECKPOINTS,
+        on_tokens: Callable[[int, float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -165,6 +166,10 @@ class DbReporter:
         self._last_flush = 0.0
         self._rate_start: tuple[float, int] | None = None  # (time, step) of the first metrics row
         self._estimated_finish: int | None = None
+        # Throughput for the worker's metrics: on_tokens(tokens trained since the last call, tokens/s).
+        self.on_tokens = on_tokens
+        self._tokens_mark: tuple[float, int] = (time.monotonic(), 0)  # (when, job's trained tokens then)
+        self._training = False  # set by the first metrics row
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -210,6 +215,8 @@ class DbReporter:
     def event(self, message: str, *, level: str = "info", data: dict[str, Any] | None = None) -> None:
         if TRAINER_STOP_EVENT.fullmatch(message):
             return
+        if not self._training:  # the last event before training ("started", or "resumed" with its tokens)
+            self._tokens_mark = (time.monotonic(), int((data or {}).get("trained_tokens", 0)))
         self._pending.append({"message": message, "level": level, "data": data})
         self.flush(force=True)
 
@@ -222,6 +229,9 @@ class DbReporter:
         self._update_estimate()
         self._pending.append({"message": metrics_message(row), "type": "metrics", "data": row})
         self.flush()
+        self._training = True
+        if data.get("trained_tokens") is not None:
+            self._count_tokens(int(data["trained_tokens"]))
 
     def checkpoint(self, step: int, local_dir: Path, metrics: dict[str, Any]) -> None:
         self.flush(force=True)
@@ -297,6 +307,13 @@ class DbReporter:
             and row[0] in LIVE
             and (self.owner is None or row[2] == self.owner)
         )
+
+    def _count_tokens(self, trained_tokens: int) -> None:
+        at, before = self._tokens_mark
+        now = time.monotonic()
+        self._tokens_mark = (now, trained_tokens)
+        if self.on_tokens is not None and trained_tokens > before:
+            self.on_tokens(trained_tokens - before, (trained_tokens - before) / max(now - at, 1e-3))
 
     def _update_estimate(self) -> None:
         now = time.time()

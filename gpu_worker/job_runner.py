@@ -24,12 +24,14 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import signal
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +150,9 @@ def _error_param(exc: Exception) -> str:
 class Attempt:
     def __init__(
         self, settings: Settings, engine: Engine, storage: Storage, job_id: str, attempt: int,
-        shutdown: threading.Event,
+        shutdown: threading.Event, on_tokens: Callable[[int, float], None] | None = None,
     ) -> None:  # fmt: skip
+        self.on_tokens = on_tokens  # training throughput, for the worker's metrics (see progress_writer)
         self.settings = settings
         self.engine = engine
         self.storage = storage
@@ -295,6 +298,7 @@ class Attempt:
             model_name=model_name,
             owner=self.owner,
             shutdown=self.shutdown,
+            on_tokens=self.on_tokens,
         )
         if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
             self._requeue(reporter)
@@ -484,12 +488,17 @@ class Attempt:
 
 
 def run_attempt(
-    settings: Settings, job_id: str, attempt: int, shutdown: threading.Event | None = None
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    shutdown: threading.Event | None = None,
+    on_tokens: Callable[[int, float], None] | None = None,
 ) -> int:
     engine = make_engine(settings.resolved_database_url)
     runner = Attempt(
-        settings, engine, make_storage_from_settings(settings), job_id, attempt, shutdown or threading.Event()
-    )
+        settings, engine, make_storage_from_settings(settings), job_id, attempt, shutdown or threading.Event(),
+        on_tokens,
+    )  # fmt: skip
     try:
         return runner.run()
     finally:
@@ -497,10 +506,31 @@ def run_attempt(
         engine.dispose()
 
 
+def progress_writer(fd: int) -> Callable[[int, float], None]:
+    """Reports training throughput to the worker, one JSON line per metrics row on the pipe `fd`:
+    {"tokens": trained since the last line, "tokens_per_second": ...}. The worker owns the Prometheus series
+    (it outlives its runners); a line never blocks training: if the pipe is full or gone, it is dropped."""
+    os.set_blocking(fd, False)
+
+    def write(tokens: int, tokens_per_second: float) -> None:
+        line = json.dumps({"tokens": tokens, "tokens_per_second": round(tokens_per_second, 3)}) + "\n"
+        try:
+            os.write(fd, line.encode())  # well under PIPE_BUF: written whole or not at all
+        except BlockingIOError:
+            log.warning("the worker is not reading progress; dropped %d tokens from its count", tokens)
+        except OSError:
+            pass  # the worker is gone; the runner is being stopped by then
+
+    return write
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run one attempt of a fine-tuning job.")
     parser.add_argument("--job-id", required=True)
     parser.add_argument("--attempt", type=int, required=True)
+    parser.add_argument(
+        "--progress-fd", type=int, help="pipe to the worker for throughput (see progress_writer)"
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     logging.basicConfig(
@@ -512,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
     _terminate_with_parent(shutdown)
-    return run_attempt(settings, args.job_id, args.attempt, shutdown)
+    on_tokens = progress_writer(args.progress_fd) if args.progress_fd is not None else None
+    return run_attempt(settings, args.job_id, args.attempt, shutdown, on_tokens)
 
 
 def _terminate_with_parent(shutdown: threading.Event) -> None:

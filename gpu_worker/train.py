@@ -166,7 +166,7 @@ def _run(
         "dataloader_num_workers": 0,
         "max_length": hp.max_seq_length,  # nothing is longer (checked above), so TRL truncates nothing
     }
-    bridge = _ReporterBridge(reporter, hp.total_steps)
+    bridge = _ReporterBridge(reporter, hp.total_steps, tokens_per_epoch)
     if dpo:
         from trl.trainer.dpo_config import DPOConfig
         from trl.trainer.dpo_trainer import DPOTrainer
@@ -221,9 +221,16 @@ def _run(
             raise FileNotFoundError(
                 f"{config.resume_from_checkpoint} is not a complete checkpoint (no trainer_state.json)"
             )
-        resumed_step = json.loads(state_file.read_text())["global_step"]
+        saved_state = json.loads(state_file.read_text())
+        resumed_step = saved_state["global_step"]
         resume = str(config.resume_from_checkpoint)
-        reporter.event(f"Resumed from checkpoint at step {resumed_step}", data={"step": resumed_step})
+        reporter.event(
+            f"Resumed from checkpoint at step {resumed_step}",
+            data={
+                "step": resumed_step,
+                "trained_tokens": round(tokens_per_epoch * (saved_state.get("epoch") or 0.0)),
+            },
+        )
     t_train, cpu_train = time.perf_counter(), time.process_time()
     trainer.train(resume_from_checkpoint=resume)
     train_s, train_cpu_s = time.perf_counter() - t_train, time.process_time() - cpu_train
@@ -298,9 +305,10 @@ def _estimate_params(model_config: Any) -> int:
 class _ReporterBridge(TrainerCallback):
     """Turns Trainer callbacks into reporter calls, and reporter stop requests into Trainer control flags."""
 
-    def __init__(self, reporter: TrainingReporter, total_steps: int) -> None:
+    def __init__(self, reporter: TrainingReporter, total_steps: int, tokens_per_epoch: int) -> None:
         self.reporter = reporter
         self.total_steps = total_steps
+        self.tokens_per_epoch = tokens_per_epoch
         self.trainer: Any = None
         self.history: list[dict[str, Any]] = []
         self.pending: dict[str, Any] | None = None  # a train row waiting for this step's validation numbers
@@ -349,6 +357,8 @@ class _ReporterBridge(TrainerCallback):
                 "learning_rate": logs.get("learning_rate"),
                 "train_loss": logs["loss"],
                 "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+                # So far in the whole job, as TrainResult counts them; the worker's token metrics come from it.
+                "trained_tokens": round(self.tokens_per_epoch * (state.epoch or 0.0)),
             }
             if "rewards/accuracies" in logs:  # DPO: how often chosen outscores rejected, and by how much
                 self.pending["train_reward_accuracy"] = logs["rewards/accuracies"]

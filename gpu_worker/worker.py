@@ -11,6 +11,9 @@
 - arq's retries are off and its timeout is days: the DB says what should run, and the scheduler re-places.
 - On SIGTERM/SIGINT the worker leaves the registry at once, forwards SIGTERM to its runners (which
   checkpoint and give their jobs back to the queue), waits for them up to RUNNER_STOP_GRACE_S, then stops.
+- With FTSERVE_HEALTH_PORT set it serves /healthz (the heartbeat loop runs), /readyz (DB and Redis answer)
+  and /metrics. Runners report their throughput over a pipe (`job_runner.progress_writer`); the worker,
+  which outlives them, keeps the Prometheus series.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -33,9 +37,10 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 
-from core import queue
+from core import metrics, queue
 from core.db import make_engine
 from core.leases import renew_leases
+from core.observability import HealthServer, Liveness, database_check, redis_check
 from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
 from gpu_worker.job_runner import settle_after_exit
@@ -145,6 +150,22 @@ class WorkerState:
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
         self._engine: Engine | None = None
+        # /healthz: the heartbeat loop beats on every round.
+        self.liveness = Liveness("heartbeat", stale_after_s=max(60.0, 10 * settings.heartbeat_interval_s))
+        self.tokens_per_second: dict[tuple[str, int], float] = {}  # latest rate of each running attempt
+        metrics.TRAINED_TOKENS.labels(worker=worker_id).inc(0)  # every series from the first scrape on
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        metrics.WORKER_RUNNING_JOBS.labels(worker=self.worker_id).set(len(self.runners))
+        metrics.TRAINING_TOKENS_PER_SECOND.labels(worker=self.worker_id).set(
+            sum(self.tokens_per_second.values())
+        )
+
+    def record_progress(self, key: tuple[str, int], tokens: int, tokens_per_second: float) -> None:
+        metrics.TRAINED_TOKENS.labels(worker=self.worker_id).inc(tokens)
+        self.tokens_per_second[key] = tokens_per_second
+        self.update_gauges()
 
     @property
     def engine(self) -> Engine:
@@ -198,6 +219,7 @@ async def _heartbeat(redis: Any, state: WorkerState) -> None:
             redis_down = True
         except Exception:
             log.exception("heartbeat failed")
+        state.liveness.beat()
         await asyncio.sleep(state.settings.heartbeat_interval_s)
 
 
@@ -217,12 +239,31 @@ async def _stop_runner(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
+async def _read_progress(read_fd: int, state: WorkerState, key: tuple[str, int]) -> None:
+    """Count what a runner reports on its progress pipe (see job_runner.progress_writer) until it closes."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+    )
+    try:
+        async for line in reader:
+            try:
+                report = json.loads(line)
+                state.record_progress(key, int(report["tokens"]), float(report["tokens_per_second"]))
+            except (ValueError, KeyError, TypeError):
+                log.warning("unreadable progress line from the runner of %s: %r", key[0], line[:200])
+    finally:
+        transport.close()
+
+
 async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     """Run one attempt of a job in a child process; returns its exit code."""
     task = queue.TrainTask(job_id=job_id, attempt=attempt)
     state: WorkerState = ctx["state"]
     key = (task.job_id, task.attempt)
     state.leased.add(key)  # renew from pickup on: the runner takes a while to start
+    read_fd, write_fd = os.pipe()  # the runner's throughput reports (Prometheus lives in this process)
     # A new session: Ctrl-C on `ftserve up` reaches the runner only through the SIGTERM we forward.
     try:
         process = await asyncio.create_subprocess_exec(
@@ -233,12 +274,20 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
             task.job_id,
             "--attempt",
             str(task.attempt),
+            "--progress-fd",
+            str(write_fd),
+            pass_fds=(write_fd,),
             start_new_session=True,
         )
     except BaseException:
+        os.close(read_fd)
         state.leased.discard(key)  # nothing runs it: let the lease run out and the scheduler re-place it
         raise
+    finally:
+        os.close(write_fd)  # the runner holds the only write end: its exit ends the reader below
+    progress = asyncio.create_task(_read_progress(read_fd, state, key))
     state.runners[key] = process
+    state.update_gauges()
     log.info("training %s attempt %d in pid %d", task.job_id, task.attempt, process.pid)
     if state.stopping:  # picked up just as the worker began to stop
         _signal_runner(process, signal.SIGTERM)
@@ -250,6 +299,11 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     finally:
         state.runners.pop(key, None)
         state.leased.discard(key)
+        with contextlib.suppress(Exception):  # its last lines are in the pipe already: read them all
+            await asyncio.wait_for(asyncio.shield(progress), timeout=5.0)
+        progress.cancel()
+        state.tokens_per_second.pop(key, None)
+        state.update_gauges()
     log.info("runner of %s attempt %d exited with %d", task.job_id, task.attempt, returncode)
     await asyncio.to_thread(
         settle_after_exit, state.engine, task.job_id, task.attempt, returncode, stopping=state.stopping,
@@ -334,10 +388,20 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
             log.warning("cannot reach the database yet: %s", exc)
         await queue.publish_worker(ctx["redis"], state.info(), ttl_s=settings.heartbeat_ttl_s)
         ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx["redis"], state))
+        if settings.health_port > 0:
+            ctx["health"] = await HealthServer(
+                host=settings.host,
+                port=settings.health_port,
+                liveness=state.liveness,
+                checks={"database": database_check(state.engine), "redis": redis_check(ctx["redis"])},
+            ).start()
         log.info("worker %s ready on queue %s", state.worker_id, queue.queue_name(state.worker_id))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         state.stopping = True
+        health = ctx.get("health")
+        if health is not None:
+            await health.close()
         heartbeat = ctx.get("heartbeat")
         if heartbeat is not None:
             heartbeat.cancel()

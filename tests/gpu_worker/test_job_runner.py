@@ -72,9 +72,15 @@ def _api_transition(
 
 
 def _start(
-    settings: Settings, job_id: str, attempt: int, shutdown: threading.Event | None = None
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    shutdown: threading.Event | None = None,
+    on_tokens: Callable[[int, float], None] | None = None,
 ) -> threading.Thread:
-    thread = threading.Thread(target=run_attempt, args=(settings, job_id, attempt, shutdown), daemon=True)
+    thread = threading.Thread(
+        target=run_attempt, args=(settings, job_id, attempt, shutdown, on_tokens), daemon=True
+    )
     thread.start()
     return thread
 
@@ -209,7 +215,8 @@ def test_pause_checkpoints_then_resume_continues_from_that_step(
         engine, org, make_file(engine, storage, org, chat_rows(12)), status=jobs.QUEUED, seed=7,
         hyperparameters={"n_epochs": 30, "batch_size": 2, "checkpoint_every_steps": 1000},
     )  # fmt: skip
-    thread = _start(settings, job_id, place(job_id))
+    first: list[int] = []  # tokens each attempt reports for the worker's metrics
+    thread = _start(settings, job_id, place(job_id), on_tokens=lambda tokens, _rate: first.append(tokens))
     _wait_for_step(engine, job_id, 3)
     _api_transition(engine, job_id, [jobs.RUNNING], jobs.PAUSED, message="Job paused")
     thread.join(timeout=60)
@@ -235,7 +242,8 @@ def test_pause_checkpoints_then_resume_continues_from_that_step(
     _api_transition(engine, job_id, [jobs.PAUSED], jobs.QUEUED, message="Job resumed")
     attempt = place(job_id)
     assert attempt == 2
-    run_attempt(settings, job_id, attempt)
+    second: list[int] = []
+    run_attempt(settings, job_id, attempt, on_tokens=lambda tokens, _rate: second.append(tokens))
 
     job = get_job(engine, job_id)
     assert job.status == jobs.SUCCEEDED, job.error
@@ -245,6 +253,10 @@ def test_pause_checkpoints_then_resume_continues_from_that_step(
     assert texts.index("Resumed on worker w-test (attempt 2)") < resumed
     after = [e.data["step"] for e in log[resumed:] if e.type == "metrics" and e.data]
     assert after and min(after) == step + 1 and max(after) == job.total_steps == 180
+    # The resumed attempt counts only what it trained: from its checkpoint's tokens to the job's total.
+    resumed_tokens = log[resumed].data["trained_tokens"]
+    assert 0 < sum(first) <= resumed_tokens < job.trained_tokens
+    assert sum(second) == job.trained_tokens - resumed_tokens
 
 
 def test_worker_shutdown_checkpoints_and_requeues_the_job(
