@@ -270,7 +270,7 @@ def test_vllm_killed_while_streaming_gives_a_clean_error_then_serves_again(
     headers = {"Authorization": f"Bearer {key}"}
     body = {
         "model": "demo-tiny", "messages": [{"role": "user", "content": "count"}], "stream": True,
-        "max_tokens": 4000, "ignore_eos": True,
+        "max_tokens": 1000, "ignore_eos": True,  # the context is 1024
     }  # fmt: skip
     received: list[str] = []
     started = time.monotonic()
