@@ -42,6 +42,31 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, description="Largest accepted JSONL line (one training example), in bytes."
     )
     min_examples: int = Field(10, description="Fewest examples a fine-tune file may hold (OpenAI: 10).")
+    # Abuse limits (docs/reliability.md, "Abuse limits"). Generous by default; 0 turns one off.
+    rate_limit_requests_per_minute: int = Field(
+        6000,
+        ge=0,
+        description="Per-API-key request rate on /v1 (a token bucket; in Redis when REDIS_URL is set, so it "
+        "holds across API processes, else in this process). Over it: 429 with retry-after. 0: no limit.",
+    )
+    rate_limit_burst: int = Field(
+        1000, ge=1, description="Requests one key may send at once before the per-minute rate applies."
+    )
+    org_max_files: int = Field(
+        10_000, ge=0, description="Files (not deleted) one organization may hold. Over it: 429. 0: no limit."
+    )
+    org_max_storage_bytes: int = Field(
+        100 * 1024**3,
+        ge=0,
+        description="Bytes of files (not deleted) one organization may hold; an upload that would pass it is "
+        "stopped there. Over it: 429. 0: no limit.",
+    )
+    org_max_active_jobs: int = Field(
+        100,
+        ge=0,
+        description="Jobs not yet finished (validating, queued, running, paused) one organization may have. "
+        "Over it, creating a job gets 429. 0: no limit.",
+    )
     log_level: str = "info"
 
     model_registry: Path | None = Field(
