@@ -56,6 +56,14 @@ class RateLimitError(FtserveError):
         self.retry_after_s = retry_after_s
 
 
+class QuotaExceededError(FtserveError):
+    """An organization holds as many files, bytes or unfinished jobs as it may (429, not retried: waiting
+    does not help until something is deleted or finishes)."""
+
+    type = "insufficient_quota"
+    code = "quota_exceeded"
+
+
 class ServiceUnavailableError(FtserveError):
     """A dependency (database, redis, storage, vLLM) is down (503)."""
 
