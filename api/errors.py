@@ -19,6 +19,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.FtserveError], int]] = [
     (errors.ConflictError, 400),
     (errors.PayloadTooLargeError, 413),
     (errors.RateLimitError, 429),
+    (errors.QuotaExceededError, 429),
     (errors.ServiceUnavailableError, 503),
     (errors.InvalidRequestError, 400),
 ]
@@ -54,8 +55,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, errors.RateLimitError):
             headers["retry-after"] = str(exc.retry_after_s)
-        if status == 400:
-            # Our 400s are final; tell the SDK not to retry them.
+        if status == 400 or isinstance(exc, errors.QuotaExceededError):
+            # Final until the caller changes something; tell the SDK not to retry them.
             headers["x-should-retry"] = "false"
         body = error_body(exc.message, exc.type, exc.param, exc.code)
         extra = getattr(exc, "extra", None)
