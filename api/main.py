@@ -10,11 +10,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.errors import install_error_handlers
+from api.log_redaction import install_log_redaction
 from api.metrics import HttpMetricsMiddleware, metrics_endpoint
 from api.middleware import RequestIdMiddleware
+from api.protocol import ErrorResponse
+from api.ratelimit import RateLimitMiddleware
 from api.routes import estimates, files, fine_tuning, inference, models, ui, webhooks
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
+from core.ratelimit import RateLimiter
 from core.settings import Settings, get_settings
 from core.storage import LocalStorage, make_storage_from_settings
 
@@ -36,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.storage.sweep_temporaries("files/", older_than_s=STALE_UPLOAD_S)
         async with inference_lifespan(app):  # pooled client to the vLLM replicas
             yield
+        await limiter.aclose()
         app.state.engine.dispose()
 
     app = FastAPI(
@@ -43,7 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="OpenAI-compatible fine-tuning as a service.",
         lifespan=lifespan,
+        # Any /v1 call may meet the per-key rate limit; creates may also meet an organization quota.
+        responses={429: {"model": ErrorResponse, "description": "Rate limit or quota reached."}},
     )
+    install_log_redaction("uvicorn.access", "uvicorn.error")  # request lines carry query strings
+    limiter = RateLimiter(
+        per_minute=settings.rate_limit_requests_per_minute,
+        burst=settings.rate_limit_burst,
+        redis_url=settings.redis_url,
+    )
+    app.add_middleware(RateLimitMiddleware, limiter=limiter)  # inside the request id: 429s carry one too
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(HttpMetricsMiddleware)  # added last: outermost, so it sees every response
     install_error_handlers(app)
