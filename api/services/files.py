@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from typing import Literal
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from api.services.pagination import paginate
 from api.services.uploads import check_purpose, receive_upload
 from core import ids
 from core.db import session_scope
-from core.errors import InvalidRequestError, NotFoundError
+from core.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, QuotaExceededError
 from core.models import File, Organization, now_s
 from core.settings import Settings
 from core.storage import Storage
@@ -59,19 +60,58 @@ def _expires_at(fields: dict[str, str]) -> int | None:
     return now_s() + int(seconds)
 
 
+def _check_file_quotas(*, engine: Engine, settings: Settings, org: Organization) -> int:
+    """Refuse a new upload when the org holds ORG_MAX_FILES files; return the storage bytes it has left.
+
+    Checked before the upload streams in, so two concurrent uploads may both fit: a soft limit, by one
+    upload at most per API process."""
+    with Session(engine) as session:
+        count, used = session.exec(
+            select(func.count(), func.coalesce(func.sum(File.bytes), 0)).where(
+                File.organization_id == org.id, col(File.deleted_at).is_(None)
+            )
+        ).one()
+    if settings.org_max_files and count >= settings.org_max_files:
+        raise QuotaExceededError(
+            f"The organization holds {count} files, its quota is {settings.org_max_files}. Delete files to "
+            "upload more.",
+            param="file",
+        )
+    if not settings.org_max_storage_bytes:
+        return settings.max_upload_bytes
+    left = max(0, settings.org_max_storage_bytes - int(used))
+    if left == 0:
+        raise QuotaExceededError(
+            f"The organization's files use its whole storage quota of {settings.org_max_storage_bytes:,} "
+            "bytes. Delete files to upload more.",
+            param="file",
+        )
+    return left
+
+
 async def create_file(
     *, request: Request, engine: Engine, storage: Storage, settings: Settings, org: Organization
 ) -> FileObject:
     file_id = ids.file_id()
     key = f"files/{file_id}"
-    result = await receive_upload(
-        request=request,
-        storage=storage,
-        key=key,
-        max_bytes=settings.max_upload_bytes,
-        max_line_bytes=settings.max_line_bytes,
-        min_examples=settings.min_examples,
-    )
+    storage_left = _check_file_quotas(engine=engine, settings=settings, org=org)
+    try:
+        result = await receive_upload(
+            request=request,
+            storage=storage,
+            key=key,
+            max_bytes=min(settings.max_upload_bytes, storage_left),
+            max_line_bytes=settings.max_line_bytes,
+            min_examples=settings.min_examples,
+        )
+    except PayloadTooLargeError:
+        if storage_left >= settings.max_upload_bytes:
+            raise
+        raise QuotaExceededError(
+            f"This upload would take the organization past its storage quota of "
+            f"{settings.org_max_storage_bytes:,} bytes ({storage_left:,} left). Delete files to make room.",
+            param="file",
+        ) from None
     purpose = result.fields.get("purpose")
     try:
         if purpose is None:

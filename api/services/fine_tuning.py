@@ -6,6 +6,7 @@ import secrets
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from api.protocol import (
@@ -20,7 +21,7 @@ from api.protocol import (
 )
 from api.services.pagination import paginate
 from core import ids, jobs
-from core.errors import ConflictError, InvalidRequestError, NotFoundError
+from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
 from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
 from core.model_registry import load_registry
 from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
@@ -173,6 +174,7 @@ def create_job(
                 code="invalid_file_format",
             )
 
+    _check_active_jobs_quota(session, settings=settings, org=org)
     job = FineTuningJob(
         id=ids.job_id(),
         organization_id=org.id,
@@ -192,6 +194,23 @@ def create_job(
     jobs.append_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}")
     session.commit()
     return job_object(job)
+
+
+def _check_active_jobs_quota(session: Session, *, settings: Settings, org: Organization) -> None:
+    """ORG_MAX_ACTIVE_JOBS caps the jobs not yet finished, queued ones included (the scheduler's
+    ORG_MAX_RUNNING_JOBS only caps how many run at once)."""
+    if not settings.org_max_active_jobs:
+        return
+    active = session.exec(
+        select(func.count()).where(
+            FineTuningJob.organization_id == org.id, col(FineTuningJob.status).in_(jobs.ACTIVE)
+        )
+    ).one()
+    if active >= settings.org_max_active_jobs:
+        raise QuotaExceededError(
+            f"The organization has {active} unfinished jobs, its quota is {settings.org_max_active_jobs}. "
+            "Wait for one to finish, or cancel one."
+        )
 
 
 def _hyperparameters_out(job: FineTuningJob) -> dict[str, Any]:
