@@ -14,14 +14,19 @@ from pathlib import Path
 
 import httpx
 from arq.connections import ArqRedis
+from prometheus_client import REGISTRY
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from core import jobs, webhooks
-from core.models import now_s
+from core.db import session_scope
+from core.models import FineTuningJob, now_s
 from core.queue import Device, WorkerInfo, publish_worker
 from core.redis_embedded import free_port
 from core.settings import Settings
 from core.storage import Storage
+from scheduler.main import Scheduler
 from tests.scheduler.factories import chat_rows, get_job, make_file, make_job
 from tests.scheduler.test_webhook_delivery import add_endpoint, make_org_with_key
 from tests.support.prometheus import value
@@ -105,3 +110,30 @@ async def test_scheduler_process_serves_probes_and_metrics_that_follow_the_db(
     assert value(text, "ftserve_gpu_memory_free_mib", **device) == 20000
     assert value(text, "ftserve_vram_allocated_mib", **device) == job.reserved_mb and job.reserved_mb
     assert len(receiver.received) == 1 and len(failing.received) == 1
+
+
+async def test_a_requeued_job_waits_from_its_requeue_not_from_its_creation(
+    settings: Settings, engine: Engine, storage: Storage, arq_redis: ArqRedis
+) -> None:
+    """A job created an hour ago and lost by its first worker: its second placement's latency is the time
+    it waited in the queue again, not the hour."""
+    org = "org-requeued"
+    job_id = make_job(engine, org, make_file(engine, storage, org, chat_rows(12)), created_at=now_s() - 3600)
+    scheduler = Scheduler(engine, arq_redis, settings)
+    await scheduler.tick()  # validated and queued; no worker yet
+    with session_scope(engine) as session:  # what the lease reaper leaves of a lost attempt 1
+        session.execute(update(FineTuningJob).where(col(FineTuningJob.id) == job_id).values(attempt=1))
+
+    def observed() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("ftserve_placement_latency_seconds_count") or 0.0
+        return count, REGISTRY.get_sample_value("ftserve_placement_latency_seconds_sum") or 0.0
+
+    await scheduler.tick()  # sees attempt 1 queued: its wait starts now
+    await asyncio.sleep(0.5)
+    count_before, sum_before = observed()
+    await publish_worker(arq_redis, WorkerInfo(id="w-requeue", gpus=[GPU_24]), ttl_s=60)
+    placed = (await scheduler.tick()).placed
+    assert [(p.job_id, p.attempt) for p in placed] == [(job_id, 2)]
+    count_after, sum_after = observed()
+    assert count_after == count_before + 1
+    assert 0.5 <= sum_after - sum_before < 60
