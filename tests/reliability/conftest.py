@@ -136,7 +136,10 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
 @pytest.fixture(scope="module")
 def battery_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data_dir = tmp_path_factory.mktemp("battery") / "data"
-    settings = Settings(data_dir=data_dir, min_examples=10, webhook_allow_private=True)
+    # No rate limit here: `make fuzz` sends thousands of requests with one key (test_abuse_limits tests it).
+    settings = Settings(
+        data_dir=data_dir, min_examples=10, webhook_allow_private=True, rate_limit_requests_per_minute=0
+    )
     register_model(settings, "demo-tiny", Path(data_dir.parent) / "demo-tiny")
     return settings
 
