@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -27,6 +28,7 @@ from scheduler.adapters import AdapterPlacer
 from tests.support.adapters import make_adapter
 from tests.support.ftserve_process import FtserveProcess
 from tests.support.openai_schema import assert_valid
+from tests.support.prometheus import value
 
 pytestmark = pytest.mark.slow
 
@@ -138,7 +140,9 @@ def test_hot_load_on_two_replicas_then_serve_and_delete(
         await placer.http.aclose()
         return started + again
 
+    hot_before = _sample("ftserve_adapter_loads_total", trigger="hot")
     assert asyncio.run(place()) == [model]
+    assert _sample("ftserve_adapter_loads_total", trigger="hot") == hot_before + 2  # one per replica
     with Session(engine) as session:
         served = session.exec(select(ServedAdapter).where(ServedAdapter.id == model)).one()
         placed = session.exec(select(AdapterPlacement).where(AdapterPlacement.adapter_id == model)).all()
@@ -169,6 +173,55 @@ def test_hot_load_on_two_replicas_then_serve_and_delete(
     assert not path.exists()
     with Session(engine) as session:
         assert session.exec(select(AdapterPlacement).where(AdapterPlacement.adapter_id == model)).all() == []
+
+
+def _sample(name: str, **labels: str) -> float:
+    """This process's value of a series (the placer and a TestClient app share the default registry)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_lazy_loads_and_evictions_show_on_the_apis_metrics(
+    engine: Engine,
+    settings: Settings,
+    vllm: tuple[str, dict[str, str]],
+    vllm_key: str | None,
+    demo_model_dir: Path,
+    tmp_path: Path,
+    make_key_for: Callable[[str], tuple[str, str]],
+    make_model: Callable[..., tuple[str, str]],
+) -> None:
+    """A replica entry that holds one adapter: asking for two models in turn lazy-loads both and evicts the
+    first, and the API's /metrics says so."""
+    with session_scope(engine) as session:
+        upsert_replica(
+            session, base_model="demo-tiny", url=vllm[0], adapter_dir=settings.adapters_dir, max_adapters=1,
+            max_lora_rank=16, source=FROM_CLI, api_key=vllm_key,
+        )  # fmt: skip
+    key, org = make_key_for("org-adapter-metrics")
+    models = [
+        make_model(org, make_adapter(tmp_path / name, demo_model_dir, rank=8), base_dir=demo_model_dir)[0]
+        for name in ("first", "second")
+    ]
+    from api.main import create_app
+
+    headers = {"authorization": f"Bearer {key}"}
+    with TestClient(create_app(settings)) as client:
+        before = client.get("/metrics").text
+        for model in models:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            response = client.post("/v1/chat/completions", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+        after = client.get("/metrics").text
+        for model in models:  # leave the shared vLLM as it was
+            assert client.delete(f"/v1/models/{model}", headers=headers).status_code == 200
+
+    def moved(name: str, **labels: str) -> float:
+        return (value(after, name, **labels) or 0) - (value(before, name, **labels) or 0)
+
+    assert moved("ftserve_adapter_loads_total", trigger="lazy") == 2
+    assert moved("ftserve_adapter_evictions_total") == 1
+    assert moved("ftserve_adapter_load_seconds_count") == 2
+    assert moved("ftserve_adapter_load_seconds_sum") > 0
 
 
 def _vllm_accepts(vllm: tuple[str, dict[str, str]], adapter: Path) -> tuple[bool, str]:
