@@ -511,6 +511,8 @@ def assert_replicas_match(
         assert agent_url.port == setting(agent, "FTSERVE_AGENT_PORT")
         assert replica["base_model"] == flag(vllm.argv, "--served-model-name")
         assert replica["max_lora_rank"] <= int(flag(vllm.argv, "--max-lora-rank"))
+        # ftserve evicts before vLLM's own LRU would (docs/deploy.md, "vLLM memory").
+        assert replica["max_adapters"] <= int(flag(vllm.argv, "--max-cpu-loras"))
         assert replica["api_key"]
     # The agent writes adapters where vLLM reads them: the same volume at the same absolute path.
     assert setting(agent, "FTSERVE_AGENT_ADAPTER_DIR") == Path(AGENT_ADAPTER_DIR)
