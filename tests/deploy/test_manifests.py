@@ -8,15 +8,18 @@ with the repository root as the context (compose: `build: {context: .., dockerfi
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
 import fnmatch
 import functools
+import importlib.metadata
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,8 @@ import kubernetes_validate
 import pytest
 import typer.main
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from core.inference import parse_replicas_setting
 from core.settings import Settings
@@ -622,3 +627,60 @@ def test_k8s_pods_are_restricted_and_gpu_pods_ask_for_a_gpu() -> None:
     assert budgets == {w["metadata"]["name"] for w in k8s_workloads()}
     replicas = {w["metadata"]["name"]: w["spec"]["replicas"] for w in k8s_workloads()}
     assert replicas["api"] >= 2 and replicas["scheduler"] >= 2
+
+
+# -- the control-plane image is complete --------------------------------------------------------------------
+
+FIRST_PARTY = {"core", "api", "scheduler", "gpu_worker", "cli", "adapter_agent", "ftserve_client"}
+
+
+def module_level_imports(package: str) -> dict[str, str]:
+    """Top-level names of the modules a package imports when it is imported (not inside functions, which
+    may load the ML stack on purpose), each with one file that does."""
+    found: dict[str, str] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        if "migrations" in path.parts:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(ROOT)))
+    return found
+
+
+def requirement_closure(requirements: list[str]) -> set[str]:
+    """Distributions that pip installs for these requirements (no extras), from the installed metadata."""
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo += [Requirement(r) for r in importlib.metadata.requires(requirement.name) or []]
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return seen
+
+
+def test_pip_install_without_extras_brings_every_module_the_control_plane_imports() -> None:
+    """The api and vllm images run `pip install . ./clients/python` and nothing else: a module that the
+    control plane imports but pyproject.toml does not declare would only be there by luck in a dev venv."""
+    client = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text())["project"]
+    installed = requirement_closure(PROJECT["dependencies"] + client["dependencies"])
+    distributions = importlib.metadata.packages_distributions()
+    missing = {}
+    for package in ("core", "api", "scheduler", "cli", "adapter_agent"):
+        for module, where in module_level_imports(package).items():
+            if module in sys.stdlib_module_names or module in FIRST_PARTY or module == "__future__":
+                continue
+            owners = {canonicalize_name(d) for d in distributions.get(module, [module])}
+            if not owners & installed:
+                missing[module] = where
+    assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
