@@ -191,8 +191,13 @@ def default_children(settings: Settings) -> list[Child]:
             "api",
             [python, "-m", "cli.main", "api", "--host", settings.host, "--port", str(settings.port)],
         ),
+        # Two processes on one host can't share FTSERVE_HEALTH_PORT: the worker takes the next port.
         Child("scheduler", [python, "-m", "cli.main", "scheduler"]),
-        Child("worker", [python, "-m", "cli.main", "worker"]),
+        Child(
+            "worker",
+            [python, "-m", "cli.main", "worker"],
+            env={"FTSERVE_HEALTH_PORT": str(settings.health_port + 1)} if settings.health_port else {},
+        ),
     ]
 
 
