@@ -125,6 +125,7 @@ def create_agent_app(settings: Settings | None = None) -> FastAPI:
                 body.rel_dir,
                 max_lora_rank=body.max_lora_rank,
                 base_model_dir=base_dir,
+                base_model_id=body.base_model,
                 expected_version=body.expected_version,
             )
         except AdapterRejected as exc:

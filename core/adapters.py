@@ -226,14 +226,22 @@ def _tensor_problems(
     return problems
 
 
-def _same_base(claimed: str, base_model_dir: Path) -> bool:
-    """The trainer records the base's local directory, which may sit elsewhere on the worker's host: the
-    directory name must match, and it must be a plain path (not a URL)."""
-    return "://" not in claimed and Path(claimed).name == base_model_dir.name
+def _same_base(claimed: str, base_model_dir: Path, base_model_id: str | None) -> bool:
+    """The trainer records the base's local directory on the worker's host, which may differ from this
+    host's: its name must be this base's directory name or its ftserve model id (docs/deploy.md: keep base
+    models in directories named by their ids), and it must be a plain path (not a URL)."""
+    names = {base_model_dir.name} | (
+        {base_model_id, base_model_id.rsplit("/", 1)[-1]} if base_model_id else set()
+    )
+    return "://" not in claimed and Path(claimed).name in names
 
 
 def validate_adapter(
-    adapter_dir: Path, *, max_lora_rank: int, base_model_dir: Path | None = None
+    adapter_dir: Path,
+    *,
+    max_lora_rank: int,
+    base_model_dir: Path | None = None,
+    base_model_id: str | None = None,
 ) -> AdapterInfo:
     """Check `adapter_dir` (adapter_config.json + adapter_model.safetensors) against what vLLM serves. With
     `base_model_dir` (a local HF directory), also check it was trained on that base. Raises AdapterRejected
@@ -270,7 +278,11 @@ def validate_adapter(
     problems = _feature_problems(config, max_lora_rank)
     problems += _tensor_problems(header, model_type=model_type, base_shapes=base_shapes)
     claimed_base = config.get("base_model_name_or_path")
-    if base_model_dir is not None and claimed_base and not _same_base(str(claimed_base), base_model_dir):
+    if (
+        base_model_dir is not None
+        and claimed_base
+        and not _same_base(str(claimed_base), base_model_dir, base_model_id)
+    ):
         problems.append(
             f"base_model_name_or_path {str(claimed_base)[:200]!r} names another model than this base "
             f"({base_model_dir.name})"
@@ -301,6 +313,7 @@ def materialize(
     *,
     max_lora_rank: int,
     base_model_dir: Path | None = None,
+    base_model_id: str | None = None,
     expected_version: str | None = None,
 ) -> tuple[Path, str]:
     """Copy the adapter at `storage_prefix` to `root/rel_dir/<version>/` (the version is the weights'
@@ -327,7 +340,9 @@ def materialize(
                         fh.write(chunk)
             except ObjectNotFound:
                 (staging / name).unlink(missing_ok=True)
-        info = validate_adapter(staging, max_lora_rank=max_lora_rank, base_model_dir=base_model_dir)
+        info = validate_adapter(
+            staging, max_lora_rank=max_lora_rank, base_model_dir=base_model_dir, base_model_id=base_model_id
+        )
         if expected_version and info.version != expected_version:
             raise AdapterRejected(
                 f"The stored adapter changed: version {info.version}, expected {expected_version}."

@@ -570,6 +570,7 @@ class AdapterLoader:
             rel_dir,
             max_lora_rank=replica.max_lora_rank,
             base_model_dir=base_dir,
+            base_model_id=adapter.base_model,
             expected_version=adapter.version,
         )
         if adapter.version is None:

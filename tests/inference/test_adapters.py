@@ -123,6 +123,27 @@ def test_an_adapter_of_another_base_is_refused(tmp_path: Path, base: Path) -> No
     )
 
 
+def test_the_base_is_recognised_by_directory_name_or_model_id_across_hosts(
+    tmp_path: Path, base: Path
+) -> None:
+    """The worker records its own path of the base; a vLLM host may keep the same model elsewhere."""
+    worker_copy = make_base(tmp_path / "worker-host" / "models" / "demo-tiny")
+    adapter = make_adapter(tmp_path / "a", worker_copy)
+    vllm_copy = make_base(tmp_path / "vllm-host" / "weights" / "DemoTiny-v1")
+    assert "names another model" in _reject(adapter, vllm_copy)
+    assert (
+        validate_adapter(adapter, max_lora_rank=16, base_model_dir=vllm_copy, base_model_id="demo-tiny").rank
+        == 8
+    )
+    assert "names another model" in _reject_with_id(adapter, vllm_copy, "other-model")
+
+
+def _reject_with_id(adapter: Path, base: Path, model_id: str) -> str:
+    with pytest.raises(AdapterRejected) as caught:
+        validate_adapter(adapter, max_lora_rank=16, base_model_dir=base, base_model_id=model_id)
+    return caught.value.message
+
+
 def test_embedding_lora_is_checked_against_the_vocabulary(tmp_path: Path, base: Path) -> None:
     good = make_adapter(
         tmp_path / "a",
