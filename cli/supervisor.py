@@ -9,6 +9,7 @@ up (~20-50 s on a CPU), and "ftserve inference ready: <model>" follows then.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -92,6 +93,9 @@ class Supervisor:
             code = child.process.poll()
             if code is not None:
                 if child.next_start == 0.0:
+                    # vLLM's engine core outlives a killed API server and keeps its memory: end the group.
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(child.process.pid, signal.SIGKILL)
                     child.restarts += 1
                     pause = min(60.0, 2.0 * 2 ** min(child.restarts - 1, 5))
                     child.next_start = time.monotonic() + pause

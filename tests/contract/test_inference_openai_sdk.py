@@ -289,8 +289,11 @@ def test_after_a_vllm_restart_the_first_request_lazy_loads(
     model = learned["model"]
     assert ask(sdk, model, question(learned["pairs"][5][0])) == learned["pairs"][5][1]
     starts = len(server.vllm_pids["demo-tiny"])
-    os.kill(server.vllm_pids["demo-tiny"][-1], signal.SIGTERM)
+    old_pid = server.vllm_pids["demo-tiny"][-1]
+    os.kill(old_pid, signal.SIGTERM)
     server.wait_inference_ready("demo-tiny", starts=starts + 1)
+    with pytest.raises(ProcessLookupError):  # nothing of the old vLLM (its engine core) lives on
+        os.killpg(old_pid, 0)
     assert model not in loaded_adapters(vllm)  # a new vLLM knows none of the adapters it had
     seen = len(server.output)
     word, code = learned["pairs"][6]
