@@ -241,14 +241,15 @@ class DbReporter:
         upload_checkpoint(self.storage, Path(local_dir), prefix, step=step)
         name = jobs.checkpoint_model_name(self.model_name, step)
         row_metrics = {**_clean_metrics(metrics), "step": step}
-        replaced: str | None = None
-        with session_scope(self.engine) as session:
-            if not jobs.update_fenced(
-                session, job_id=self.job_id, attempt=self.attempt, statuses=LIVE, owner=self.owner
-            ):
-                published = False
-            else:
-                published = True
+
+        def publish() -> tuple[bool, str | None, list[str]]:
+            """(published, the prefix it replaces, expired prefixes). Retried through an outage: a commit
+            that did happen is upserted again onto the same row (at worst its event is repeated)."""
+            with session_scope(self.engine) as session:
+                if not jobs.update_fenced(
+                    session, job_id=self.job_id, attempt=self.attempt, statuses=LIVE, owner=self.owner
+                ):
+                    return False, None, []
                 replaced = self._upsert_checkpoint(session, step, name, prefix, row_metrics)
                 jobs.append_event(
                     session,
@@ -263,7 +264,9 @@ class DbReporter:
                     job_id=self.job_id,
                     data={"step_number": step, "fine_tuned_model_checkpoint": name},
                 )
-                expired = self._expire_old_checkpoints(session)
+                return True, replaced, self._expire_old_checkpoints(session)
+
+        published, replaced, expired = ride_out_db_outage("publishing a checkpoint", publish)
         if not published:
             delete_checkpoint_objects(self.storage, prefix)
             return

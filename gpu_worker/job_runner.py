@@ -11,6 +11,11 @@
    or failed with a useful error.
 7. Always release the job (worker_id = NULL, fenced by the attempt) so the scheduler may place it again.
 
+The database or Redis being unreachable is never the job's fault: reads and fenced writes wait out an
+outage of up to `DB_OUTAGE_S`; past that, the attempt hands its job back to the queue (the next attempt
+resumes from the last complete checkpoint), or, if it cannot even write that, exits with
+`EXIT_INFRASTRUCTURE` and the worker re-queues the job once the database answers again.
+
 Every write is fenced by the attempt and by the worker the job was placed on (`owner`), so an attempt that
 lost its job (cancelled, re-placed, or reaped when its worker was given up for lost) changes nothing, and
 its adapter and checkpoints go under prefixes of its own attempt, never over another attempt's.
@@ -19,6 +24,7 @@ its adapter and checkpoints go under prefixes of its own attempt, never over ano
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import io
@@ -35,6 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis.exceptions
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -52,13 +60,37 @@ from core.model_registry import get_base_model
 from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings, get_settings
 from core.storage import Storage, make_storage_from_settings
-from gpu_worker.db_reporter import DbReporter, checkpoint_is_complete
+from gpu_worker.db_reporter import DbReporter, checkpoint_is_complete, ride_out_db_outage
 from gpu_worker.reporting import StopRequest
 
 log = logging.getLogger("ftserve.job_runner")
 
 RESULTS_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 MAX_ERROR_MESSAGE = 1000
+# The runner's exit code when the database or Redis stayed unreachable (EX_TEMPFAIL): the worker re-queues
+# the job instead of failing it.
+EXIT_INFRASTRUCTURE = 75
+_INFRASTRUCTURE_ERRORS = (
+    sa_exc.OperationalError,  # connect refused, server closed the connection, failover
+    sa_exc.InterfaceError,  # a connection already closed under us
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+)
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """The database or Redis unreachable, anywhere in the exception's chain: an outage, not the job's fault."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _INFRASTRUCTURE_ERRORS):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class JobFailure(Exception):
@@ -98,23 +130,32 @@ def settle_after_exit(
 ) -> None:
     """Called by the worker when a runner process has exited. A runner that exits normally has settled its
     job; one that died (killed for memory, segfault) leaves it `running`, so the worker settles it: back to
-    the queue if the worker was stopping it (its checkpoints remain), else failed with what happened."""
+    the queue if the worker was stopping it (its checkpoints remain) or the runner could not reach the
+    database (`EXIT_INFRASTRUCTURE`), else failed with what happened. Waits out a database outage itself
+    (every write here is a fenced compare-and-set, so a retry is harmless); past that, the lease runs out
+    and the scheduler's reaper re-queues the job."""
     if returncode == 0:
         return
-    with session_scope(engine) as session:
-        if stopping:
-            jobs.transition(
-                session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED, attempt=attempt,
-                owner=owner, estimated_finish=None, message="Worker stopping: job re-queued",
-            )  # fmt: skip
-        else:
-            message = f"The training process {_how_it_ended(returncode)}."
-            jobs.transition(
-                session, job_id=job_id, from_status=[jobs.RUNNING, jobs.PAUSED], to_status=jobs.FAILED,
-                attempt=attempt, owner=owner, error={"code": "training_error", "message": message, "param": None},
-                finished_at=now_s(), estimated_finish=None, message=message, level="error",
-            )  # fmt: skip
-    release(engine, job_id, attempt, owner)
+
+    def settle() -> None:
+        with session_scope(engine) as session:
+            if stopping or returncode == EXIT_INFRASTRUCTURE:
+                why = "Worker stopping" if stopping else "The database was unreachable"
+                jobs.transition(
+                    session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED,
+                    attempt=attempt, owner=owner, estimated_finish=None, message=f"{why}: job re-queued",
+                )  # fmt: skip
+            else:
+                message = f"The training process {_how_it_ended(returncode)}."
+                jobs.transition(
+                    session, job_id=job_id, from_status=[jobs.RUNNING, jobs.PAUSED], to_status=jobs.FAILED,
+                    attempt=attempt, owner=owner,
+                    error={"code": "training_error", "message": message, "param": None},
+                    finished_at=now_s(), estimated_finish=None, message=message, level="error",
+                )  # fmt: skip
+        release(engine, job_id, attempt, owner)
+
+    ride_out_db_outage("settling the job of an exited runner", settle)
 
 
 def model_size(model_dir: Path) -> tuple[int | None, int | None]:
@@ -165,20 +206,32 @@ class Attempt:
     # -- 0. the whole attempt ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        job = self._load_job()
-        if job is None:
-            return 0
-        shutil.rmtree(self.work_dir, ignore_errors=True)
-        self.work_dir.mkdir(parents=True)
+        """0 once the job is settled (or no longer this attempt's); EXIT_INFRASTRUCTURE when the database
+        stayed unreachable, so that the worker re-queues the job rather than fail it."""
         try:
-            self._train(job)
-        except JobFailure as failure:
-            self._fail(failure.error)
-        except Exception as exc:  # noqa: BLE001 (any failure ends the job, with a message and a logged traceback)
-            log.exception("job %s attempt %d failed", self.job_id, self.attempt)
-            self._fail(self._error_for(exc))
-        finally:
+            job = ride_out_db_outage("loading the job", self._load_job)
+            if job is None:
+                return 0
             shutil.rmtree(self.work_dir, ignore_errors=True)
+            self.work_dir.mkdir(parents=True)
+            try:
+                self._train(job)
+            except JobFailure as failure:
+                self._fail(failure.error)
+            except Exception as exc:
+                if is_infrastructure_error(exc):  # an outage longer than the ones we wait out
+                    log.warning("job %s attempt %d: %s; handing the job back", self.job_id, self.attempt, exc)
+                    self._hand_back(exc)
+                    return 0
+                log.exception("job %s attempt %d failed", self.job_id, self.attempt)
+                self._fail(self._error_for(exc))
+            finally:
+                shutil.rmtree(self.work_dir, ignore_errors=True)
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            log.warning("job %s attempt %d: cannot reach the database: %s", self.job_id, self.attempt, exc)
+            return EXIT_INFRASTRUCTURE
         return 0
 
     def _error_for(self, exc: Exception) -> dict[str, Any]:
@@ -205,8 +258,11 @@ class Attempt:
     # -- 2-5. prepare and train ----------------------------------------------------------------------------
 
     def _download_file(self, file_id: str, kind: str) -> File:
-        with Session(self.engine, expire_on_commit=False) as session:
-            row = session.exec(select(File).where(File.id == file_id)).first()
+        def read() -> File | None:
+            with Session(self.engine, expire_on_commit=False) as session:
+                return session.exec(select(File).where(File.id == file_id)).first()
+
+        row = ride_out_db_outage(f"reading the {kind} file", read)
         if row is None or row.deleted_at is not None or row.status != "processed":
             raise JobFailure(
                 f"invalid_{kind}_file", f"The {kind} file {file_id} is not available.", f"{kind}_file"
@@ -227,26 +283,35 @@ class Attempt:
             base_model_params=params,
             base_model_max_length=context,
         )
-        with session_scope(self.engine) as session:
-            jobs.update_fenced(
-                session,
-                job_id=self.job_id,
-                attempt=self.attempt,
-                owner=self.owner,
-                resolved_hyperparameters=resolved.model_dump(mode="json"),
-                total_steps=resolved.total_steps,
-            )
+
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                jobs.update_fenced(
+                    session,
+                    job_id=self.job_id,
+                    attempt=self.attempt,
+                    owner=self.owner,
+                    resolved_hyperparameters=resolved.model_dump(mode="json"),
+                    total_steps=resolved.total_steps,
+                )
+
+        ride_out_db_outage("writing the hyperparameters", write)
         return resolved
 
     def _resume_checkpoint(self) -> Path | None:
         """Download the newest checkpoint whose manifest checks out; skip any that doesn't."""
-        with Session(self.engine) as session:
-            rows = session.exec(
-                select(JobCheckpoint)
-                .where(JobCheckpoint.job_id == self.job_id, col(JobCheckpoint.deleted_at).is_(None))
-                .order_by(col(JobCheckpoint.step_number).desc())
-            ).all()
-        for row in rows:
+
+        def read() -> list[JobCheckpoint]:
+            with Session(self.engine, expire_on_commit=False) as session:
+                return list(
+                    session.exec(
+                        select(JobCheckpoint)
+                        .where(JobCheckpoint.job_id == self.job_id, col(JobCheckpoint.deleted_at).is_(None))
+                        .order_by(col(JobCheckpoint.step_number).desc())
+                    ).all()
+                )
+
+        for row in ride_out_db_outage("reading the checkpoints", read):
             if not checkpoint_is_complete(self.storage, row.storage_prefix):
                 log.warning(
                     "checkpoint at step %d of %s is incomplete; skipping it", row.step_number, self.job_id
@@ -272,9 +337,12 @@ class Attempt:
         return None
 
     def _model_name(self, job: FineTuningJob) -> str:
-        with Session(self.engine) as session:
-            org = session.exec(select(Organization).where(Organization.id == job.organization_id)).first()
-        org_name = org.name if org else job.organization_id
+        def read() -> str | None:
+            with Session(self.engine) as session:
+                org = session.exec(select(Organization).where(Organization.id == job.organization_id)).first()
+                return org.name if org else None
+
+        org_name = ride_out_db_outage("reading the organization", read) or job.organization_id
         return jobs.fine_tuned_model_name(
             base_model=job.model, org_name=org_name, suffix=job.suffix, job_id=job.id
         )
@@ -471,20 +539,44 @@ class Attempt:
         return out.getvalue().encode()
 
     def _fail(self, error: dict[str, Any]) -> None:
-        with session_scope(self.engine) as session:
-            jobs.transition(
-                session,
-                job_id=self.job_id,
-                from_status=[jobs.RUNNING, jobs.PAUSED],
-                to_status=jobs.FAILED,
-                attempt=self.attempt,
-                owner=self.owner,
-                error=error,
-                finished_at=now_s(),
-                estimated_finish=None,
-                message=error["message"],
-                level="error",
-            )
+        def write() -> None:  # a fenced compare-and-set: a retry after a commit that happened changes nothing
+            with session_scope(self.engine) as session:
+                jobs.transition(
+                    session,
+                    job_id=self.job_id,
+                    from_status=[jobs.RUNNING, jobs.PAUSED],
+                    to_status=jobs.FAILED,
+                    attempt=self.attempt,
+                    owner=self.owner,
+                    error=error,
+                    finished_at=now_s(),
+                    estimated_finish=None,
+                    message=error["message"],
+                    level="error",
+                )
+
+        ride_out_db_outage("failing the job", write)
+
+    def _hand_back(self, exc: Exception) -> None:
+        """The outage outlasted what training waits out: give the job back to the queue (not the user's
+        fault, so not failed); the next attempt resumes from the last complete checkpoint."""
+        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                jobs.transition(
+                    session,
+                    job_id=self.job_id,
+                    from_status=[jobs.RUNNING],
+                    to_status=jobs.QUEUED,
+                    attempt=self.attempt,
+                    owner=self.owner,
+                    estimated_finish=None,
+                    message=f"The database or Redis was unreachable ({reason}): job re-queued",
+                    level="warn",
+                )
+
+        ride_out_db_outage("handing the job back", write)
 
 
 def run_attempt(
@@ -500,10 +592,21 @@ def run_attempt(
         on_tokens,
     )  # fmt: skip
     try:
-        return runner.run()
-    finally:
-        release(engine, job_id, attempt, runner.owner)
+        returncode = runner.run()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            release(engine, job_id, attempt, runner.owner)
         engine.dispose()
+        raise
+    try:
+        ride_out_db_outage("releasing the job", lambda: release(engine, job_id, attempt, runner.owner))
+    except Exception as exc:
+        if not is_infrastructure_error(exc):
+            raise
+        returncode = EXIT_INFRASTRUCTURE  # the worker releases it (or the lease runs out)
+    finally:
+        engine.dispose()
+    return returncode
 
 
 def progress_writer(fd: int) -> Callable[[int, float], None]:
