@@ -371,6 +371,8 @@ def test_vllm_killed_while_streaming_gives_a_clean_error_then_serves_again(
 
     # `ftserve up` restarts the replica; the next request is answered (and the vLLM left healthy).
     ftserve_server.wait_inference_ready("demo-tiny", starts=starts + 1)
+    with pytest.raises(ProcessLookupError):  # its engine core, orphaned by the kill, was ended too
+        os.killpg(pid, 0)
     resp = _serves_again(ftserve_server, headers)
     assert resp.status_code == 200, resp.text
     assert resp.json()["choices"][0]["message"]["content"] is not None
