@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -130,10 +131,15 @@ def main() -> int:
         deadline = time.monotonic() + GRACE_S
         while time.monotonic() < deadline and not all_ended(fleet, submitted):
             time.sleep(2.0)
-        return report(fleet, submitted, time.monotonic() - started)
+        code = report(fleet, submitted, time.monotonic() - started)
     finally:
         chaos.stop.set()
         fleet.stop()
+    if code == 0 and not os.environ.get("SOAK_KEEP_LOGS"):
+        shutil.rmtree(tmp, ignore_errors=True)  # ~160 MB of logs: kept only when something went wrong
+    else:
+        log(f"logs kept in {tmp}")
+    return code
 
 
 def all_ended(fleet: SplitFleet, job_ids: list[str]) -> bool:
