@@ -37,6 +37,7 @@ from core.db import make_engine, migrate, session_scope
 from core.keys import create_key
 from core.model_registry import register_model
 from core.models import FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent
+from core.queue import queue_name
 from core.redis_embedded import EmbeddedRedis, free_port
 from core.settings import Settings
 from core.vram import estimate_request
@@ -365,6 +366,8 @@ def test_redis_restart_and_a_lost_queue_lose_no_job(fleet: Fleet, training_file:
     fleet.procs["w24"].send_signal(signal.SIGSTOP)
     orphan = fleet.create("r-orphan", training_file, _hp(SNUG, 1))
     fleet.wait("r-orphan placed on the frozen worker", lambda: fleet.row(orphan).attempt == 1, 30)
+    # The placement commits before its task is queued: flush only once the task is in Redis.
+    fleet.wait("r-orphan's task queued", lambda: client.zcard(queue_name("w24")) >= 1, 30)
     client.flushall()
     fleet.procs["w24"].send_signal(signal.SIGCONT)
 
