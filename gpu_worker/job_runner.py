@@ -411,8 +411,10 @@ class Attempt:
         else:
             self._succeed(job, result, reporter, model_name)
 
-    def _requeue(self, reporter: DbReporter, step: int | None = None) -> bool:
-        where = f" at step {step}" if step is not None else ""
+    def _back_to_queue(
+        self, message: str, *, level: str = "info", event_data: dict[str, Any] | None = None
+    ) -> bool:
+        """CAS this attempt's job running → queued (fenced by attempt and owner)."""
         with session_scope(self.engine) as session:
             return jobs.transition(
                 session,
@@ -422,9 +424,16 @@ class Attempt:
                 attempt=self.attempt,
                 owner=self.owner,
                 estimated_finish=None,
-                message=f"Worker stopping: job re-queued{where}",
-                event_data={"step": step} if step is not None else None,
+                message=message,
+                level=level,
+                event_data=event_data,
             )
+
+    def _requeue(self, reporter: DbReporter, step: int | None = None) -> bool:
+        where = f" at step {step}" if step is not None else ""
+        return self._back_to_queue(
+            f"Worker stopping: job re-queued{where}", event_data={"step": step} if step is not None else None
+        )
 
     def _succeed(self, job: FineTuningJob, result: Any, reporter: DbReporter, model_name: str) -> None:
         self._check_servable(job, Path(result.adapter_dir))
@@ -562,21 +571,12 @@ class Attempt:
         fault, so not failed); the next attempt resumes from the last complete checkpoint."""
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
-        def write() -> None:
-            with session_scope(self.engine) as session:
-                jobs.transition(
-                    session,
-                    job_id=self.job_id,
-                    from_status=[jobs.RUNNING],
-                    to_status=jobs.QUEUED,
-                    attempt=self.attempt,
-                    owner=self.owner,
-                    estimated_finish=None,
-                    message=f"The database or Redis was unreachable ({reason}): job re-queued",
-                    level="warn",
-                )
-
-        ride_out_db_outage("handing the job back", write)
+        ride_out_db_outage(
+            "handing the job back",
+            lambda: self._back_to_queue(
+                f"The database or Redis was unreachable ({reason}): job re-queued", level="warn"
+            ),
+        )
 
 
 def run_attempt(
