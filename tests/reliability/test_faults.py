@@ -22,8 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from core import jobs
+from core.queue import arq_job_id
 from core.storage import LocalStorage
 from tests.support.fleet import REPO_ROOT, SplitFleet, chat_rows, make_private_postgres
 from tests.support.ftserve_process import FtserveProcess
@@ -234,6 +236,9 @@ def test_redis_kill_9_with_aof_loses_no_queued_or_running_job(fleet: SplitFleet,
     fleet.wait("r-run training", lambda: training(fleet, running))
     queued = fleet.create(training_file, epochs=1, suffix="r-queued")
     fleet.wait("r-queued placed", lambda: fleet.row(queued).attempt == 1, 60)
+    # The placement commits before its task is queued (a failed enqueue gives the job back: attempt 2).
+    arq_keys = redis.Redis.from_url(fleet.redis.url)
+    fleet.wait("r-queued's task in Redis", lambda: bool(arq_keys.keys(f"arq:*:{arq_job_id(queued, 1)}")), 30)
     fleet.kill("redis")  # the arq task of r-queued may not have been picked up yet: it is in the AOF
     time.sleep(2.0)
     fleet.start_component("redis")
