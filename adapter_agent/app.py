@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from pydantic import BaseModel, Field
 
 from core.adapters import AdapterRejected, materialize, remove_local_copy
-from core.model_registry import load_registry
+from core.model_registry import local_base_dir
 from core.settings import Settings, get_settings
 from core.storage import make_storage_from_settings
 
@@ -105,16 +105,11 @@ def create_agent_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(AgentUnauthorized)
     async def _unauthorized(request: Request, exc: AgentUnauthorized) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"message": "Missing or wrong agent token.", "type": "invalid_request_error",
-                       "param": None, "code": "invalid_api_key"}},
-            status_code=401,
-        )  # fmt: skip
+        return _error(401, "Missing or wrong agent token.", "invalid_api_key")
 
     @app.post("/v1/adapters/sync", response_model=SyncResponse, dependencies=[Depends(authorized)])
     async def sync(body: SyncRequest, request: Request) -> SyncResponse | JSONResponse:
-        registered = load_registry(settings).get(body.base_model)
-        base_dir = registered.path if registered is not None and registered.path.is_dir() else None
+        base_dir = local_base_dir(settings, body.base_model)
         started = time.perf_counter()
         try:
             path, version = await asyncio.to_thread(

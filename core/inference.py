@@ -37,7 +37,7 @@ from core import ids, jobs, metrics
 from core.adapters import AdapterRejected, adapter_rel_dir, materialize
 from core.db import session_scope
 from core.errors import InvalidRequestError, NotFoundError
-from core.model_registry import load_registry
+from core.model_registry import local_base_dir
 from core.models import (
     AdapterPlacement,
     FineTunedModel,
@@ -560,8 +560,7 @@ class AdapterLoader:
 
     def copy_for(self, adapter: ServedAdapter, replica: InferenceReplica) -> str:
         """The adapter's immutable local path under the replica's adapter_dir (copied there if missing)."""
-        registered = load_registry(self.settings).get(adapter.base_model)
-        base_dir = registered.path if registered is not None and registered.path.is_dir() else None
+        base_dir = local_base_dir(self.settings, adapter.base_model)
         rel_dir = adapter_rel_dir(adapter.job_id, adapter.checkpoint_step)
         path, version = materialize(
             self.storage,

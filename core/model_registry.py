@@ -53,6 +53,13 @@ def load_registry(settings: Settings) -> dict[str, BaseModel]:
     }
 
 
+def local_base_dir(settings: Settings, model_id: str) -> Path | None:
+    """The base model's weights directory on this host, if it is registered and present here (the control
+    plane may register a config.json only)."""
+    registered = load_registry(settings).get(model_id)
+    return registered.path if registered is not None and registered.path.is_dir() else None
+
+
 def get_base_model(settings: Settings, model_id: str, *, param: str = "model") -> BaseModel:
     model = load_registry(settings).get(model_id)
     if model is None:
