@@ -17,6 +17,7 @@ STATUS_BY_ERROR: list[tuple[type[errors.FtserveError], int]] = [
     (errors.AuthenticationError, 401),
     (errors.NotFoundError, 404),
     (errors.ConflictError, 400),
+    (errors.IdempotencyKeyReusedError, 422),
     (errors.PayloadTooLargeError, 413),
     (errors.RateLimitError, 429),
     (errors.QuotaExceededError, 429),
@@ -55,7 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, errors.RateLimitError):
             headers["retry-after"] = str(exc.retry_after_s)
-        if status == 400 or isinstance(exc, errors.QuotaExceededError):
+        if status in (400, 422) or isinstance(exc, errors.QuotaExceededError):
             # Final until the caller changes something; tell the SDK not to retry them.
             headers["x-should-retry"] = "false"
         body = error_body(exc.message, exc.type, exc.param, exc.code)

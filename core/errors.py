@@ -39,6 +39,13 @@ class ConflictError(FtserveError):
     code = "invalid_state"
 
 
+class IdempotencyKeyReusedError(FtserveError):
+    """An Idempotency-Key already names a request with a different body (422, final: a retry with the same
+    key and body gets the same answer)."""
+
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLargeError(FtserveError):
     """The request body or upload is over a configured limit (413)."""
 
