@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -69,6 +69,10 @@ class File(SQLModel, table=True):
 
 class FineTuningJob(SQLModel, table=True):
     __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        # One job per (organization, Idempotency-Key): two concurrent creates with one key insert one row.
+        Index("ix_fine_tuning_jobs_org_idempotency_key", "organization_id", "idempotency_key", unique=True),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(index=True, unique=True, max_length=64)
@@ -118,6 +122,10 @@ class FineTuningJob(SQLModel, table=True):
     wait_reason: str | None = Field(default=None, sa_column=Column(Text))
     queue_position: int | None = None
     estimated_start_at: int | None = None
+    # -- Idempotency-Key on create: the key (cleared once it expires, 24 h) and the SHA-256 of the validated
+    # request, so a retry with the same key and body gets this job back and a different body is refused.
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    request_hash: str | None = Field(default=None, max_length=64)
 
 
 class JobEvent(SQLModel, table=True):
