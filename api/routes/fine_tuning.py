@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.protocol import (
@@ -32,11 +34,38 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     }
 
 
-@router.post("", response_model=FineTuningJobObject)
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=service.IDEMPOTENCY_HEADER,
+        description=(
+            "Makes the create safe to retry: the same key and body within 24 h return the job created first "
+            "(with `Idempotent-Replayed: true`) and create nothing; the same key with another body is a 422 "
+            "`idempotency_key_reused`. Keys are per organization, 1-255 printable ASCII characters."
+        ),
+    ),
+]
+
+
+@router.post(
+    "",
+    response_model=FineTuningJobObject,
+    responses={422: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body"}},
+)
 def create_job(
-    body: CreateFineTuningJobRequest, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+    body: CreateFineTuningJobRequest,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> FineTuningJobObject:
-    return service.create_job(session=session, settings=settings, org=org, request=body)
+    job, replayed = service.create_job(
+        session=session, settings=settings, org=org, request=body, idempotency_key=idempotency_key
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job
 
 
 @router.get("", response_model=ListResponse[FineTuningJobObject])

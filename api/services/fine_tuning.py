@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from api.protocol import (
@@ -21,7 +24,13 @@ from api.protocol import (
 )
 from api.services.pagination import paginate
 from core import ids, jobs
-from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
+from core.errors import (
+    ConflictError,
+    IdempotencyKeyReusedError,
+    InvalidRequestError,
+    NotFoundError,
+    QuotaExceededError,
+)
 from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
 from core.model_registry import load_registry
 from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
@@ -39,6 +48,10 @@ VRAM_BREAKDOWN = (
 )  # fmt: skip
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 SUFFIX_FORBIDDEN = set(":/ \t\r\n")
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+# A key names its job for this long; after it, the same key creates a new job (Stripe keeps keys 24 h too).
+IDEMPOTENCY_KEY_TTL_S = 24 * 3600
 
 
 def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
@@ -128,9 +141,77 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
+def check_idempotency_key(key: str | None) -> str | None:
+    """The Idempotency-Key header as given, or None without one; 1 to 255 printable ASCII characters."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
+        raise InvalidRequestError(
+            f"The {IDEMPOTENCY_HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters "
+            "(a UUID is a good choice).",
+            param=IDEMPOTENCY_HEADER,
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def request_hash(request: CreateFineTuningJobRequest) -> str:
+    """SHA-256 of the validated request in a canonical form: key order, whitespace, unknown fields and
+    explicit nulls do not change it."""
+    canonical = json.dumps(
+        request.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _job_for_key(session: Session, *, organization_id: str, key: str) -> FineTuningJob | None:
+    return session.exec(
+        select(FineTuningJob).where(
+            FineTuningJob.organization_id == organization_id, FineTuningJob.idempotency_key == key
+        )
+    ).first()
+
+
+def _key_expired(job: FineTuningJob) -> bool:
+    return job.created_at <= now_s() - IDEMPOTENCY_KEY_TTL_S
+
+
+def _replay(job: FineTuningJob, *, digest: str) -> FineTuningJobObject:
+    """The earlier job of this key, if the request is the same one."""
+    if job.request_hash != digest:
+        raise IdempotencyKeyReusedError(
+            f"This {IDEMPOTENCY_HEADER} was already used with a different request body (job {job.id}). "
+            "Use a new key for a new job, or resend the original body to get that job back.",
+            param=IDEMPOTENCY_HEADER,
+        )
+    return job_object(job)
+
+
 def create_job(
-    *, session: Session, settings: Settings, org: Organization, request: CreateFineTuningJobRequest
-) -> FineTuningJobObject:
+    *,
+    session: Session,
+    settings: Settings,
+    org: Organization,
+    request: CreateFineTuningJobRequest,
+    idempotency_key: str | None = None,
+) -> tuple[FineTuningJobObject, bool]:
+    """Create a job; returns it and whether it is a replay.
+
+    With an Idempotency-Key, the same key and body within 24 h return the job that the first request created
+    (as it is now), and create nothing; a different body is refused. The key is looked up before the checks
+    below, so a replay is answered even where a new create would now be refused (the quota that the job
+    itself fills, a deleted training file). Only a created job records its key: a refused request can be
+    retried with the same key once fixed."""
+    organization_id = org.id
+    key = check_idempotency_key(idempotency_key)
+    digest = request_hash(request) if key is not None else ""
+    expired: FineTuningJob | None = None
+    if key is not None:
+        earlier = _job_for_key(session, organization_id=organization_id, key=key)
+        if earlier is not None and not _key_expired(earlier):
+            return _replay(earlier, digest=digest), True
+        expired = earlier
+
     method_type, hyperparameters, param = _method_and_hyperparameters(request)
     rank = hyperparameters.get("lora_rank")
     if isinstance(rank, int) and rank > settings.vllm_max_lora_rank:
@@ -177,7 +258,7 @@ def create_job(
     _check_active_jobs_quota(session, settings=settings, org=org)
     job = FineTuningJob(
         id=ids.job_id(),
-        organization_id=org.id,
+        organization_id=organization_id,
         model=request.model,
         training_file=request.training_file,
         validation_file=request.validation_file,
@@ -189,11 +270,31 @@ def create_job(
         integrations=request.integrations,
         status=jobs.VALIDATING,
         priority=request.priority or 0,
+        idempotency_key=key,
+        request_hash=digest or None,
     )
+    if expired is not None:
+        # The key's 24 h are over: its old job gives it up (unless a concurrent request already took it).
+        session.execute(
+            update(FineTuningJob)
+            .where(col(FineTuningJob.seq) == expired.seq, col(FineTuningJob.idempotency_key) == key)
+            .values(idempotency_key=None)
+        )
     session.add(job)
     jobs.append_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}")
-    session.commit()
-    return job_object(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed its job first (the unique index on
+        # organization + key): answer as a replay of that one.
+        session.rollback()
+        if key is None:
+            raise
+        winner = _job_for_key(session, organization_id=organization_id, key=key)
+        if winner is None or _key_expired(winner):
+            raise
+        return _replay(winner, digest=digest), True
+    return job_object(job), False
 
 
 def _check_active_jobs_quota(session: Session, *, settings: Settings, org: Organization) -> None:
