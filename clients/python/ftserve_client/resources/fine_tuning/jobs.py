@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,6 +66,11 @@ def job_create_body(
     body.update({k: v for k, v in optional.items() if v is not None})
     body.update(extra_body or {})
     return body
+
+
+def idempotency_headers(idempotency_key: str | None) -> dict[str, str]:
+    """One key per create() call, generated here (not per attempt), so the client's retries all reuse it."""
+    return {"Idempotency-Key": idempotency_key if idempotency_key is not None else str(uuid.uuid4())}
 
 
 class _EventCursor:
@@ -197,11 +203,17 @@ class Jobs(SyncAPIResource):
         integrations: list[dict[str, Any]] | None = None,
         priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> FineTuningJob:
         """Create a job. `method` is "supervised", "dpo" or OpenAI's method object; `hyperparameters`
         (OpenAI's plus ftserve's LoRA ones: lora_rank, lora_alpha, ...) land in `method.<type>`.
         `priority` (ftserve extension) orders the queue: higher goes first. `extra_body` adds fields this
-        SDK does not know yet."""
+        SDK does not know yet.
+
+        Safe to retry: the call sends an `Idempotency-Key` (a new UUID per call unless you pass
+        `idempotency_key`), the same on each of its automatic retries, so a retry after a lost response gets
+        the job the first attempt created instead of a second one. Pass your own key to make your own
+        retries of the call (within 24 h, with the same arguments) safe too."""
         body = job_create_body(
             model=model,
             training_file=training_file,
@@ -215,7 +227,9 @@ class Jobs(SyncAPIResource):
             priority=priority,
             extra_body=extra_body,
         )
-        return self._client._post("fine_tuning/jobs", FineTuningJob, body=body)
+        return self._client._post(
+            "fine_tuning/jobs", FineTuningJob, body=body, headers=idempotency_headers(idempotency_key)
+        )
 
     def list(
         self,
@@ -310,6 +324,7 @@ class AsyncJobs(AsyncAPIResource):
         integrations: list[dict[str, Any]] | None = None,
         priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> FineTuningJob:
         body = job_create_body(
             model=model,
@@ -324,7 +339,9 @@ class AsyncJobs(AsyncAPIResource):
             priority=priority,
             extra_body=extra_body,
         )
-        return await self._client._post("fine_tuning/jobs", FineTuningJob, body=body)
+        return await self._client._post(
+            "fine_tuning/jobs", FineTuningJob, body=body, headers=idempotency_headers(idempotency_key)
+        )
 
     def list(
         self,

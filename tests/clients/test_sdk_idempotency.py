@@ -1,0 +1,188 @@
+"""The SDK's Idempotency-Key on jobs.create: one key per call, the same on each of its retries, so a retry
+after a lost response gets the job back instead of a second one. Against the real app in-process, through
+a transport that lets the first create reach the app (which commits the job) and then drops its response."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from core.db import make_engine
+from core.model_registry import register_model
+from core.models import FineTuningJob
+from core.settings import Settings
+from ftserve_client import AsyncClient, Client
+from tests.support.datasets import chat_jsonl
+
+CREATE_PATH = "/v1/fine_tuning/jobs"
+
+
+class DropFirstCreateResponse:
+    """Sends each request to the app; the first POST /v1/fine_tuning/jobs is processed (its job committed)
+    but answered with a dropped connection, as when a proxy or the network loses the response."""
+
+    def __init__(self, app: TestClient) -> None:
+        self.app = app
+        self.creates: list[httpx.Request] = []
+        self.answers: list[Any] = []  # the app's responses (TestClient's own httpx flavour)
+
+    def forward(self, request: httpx.Request) -> httpx.Response:
+        headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
+        response = self.app.request(
+            request.method, str(request.url), headers=headers, content=request.content
+        )
+        if request.method == "POST" and request.url.path == CREATE_PATH:
+            self.creates.append(request)
+            self.answers.append(response)
+            if len(self.creates) == 1:
+                raise httpx.ReadError("connection dropped before the response", request=request)
+        headers = [
+            (k, v) for k, v in response.headers.items() if k not in ("content-length", "content-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=response.content)
+
+
+class SyncTransport(httpx.BaseTransport):
+    def __init__(self, server: DropFirstCreateResponse) -> None:
+        self.server = server
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        return self.server.forward(request)
+
+
+class AsyncTransport(httpx.AsyncBaseTransport):
+    def __init__(self, server: DropFirstCreateResponse) -> None:
+        self.server = server
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        content = await request.aread()
+        plain = httpx.Request(request.method, request.url, headers=request.headers, content=content)
+        return await asyncio.to_thread(self.server.forward, plain)
+
+
+@pytest.fixture
+def training_file(settings: Settings, tmp_path: Path, client: TestClient, org_a_key: str) -> str:
+    register_model(settings, "demo-tiny", tmp_path / "demo-tiny")  # the API needs the registry entry only
+    resp = client.post(
+        "/v1/files",
+        headers={"Authorization": f"Bearer {org_a_key}"},
+        data={"purpose": "fine-tune"},
+        files={"file": ("t.jsonl", chat_jsonl(12))},
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["id"])
+
+
+def _job_ids(settings: Settings) -> list[str]:
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            return [job.id for job in session.exec(select(FineTuningJob)).all()]
+    finally:
+        engine.dispose()
+
+
+def _sdk(server: DropFirstCreateResponse, api_key: str) -> Client:
+    return Client(
+        api_key=api_key,
+        base_url="http://testserver",
+        max_retries=2,
+        http_client=httpx.Client(transport=SyncTransport(server)),
+    )
+
+
+def test_a_retry_after_a_dropped_response_gets_the_first_job(
+    client: TestClient, settings: Settings, org_a_key: str, training_file: str
+) -> None:
+    server = DropFirstCreateResponse(client)
+    job = _sdk(server, org_a_key).fine_tuning.jobs.create(model="demo-tiny", training_file=training_file)
+    assert len(server.creates) == 2  # the dropped attempt and its retry
+    keys = {r.headers["idempotency-key"] for r in server.creates}
+    assert len(keys) == 1 and uuid.UUID(keys.pop()).version == 4
+    assert server.answers[0].json()["id"] == job.id  # the job the lost response would have carried
+    assert server.answers[1].headers["idempotent-replayed"] == "true"
+    assert _job_ids(settings) == [job.id]
+
+
+def test_each_call_has_its_own_key_and_an_explicit_key_is_sent_as_given(
+    client: TestClient, settings: Settings, org_a_key: str, training_file: str
+) -> None:
+    server = DropFirstCreateResponse(client)
+    sdk = _sdk(server, org_a_key)
+    first = sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file)
+    second = sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file)
+    assert first.id != second.id  # two calls are two jobs, though their bodies are the same
+    mine = sdk.fine_tuning.jobs.create(
+        model="demo-tiny", training_file=training_file, idempotency_key="mine-1"
+    )
+    again = sdk.fine_tuning.jobs.create(
+        model="demo-tiny", training_file=training_file, idempotency_key="mine-1"
+    )
+    assert mine.id == again.id and server.creates[-1].headers["idempotency-key"] == "mine-1"
+    assert sorted(_job_ids(settings)) == sorted({first.id, second.id, mine.id})
+
+
+def test_the_async_client_reuses_its_key_across_retries(
+    client: TestClient, settings: Settings, org_a_key: str, training_file: str
+) -> None:
+    server = DropFirstCreateResponse(client)
+
+    async def create() -> str:
+        sdk = AsyncClient(
+            api_key=org_a_key,
+            base_url="http://testserver",
+            max_retries=2,
+            http_client=httpx.AsyncClient(transport=AsyncTransport(server)),
+        )
+        try:
+            job = await sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file)
+        finally:
+            await sdk.close()
+        return job.id
+
+    job_id = asyncio.run(create())
+    assert len(server.creates) == 2
+    assert server.creates[0].headers["idempotency-key"] == server.creates[1].headers["idempotency-key"]
+    assert _job_ids(settings) == [job_id]
+
+
+def _openai(server: DropFirstCreateResponse, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        api_key=api_key,
+        base_url="http://testserver/v1",
+        max_retries=1,
+        http_client=httpx.Client(transport=SyncTransport(server)),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra_headers", "jobs_made"),
+    [({}, 2), ({"Idempotency-Key": "from-openai-sdk"}, 1)],
+    ids=["no-key", "extra-headers-key"],
+)
+def test_the_openai_sdk_works_unchanged_and_can_send_a_key(
+    client: TestClient,
+    settings: Settings,
+    org_a_key: str,
+    training_file: str,
+    extra_headers: dict[str, str],
+    jobs_made: int,
+) -> None:
+    # The official SDK sends no key: its retry after a lost response is a new create, as before. With
+    # extra_headers it gets the ftserve SDK's behaviour.
+    server = DropFirstCreateResponse(client)
+    create: Callable[..., Any] = _openai(server, org_a_key).fine_tuning.jobs.create
+    job = create(model="demo-tiny", training_file=training_file, extra_headers=extra_headers)
+    assert len(server.creates) == 2
+    assert ("idempotency-key" in server.creates[0].headers) == bool(extra_headers)
+    assert len(_job_ids(settings)) == jobs_made and job.id in _job_ids(settings)
