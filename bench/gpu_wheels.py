@@ -31,6 +31,7 @@ WHEELS = [
     # our own code's needs there
     "trl==1.15.0", "datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "pydantic==2.14.4",
     "pydantic_core==2.50.5", "annotated_types==0.8.0", "typing_inspection==0.4.5", "orjson==3.13.0",
+    "pydantic_settings==2.16.3", "python_dotenv==1.2.4",  # core.vram (the estimator) imports core.settings
     # QLoRA
     "bitsandbytes==0.50.2",
     # unsloth and what its import needs beyond the machine's image
