@@ -56,7 +56,7 @@ class _Hyperparameters(BaseModel):
     warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
     eval_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
     checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
-    # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; needs a CUDA worker)
+    # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; workers with bitsandbytes)
     quantization: Auto | Quantization = "auto"
 
 
@@ -176,7 +176,7 @@ def resolve_hyperparameters(
       the job with their line numbers rather than being truncated.
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
-    - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on CUDA workers only.
+    - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on workers with bitsandbytes.
 
     `base_model_params` (from the model registry or the model's config) sizes the lr and epochs; None means
     "a real model" (>= 1B) and gives OpenAI's rules with a 7B-class learning rate.

@@ -2,7 +2,8 @@
 
 On CUDA:
 - bf16 where the GPU supports it (fp32 otherwise);
-- `quantization="4bit"`: QLoRA, the frozen base in bitsandbytes NF4 with double quantization, bf16 compute;
+- `quantization="4bit"`: QLoRA, the frozen base in bitsandbytes NF4 with double quantization, bf16 compute
+  (on CPU too, through bitsandbytes' CPU backend: fp32 compute, for RAM-bound CPU workers);
 - gradient checkpointing for models over 1B parameters (below that, activations are cheap and the ~20-30%
   recompute isn't worth it);
 - unsloth's `FastLanguageModel` when unsloth is installed and supports the architecture, else transformers + peft.
@@ -13,13 +14,14 @@ On CPU: threads chosen by `cpu_threads` (see its docstring for the measurements 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gpu_worker.capabilities import BNB_MIN_VERSION, bnb_4bit_available, unsloth_installed
 
 TINY_MODEL_PARAMS = 50_000_000  # below this, one CPU thread is fastest (measured: docs/training.md#threads)
 GRADIENT_CHECKPOINTING_PARAMS = 1_000_000_000  # checkpoint activations for models above this size
@@ -35,11 +37,7 @@ def import_unsloth_first() -> None:
 
     Called by train.py before those imports. FTSERVE_UNSLOTH=0 keeps unsloth out of the process entirely.
     """
-    if (
-        os.environ.get("FTSERVE_UNSLOTH", "1") == "0"
-        or not unsloth_installed()
-        or not torch.cuda.is_available()
-    ):
+    if not unsloth_installed() or not torch.cuda.is_available():
         return
     try:
         import unsloth  # noqa: F401
@@ -48,7 +46,7 @@ def import_unsloth_first() -> None:
 
 
 class AccelerationUnavailable(RuntimeError):
-    """The job asks for something this worker cannot do (4-bit without CUDA or bitsandbytes, unsloth forced)."""
+    """The job asks for something this worker cannot do (4-bit without bitsandbytes, unsloth forced)."""
 
 
 def available_cpus() -> int:
@@ -76,10 +74,6 @@ def cpu_threads(n_params: int, requested: int | None = None) -> int:
     return 1 if n_params < TINY_MODEL_PARAMS else available_cpus()
 
 
-def unsloth_installed() -> bool:
-    return os.environ.get("FTSERVE_UNSLOTH", "1") != "0" and importlib.util.find_spec("unsloth") is not None
-
-
 @dataclass
 class LoadedModel:
     model: Any  # a PeftModel with the LoRA adapter attached, trainable
@@ -104,10 +98,12 @@ def load_model_with_lora(
     from transformers import AutoConfig
 
     quant = getattr(hp, "quantization", "none")
-    if quant == "4bit" and not cuda:
-        raise AccelerationUnavailable("quantization '4bit' (QLoRA) needs a CUDA worker; this one has no GPU")
-    if quant == "4bit" and importlib.util.find_spec("bitsandbytes") is None:
-        raise AccelerationUnavailable("quantization '4bit' needs bitsandbytes, which this worker lacks")
+    if quant == "4bit" and not bnb_4bit_available():
+        raise AccelerationUnavailable(
+            "quantization '4bit' (QLoRA) needs bitsandbytes >= {}.{}, which this worker lacks".format(
+                *BNB_MIN_VERSION
+            )
+        )
     gc = cuda and n_params > GRADIENT_CHECKPOINTING_PARAMS
     model_type = getattr(AutoConfig.from_pretrained(path, trust_remote_code=False), "model_type", "")
     notes = []
@@ -149,7 +145,7 @@ def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, g
             bnb_4bit_use_double_quant=True,  # quantise the quantisation constants too: ~0.4 bit/param saved
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.use_cache = False  # no KV cache during training
     if quant == "4bit":

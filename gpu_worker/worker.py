@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from core.leases import renew_leases
 from core.observability import HealthServer, Liveness, database_check, redis_check
 from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
+from gpu_worker.capabilities import bnb_4bit_available, unsloth_installed
 from gpu_worker.job_runner import settle_after_exit
 
 log = logging.getLogger("ftserve.worker")
@@ -113,18 +113,20 @@ def parse_simulated_gpus(spec: str) -> list[Device]:
 
 
 def detect_devices(simulated: str | None = None) -> tuple[list[Device], list[Capability]]:
+    # Training on the CPU (simulated GPUs train there too): QLoRA through bitsandbytes' CPU backend.
+    cpu_capabilities: list[Capability] = ["bnb_4bit"] if bnb_4bit_available() else []
     if simulated:
-        return parse_simulated_gpus(simulated), []
+        return parse_simulated_gpus(simulated), cpu_capabilities
     gpus = _nvidia_gpus()
     if not gpus:
         total, available = _memory_mb()
-        return [Device(index=0, name="cpu", total_mb=total, free_mb=available)], []
+        return [Device(index=0, name="cpu", total_mb=total, free_mb=available)], cpu_capabilities
     capabilities: list[Capability] = ["cuda"]
     if all(cap >= 8.0 for _, cap in gpus):  # Ampere and newer
         capabilities.append("bf16")
-    if importlib.util.find_spec("unsloth") is not None:
+    if unsloth_installed():
         capabilities.append("unsloth")
-    if importlib.util.find_spec("bitsandbytes") is not None:
+    if bnb_4bit_available():
         capabilities.append("bnb_4bit")
     return [device for device, _ in gpus], capabilities
 

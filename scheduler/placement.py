@@ -304,8 +304,8 @@ class Fleet:
 def _too_big(job: JobRequest, fleet: Fleet) -> str:
     if job.needs and not fleet.max_total("gpu", job.needs) and not fleet.max_total("cpu", job.needs):
         return (
-            f"The job needs a worker with {', '.join(sorted(job.needs))} (4-bit quantization needs a CUDA worker "
-            "with bitsandbytes), and no live worker has it. Use quantization 'none', or add such a worker."
+            f"The job needs a worker with {', '.join(sorted(job.needs))} (4-bit quantization needs a worker with "
+            "bitsandbytes >= 0.50), and no live worker has it. Use quantization 'none', or add such a worker."
         )
     if fleet.count["gpu"]:
         return (

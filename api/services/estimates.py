@@ -129,7 +129,7 @@ async def create_estimate(
         four_bit = estimates.hyperparameters.quantization == "4bit"
         if four_bit:
             notes.append(
-                "4-bit quantization runs only on workers that report bnb_4bit (CUDA + bitsandbytes)."
+                "4-bit quantization runs only on workers that report bnb_4bit (bitsandbytes >= 0.50)."
             )
         any_gpu = any(device.name != "cpu" for worker in workers for device in worker.gpus)
         for worker in workers:

@@ -313,16 +313,3 @@ def test_cpu_threads_rule() -> None:
     assert accel.cpu_threads(459_392) == 1  # demo-tiny: one thread (measured faster)
     assert accel.cpu_threads(7_000_000_000) == accel.available_cpus() >= 1
     assert accel.cpu_threads(7_000_000_000, requested=3) == 3
-
-
-def test_4bit_needs_a_cuda_worker(make_config: Callable[..., Any]) -> None:
-    from gpu_worker import accel
-    from gpu_worker.reporting import RecordingReporter
-    from gpu_worker.train import run_training
-
-    if torch.cuda.is_available():
-        pytest.skip("this worker has CUDA")
-    config = make_config(_varied_rows(8), hp={**SMALL, "quantization": "4bit"}, name="q4")
-    assert config.hyperparameters.quantization == "4bit"
-    with pytest.raises(accel.AccelerationUnavailable, match="needs a CUDA worker"):
-        run_training(config, RecordingReporter())

@@ -25,7 +25,7 @@ const ADVANCED = [
   ["warmup_ratio", "Warmup ratio", "float", "Share of steps spent warming up."],
   ["eval_every_steps", "Evaluate every (steps)", "int", "Validation loss interval."],
   ["checkpoint_every_steps", "Checkpoint every (steps)", "int", "Checkpoint interval."],
-  ["quantization", "Quantization", ["auto", "none", "4bit"], "4bit is QLoRA: less GPU memory, CUDA workers only."],
+  ["quantization", "Quantization", ["auto", "none", "4bit"], "4bit is QLoRA: the frozen base in 4 bits, for much less memory."],
 ];
 const OPENAI_FIELDS = new Set(["n_epochs", "batch_size", "learning_rate_multiplier", "beta"]);
 
