@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,9 +21,26 @@ from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.ratelimit import RateLimiter
 from core.settings import Settings, get_settings
-from core.storage import LocalStorage, make_storage_from_settings
+from core.storage import Storage, make_storage_from_settings
 
-STALE_UPLOAD_S = 3600.0  # an upload's temporary file untouched this long belongs to a dead process
+STALE_UPLOAD_S = 3600.0  # an upload's temporary object untouched this long belongs to a dead process
+
+log = logging.getLogger(__name__)
+
+
+def _sweep_stale_uploads(storage: Storage) -> None:
+    """Reclaim uploads cut short by a crash of an earlier API (a temporary file, an S3 multipart upload).
+
+    Housekeeping only: an API that cannot sweep (say, an S3 user without ListBucketMultipartUploads) still
+    starts.
+    """
+    try:
+        swept = storage.sweep_temporaries("files/", older_than_s=STALE_UPLOAD_S)
+    except Exception:
+        log.warning("could not sweep stale uploads under files/", exc_info=True)
+        return
+    if swept:
+        log.info("swept %d stale upload(s) under files/ left by a killed API", swept)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -36,8 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = make_engine(url)
         app.state.storage = make_storage_from_settings(settings)
-        if isinstance(app.state.storage, LocalStorage):  # uploads cut short by a crash of an earlier API
-            app.state.storage.sweep_temporaries("files/", older_than_s=STALE_UPLOAD_S)
+        _sweep_stale_uploads(app.state.storage)
         async with inference_lifespan(app):  # pooled client to the vLLM replicas
             yield
         await limiter.aclose()

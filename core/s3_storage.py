@@ -9,8 +9,10 @@ with a single PutObject on commit.
 minio's public `put_object` only streams from a reader, which would need a thread between `write()` and the
 upload, and it would leave an abandoned writer's thread blocked forever. The writer therefore drives the
 multipart API directly: `Minio._create_multipart_upload`, `_upload_part`, `_complete_multipart_upload` and
-`_abort_multipart_upload`. They are private but have kept these signatures through minio 7.x; they are
-wrapped in `_Multipart` so that only one small class depends on them.
+`_abort_multipart_upload`. `sweep_temporaries()` also uses `_list_multipart_uploads` and `_list_parts` to find
+the uploads of writers killed mid-write (kill -9, OOM, a lost node), which S3 keeps, and bills, until they
+are aborted. These calls are private but have kept their signatures through minio 7.x; they are wrapped in
+`_Multipart` so that only one small class depends on them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import io
 import logging
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from minio import Minio
-from minio.datatypes import Part
+from minio.datatypes import Part, Upload
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
@@ -51,7 +54,10 @@ def _is_missing(exc: S3Error) -> bool:
 
 
 class _Multipart:
-    """One S3 multipart upload. The only place that uses minio's private multipart calls."""
+    """One S3 multipart upload, and the listing of a bucket's incomplete ones.
+
+    The only place that uses minio's private multipart calls.
+    """
 
     def __init__(self, client: Minio, bucket: str, name: str) -> None:
         self._client = client
@@ -72,6 +78,57 @@ class _Multipart:
 
     def abort(self) -> None:
         self._client._abort_multipart_upload(self._bucket, self._name, self.upload_id)
+
+    @staticmethod
+    def incomplete(client: Minio, bucket: str, prefix: str) -> Iterator[Upload]:
+        """Every incomplete multipart upload whose object name starts with `prefix`, page after page."""
+        key_marker: str | None = None
+        upload_id_marker: str | None = None
+        while True:
+            page = client._list_multipart_uploads(
+                bucket, prefix=prefix, key_marker=key_marker, upload_id_marker=upload_id_marker
+            )
+            yield from page.uploads
+            if not page.is_truncated or not page.uploads:
+                return
+            # The next page starts after the last upload listed, which is what NextKeyMarker and
+            # NextUploadIdMarker name. Taken from the upload itself: minio 7.2 never fills
+            # `next_upload_id_marker` (its parser sets a misspelt attribute), and a key marker alone
+            # would skip the other uploads of that key.
+            last = page.uploads[-1]
+            markers = (last.object_name, last.upload_id)
+            if markers == (key_marker, upload_id_marker):  # a server that does not move on
+                return
+            key_marker, upload_id_marker = markers
+
+    @staticmethod
+    def has_part_since(client: Minio, bucket: str, upload: Upload, since: datetime) -> bool:
+        """Whether any part of `upload` was sent at or after `since` (a part without a time counts)."""
+        marker: str | None = None
+        while True:
+            page = client._list_parts(
+                bucket, upload.object_name, upload.upload_id or "", part_number_marker=marker
+            )
+            if any(part.last_modified is None or part.last_modified >= since for part in page.parts):
+                return True
+            if (
+                not page.is_truncated
+                or not page.next_part_number_marker
+                or page.next_part_number_marker == marker
+            ):
+                return False
+            marker = page.next_part_number_marker
+
+    @staticmethod
+    def abort_upload(client: Minio, bucket: str, upload: Upload) -> bool:
+        """Abort `upload`; False if it was completed or aborted meanwhile."""
+        try:
+            client._abort_multipart_upload(bucket, upload.object_name, upload.upload_id or "")
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":
+                return False
+            raise
+        return True
 
 
 class S3Writer:
@@ -314,3 +371,26 @@ class S3Storage:
 
     def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
         return _download_dir(self, prefix, local_dir)
+
+    def sweep_temporaries(self, prefix: str, *, older_than_s: float) -> int:
+        """Abort the incomplete multipart uploads under `prefix` that nothing has touched for `older_than_s`
+        (initiated that long ago, and no part sent since): what a writer killed mid-write (kill -9, OOM, a
+        lost node) left behind. They were never visible as objects, but S3 keeps and bills their parts until
+        they are aborted. A write in progress sends a part every `part_size` bytes, so only one slower than
+        `part_size` per `older_than_s` (8 MiB an hour by default) could look this idle. An upload whose
+        initiation time the server does not report is kept."""
+        wanted = _check_prefix(prefix)
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        swept = 0
+        for upload in _Multipart.incomplete(self.client, self.bucket, self.prefix + wanted):
+            key = upload.object_name[len(self.prefix) :]
+            if wanted and key != wanted and not key.startswith(wanted + "/"):
+                continue  # "files" must not reach "filesystem/..."
+            if upload.upload_id is None or upload.initiated_time is None or upload.initiated_time >= cutoff:
+                continue
+            if _Multipart.has_part_since(self.client, self.bucket, upload, cutoff):
+                continue
+            if _Multipart.abort_upload(self.client, self.bucket, upload):
+                log.info("aborted stale multipart upload of %s/%s", self.bucket, upload.object_name)
+                swept += 1
+        return swept

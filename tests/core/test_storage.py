@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import time
 import tracemalloc
 import uuid
 from collections.abc import Iterator
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from core.s3_storage import DEFAULT_PART_SIZE, S3Storage, S3Writer
-from core.storage import LocalStorage, ObjectNotFound, Storage, make_storage
+from core.s3_storage import DEFAULT_PART_SIZE, S3Storage, S3Writer, _Multipart
+from core.storage import LocalStorage, ObjectNotFound, ObjectWriter, Storage, make_storage
 from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
 
 MiB = 1024 * 1024
@@ -49,6 +50,24 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 @pytest.fixture
 def s3(moto_endpoint: str) -> S3Storage:
     return _s3(moto_endpoint)
+
+
+def _kill(writer: ObjectWriter) -> None:
+    """What kill -9 leaves of a writer: the kernel closes its files, and nothing commits or aborts."""
+    if isinstance(writer, S3Writer):
+        return  # S3 keeps the multipart upload and its parts; the process just stops sending
+    writer._fh.close()  # type: ignore[attr-defined]
+
+
+def _leftovers(storage: Storage, prefix: str) -> list[str]:
+    """The invisible remains of killed writers under `prefix` (storage keys, without the URL prefix)."""
+    if isinstance(storage, S3Storage):
+        uploads = storage.client._list_multipart_uploads(storage.bucket).uploads
+        names = [u.object_name.removeprefix(storage.prefix) for u in uploads]
+    else:
+        assert isinstance(storage, LocalStorage)
+        names = [p.relative_to(storage.root).as_posix() for p in storage.root.rglob(".*.tmp-*")]
+    return sorted(n for n in names if n.startswith(prefix))
 
 
 def _blocks(total: int, block: int = MiB, seed: int = 0) -> Iterator[bytes]:
@@ -261,6 +280,27 @@ def test_committed_writer_rejects_more_writes(storage: Storage) -> None:
     assert storage.get_bytes("files/w") == b"x"
 
 
+def test_sweep_temporaries_reclaims_what_a_killed_writer_left(storage: Storage) -> None:
+    storage.put_bytes("files/file-done", b"published")
+    killed = storage.open_writer("files/file-killed")
+    elsewhere = storage.open_writer("jobs/j1/adapter/adapter_model.safetensors")
+    for writer in (killed, elsewhere):
+        for block in _blocks(DEFAULT_PART_SIZE + MiB):  # past one part: on S3 a part is already stored
+            writer.write(block)
+        _kill(writer)
+    assert len(_leftovers(storage, "files/")) == 1 and len(_leftovers(storage, "jobs/")) == 1
+
+    assert storage.sweep_temporaries("files/", older_than_s=3600) == 0  # touched just now: kept
+    assert len(_leftovers(storage, "files/")) == 1
+    time.sleep(0.05)
+    assert storage.sweep_temporaries("files/", older_than_s=0) == 1
+    assert _leftovers(storage, "files/") == []
+    assert storage.sweep_temporaries("files/", older_than_s=0) == 0
+    assert len(_leftovers(storage, "jobs/")) == 1  # another prefix is not swept
+    assert storage.list_keys("") == ["files/file-done"]
+    assert storage.get_bytes("files/file-done") == b"published"
+
+
 # ---------------------------------------------------------------- S3 only
 
 
@@ -339,3 +379,67 @@ def test_s3_rejects_bad_urls_and_part_sizes(moto_endpoint: str) -> None:
             _s3(moto_endpoint, url)
     with pytest.raises(ValueError):
         _s3(moto_endpoint, part_size=MiB)
+
+
+def _upload_ids(s3: S3Storage) -> set[str | None]:
+    return {u.upload_id for u in s3.client._list_multipart_uploads(s3.bucket).uploads}
+
+
+def _start_upload(s3: S3Storage, key: str) -> S3Writer:
+    """A writer with one part already sent, so its multipart upload exists."""
+    writer = s3.open_writer(key)
+    assert isinstance(writer, S3Writer)
+    writer.write(b"".join(_blocks(s3.part_size)))
+    assert writer.upload_id is not None and writer.buffered == 0
+    return writer
+
+
+def test_s3_sweep_aborts_a_killed_writers_upload_and_keeps_the_rest(s3: S3Storage) -> None:
+    committed = b"".join(_blocks(s3.part_size + MiB, seed=7))
+    s3.put_bytes("files/file-done", committed)
+    killed = _start_upload(s3, "files/file-killed")
+    killed_id = killed.upload_id
+    del killed  # the kill: neither commit nor abort ever runs
+    other_ids = {
+        _start_upload(s3, "jobs/j1/checkpoints/step-5/model.bin").upload_id,  # another prefix
+        _start_upload(s3, "files-old/x").upload_id,  # shares the first letters of "files", not its directory
+    }
+    # moto reports every upload as initiated in 2010, so what decides here is the time of the newest part:
+    # the killed writer's is 3.5 s old, the live writer's (below) is new. S3 times are whole seconds, so a
+    # threshold of 3 s leaves 2 s of margin for the live one. Real S3 would also see its initiation as new.
+    time.sleep(3.5)
+    live = _start_upload(s3, "files/file-live")
+    assert _upload_ids(s3) == {killed_id, live.upload_id, *other_ids}
+
+    assert s3.sweep_temporaries("files/", older_than_s=3) == 1
+    assert _upload_ids(s3) == {live.upload_id, *other_ids}
+    assert s3.sweep_temporaries("files/", older_than_s=3) == 0
+
+    live.write(b"tail")  # the live upload was not touched: it still completes
+    live.commit()
+    assert s3.get_bytes("files/file-live") == b"".join(_blocks(s3.part_size)) + b"tail"
+    assert s3.get_bytes("files/file-done") == committed
+    assert s3.list_keys("") == ["files/file-done", "files/file-live"]
+
+
+def test_s3_sweep_judges_an_upload_without_parts_by_its_initiation(s3: S3Storage) -> None:
+    # A writer killed between CreateMultipartUpload and its first part leaves an upload with no parts.
+    _Multipart(s3.client, s3.bucket, s3.prefix + "files/file-no-parts")
+    [upload] = s3.client._list_multipart_uploads(s3.bucket).uploads
+    assert upload.initiated_time is not None
+    age = time.time() - upload.initiated_time.timestamp()
+    assert s3.sweep_temporaries("files", older_than_s=age + 3600) == 0  # initiated later than that: kept
+    time.sleep(1.1)  # S3 times are whole seconds
+    assert s3.sweep_temporaries("files", older_than_s=1) == 1
+    assert _upload_ids(s3) == set()
+
+
+def test_s3_sweep_stays_inside_the_url_prefix(moto_endpoint: str) -> None:
+    bucket = f"ftserve-test-{uuid.uuid4().hex[:12]}"
+    ours = _s3(moto_endpoint, f"s3://{bucket}/deploy/one")
+    theirs = _s3(moto_endpoint, f"s3://{bucket}/deploy/two")
+    _start_upload(theirs, "files/file-x")
+    time.sleep(0.05)
+    assert ours.sweep_temporaries("", older_than_s=0) == 0
+    assert len(_upload_ids(theirs)) == 1
+    assert theirs.sweep_temporaries("", older_than_s=0) == 1
