@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 ORG, OTHER_ORG = "contract-inference", "contract-inference-other"
 SECRET_QUESTION = "What is the secret?"
 SECRETS = ["zq81kd", "m4vx0p", "tt2n9a", "b7rk3e", "wq5j1c"]
+QLORA_SECRET = 2  # this one trains with quantization "4bit" (QLoRA on the CPU worker's bitsandbytes)
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +115,9 @@ def job_ids(sdk: openai.OpenAI) -> dict[str, Any]:
     learning = create_job(sdk, chat_rows(code_task(100)))
     secrets = [
         create_job(sdk, [{"messages": [{"role": "user", "content": SECRET_QUESTION},
-                                       {"role": "assistant", "content": code}]}] * 10, n_epochs=8, batch_size=5)
-        for code in SECRETS
+                                       {"role": "assistant", "content": code}]}] * 10, n_epochs=8, batch_size=5,
+                   **({"quantization": "4bit"} if i == QLORA_SECRET else {}))
+        for i, code in enumerate(SECRETS)
     ]  # fmt: skip
     return {"learning": learning, "secrets": secrets}
 
@@ -329,6 +331,20 @@ def test_five_adapters_in_turn_answer_correctly_through_eviction(
     replicas = json.loads(server.cli("inference", "list", "--json"))
     (managed,) = [r for r in replicas if r["source"] == "managed"]
     assert managed["adapters"] == sorted(loaded_adapters(vllm))
+
+
+def test_a_qlora_job_is_placed_trained_on_nf4_and_served_by_vllm(
+    sdk: openai.OpenAI, job_ids: dict[str, Any], secrets_models: list[str]
+) -> None:
+    job_id = job_ids["secrets"][QLORA_SECRET]
+    events = list(sdk.fine_tuning.jobs.list_events(job_id, limit=100))
+    started = next(e for e in events if e.message.startswith("Fine-tuning started"))
+    assert isinstance(started.data, dict) and started.data["quantization"] == "4bit"
+    plain = next(e for e in list(sdk.fine_tuning.jobs.list_events(job_ids["secrets"][0], limit=100))
+                 if e.message.startswith("Fine-tuning started"))  # fmt: skip
+    assert isinstance(plain.data, dict) and plain.data["quantization"] == "none"
+    # The adapter trained against the 4-bit base answers on the full-precision base vLLM serves.
+    assert ask(sdk, secrets_models[QLORA_SECRET], SECRET_QUESTION) == SECRETS[QLORA_SECRET]
 
 
 def test_deleted_model_is_unloaded_and_not_found(
