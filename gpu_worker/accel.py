@@ -25,11 +25,13 @@ from gpu_worker.capabilities import BNB_MIN_VERSION, bnb_4bit_available, unsloth
 
 TINY_MODEL_PARAMS = 50_000_000  # below this, one CPU thread is fastest (measured: docs/training.md#threads)
 GRADIENT_CHECKPOINTING_PARAMS = 1_000_000_000  # checkpoint activations for models above this size
-# Architectures unsloth 2026.10 patches with its fast kernels (FastLanguageModel dispatch in unsloth/models/loader.py)
-UNSLOTH_MODEL_TYPES = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3", "gemma3_text", "cohere",
-     "granite", "falcon_h1"}
-)  # fmt: skip
+# Exactly the model types unsloth 2026.10.9's FastLanguageModel.from_pretrained dispatches to its own fast models
+# (unsloth/models/loader.py:1796-1858). qwen3_moe is commented out there, cohere and granite are disabled, and
+# everything else (gemma3, falcon_h1, ...) goes to the generic FastModel path (loader.py:1860), not audited for us.
+UNSLOTH_MODEL_TYPES = frozenset({"llama", "mistral", "gemma", "gemma2", "qwen2", "qwen3"})
+# What "all-linear" means on those architectures: the attention and MLP projections (the same set peft's
+# "all-linear" picks there, checked in tests/gpu_worker/test_accel_unsloth.py), all of them unsloth fast-path layers.
+UNSLOTH_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def import_unsloth_first() -> None:
@@ -37,6 +39,10 @@ def import_unsloth_first() -> None:
 
     Called by train.py before those imports. FTSERVE_UNSLOTH=0 keeps unsloth out of the process entirely.
     """
+    # We lay out SFT batches ourselves (gpu_worker.packing). unsloth reads this switch once, when `import unsloth`
+    # imports unsloth/trainer.py (trainer.py:193), so it must be set before the import; otherwise its patched
+    # SFTTrainer turns on TRL's padding-free collation whenever we pass no collator (length-grouped batches).
+    os.environ.setdefault("UNSLOTH_DISABLE_AUTO_PADDING_FREE", "1")
     if not unsloth_installed() or not torch.cuda.is_available():
         return
     try:
@@ -105,10 +111,10 @@ def load_model_with_lora(
             )
         )
     gc = cuda and n_params > GRADIENT_CHECKPOINTING_PARAMS
-    model_type = getattr(AutoConfig.from_pretrained(path, trust_remote_code=False), "model_type", "")
+    model_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     notes = []
     if use_unsloth is not False:
-        why_not = _unsloth_unusable(cuda, model_type)
+        why_not = _unsloth_unusable(cuda, model_config, hp.max_seq_length)
         if why_not is None:
             try:
                 model = _load_unsloth(path, hp, dtype=dtype, quant=quant, gc=gc, seed=seed)
@@ -123,13 +129,23 @@ def load_model_with_lora(
     return LoadedModel(model, "transformers", quant, gc, notes)
 
 
-def _unsloth_unusable(cuda: bool, model_type: str) -> str | None:
+def _unsloth_unusable(cuda: bool, model_config: Any, max_seq_length: int) -> str | None:
+    """Why unsloth can't train this model here, or None when it can."""
     if not cuda:
         return "no CUDA device"
     if not unsloth_installed():
         return "unsloth is not installed (or FTSERVE_UNSLOTH=0)"
+    model_type = getattr(model_config, "model_type", "")
     if model_type not in UNSLOTH_MODEL_TYPES:
         return f"unsloth has no fast path for model type {model_type!r}"
+    # Past the model's positions unsloth silently switches on linear RoPE scaling (unsloth/models/llama.py:3782-3805),
+    # so the adapter would learn positions that vLLM, serving the unscaled base, never uses.
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions and max_seq_length > positions:
+        return (
+            f"max_seq_length {max_seq_length} is over the model's {positions} positions, where unsloth would "
+            "rescale RoPE and train an adapter for a different model than the one served"
+        )
     return None
 
 
@@ -164,28 +180,35 @@ def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, g
     return get_peft_model(model, lora)
 
 
+def unsloth_target_modules(targets: list[str] | str) -> list[str]:
+    """hp.target_modules as the module names unsloth's get_peft_model takes ("all-linear" spelled out)."""
+    return list(UNSLOTH_ALL_LINEAR) if targets == "all-linear" else list(targets)
+
+
 def _load_unsloth(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, seed: int) -> Any:
-    os.environ.setdefault("UNSLOTH_DISABLE_AUTO_PADDING_FREE", "1")  # we pack ourselves (gpu_worker.packing)
+    """unsloth 2026.10.9: keywords as in FastLanguageModel.from_pretrained (unsloth/models/loader.py:1241-1274)
+    and FastLlamaModel.get_peft_model (unsloth/models/llama.py:4569-4592). Not yet run on a GPU: the unsloth test in
+    tests/gpu_worker/test_cuda.py is its check."""
     from unsloth import FastLanguageModel
 
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=str(path),
-        max_seq_length=hp.max_seq_length,
+        model_name=os.path.abspath(path),
+        # Load this directory as it is: no remapping of the name to an unsloth hub repo (loader.py:1431-1443),
+        # which for an "org/name"-shaped relative path would also fetch unsloth's name map from GitHub.
+        use_exact_model_name=True,
+        max_seq_length=hp.max_seq_length,  # <= the model's positions (_unsloth_unusable), so RoPE is untouched
         dtype=dtype,
-        load_in_4bit=quant == "4bit",
+        load_in_4bit=quant == "4bit",  # NF4 + double quantization like ours (llama.py:4015-4021)
         fix_tokenizer=False,  # the data is already tokenised with the model's own tokenizer
         trust_remote_code=False,
         use_gradient_checkpointing="unsloth" if gc else False,
     )
-    targets = hp.target_modules
-    if targets == "all-linear":  # unsloth wants names; these are its (and Llama-family) linear layers
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return FastLanguageModel.get_peft_model(
         model,
         r=hp.lora_rank,
         lora_alpha=hp.lora_alpha,
         lora_dropout=hp.lora_dropout,
-        target_modules=targets,
+        target_modules=unsloth_target_modules(hp.target_modules),
         bias="none",
         use_gradient_checkpointing="unsloth" if gc else False,
         random_state=seed,
