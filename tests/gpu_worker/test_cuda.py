@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from gpu_worker import accel, packing  # noqa: E402
+
+accel.import_unsloth_first()  # as in the worker's training process: unsloth (if any) before transformers/trl/peft
 pytest.importorskip("peft")
 pytest.importorskip("trl")
 
 pytestmark = pytest.mark.gpu
 
-from gpu_worker import accel, packing  # noqa: E402
-from tests.gpu_worker.conftest import chat_rows, code_task, write_jsonl  # noqa: E402
+from tests.gpu_worker.conftest import chat_rows, code_task, question, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +39,24 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("demo-tiny"))
 
 
-def _config(model_dir: Path, tmp: Path, rows: list[dict[str, Any]], **hp: Any) -> Any:
-    from core.hyperparameters import SupervisedHyperparameters, resolve_hyperparameters
+def _config(
+    model_dir: Path, tmp: Path, rows: list[dict[str, Any]], method: str = "supervised",
+    validation_rows: list[dict[str, Any]] | None = None, **hp: Any,
+) -> Any:  # fmt: skip
+    from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
     from gpu_worker.config import TrainJobConfig
 
     params = json.loads((model_dir / "demo_model_info.json").read_text())["parameters"]
-    resolved = resolve_hyperparameters(
-        "supervised", SupervisedHyperparameters(**hp), n_examples=len(rows), base_model_params=params
-    )
+    positions = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    hyperparameters = DpoHyperparameters(**hp) if method == "dpo" else SupervisedHyperparameters(**hp)
+    resolved = resolve_hyperparameters(  # with the model's context length, as the job runner resolves them
+        method, hyperparameters, n_examples=len(rows), base_model_params=params, base_model_max_length=positions,
+    )  # fmt: skip
     return TrainJobConfig(
-        job_id="ftjob-cuda", method="supervised", base_model_path=model_dir, data_format="chat",
+        job_id="ftjob-cuda", method=method, base_model_path=model_dir,  # type: ignore[arg-type]
+        data_format="preference" if method == "dpo" else "chat",
         training_file=write_jsonl(tmp / "train.jsonl", rows), output_dir=tmp / "out", hyperparameters=resolved,
+        validation_file=write_jsonl(tmp / "valid.jsonl", validation_rows) if validation_rows else None,
         use_unsloth=False,
     )  # fmt: skip
 
@@ -147,16 +157,46 @@ def test_gradient_checkpointing_is_on_above_1b_parameters(model_dir: Path) -> No
         assert loaded.gradient_checkpointing is expected
 
 
+def _preference_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": question(w)}]},
+            "preferred_output": [{"role": "assistant", "content": c}],
+            "non_preferred_output": [{"role": "assistant", "content": c[::-1]}],
+        }
+        for w, c in pairs
+    ]
+
+
+@pytest.mark.parametrize("method", ["supervised", "dpo"])
 def test_unsloth_is_used_when_installed_else_the_fallback_is_announced(
-    model_dir: Path, tmp_path: Path
+    model_dir: Path, tmp_path: Path, method: str
 ) -> None:
-    rows = chat_rows(code_task(16, seed=6))
-    config = _config(model_dir, tmp_path, rows, batch_size=8, n_epochs=1)
+    import math
+
+    from core.adapters import validate_adapter
+
+    rows_of = _preference_rows if method == "dpo" else chat_rows
+    config = _config(
+        model_dir, tmp_path, rows_of(code_task(16, seed=6)), method=method,
+        validation_rows=rows_of(code_task(8, seed=8)), batch_size=8, n_epochs=1,
+    )  # fmt: skip
     config.use_unsloth = None  # auto
     result, started, messages = _train(config)
     assert result.adapter_dir is not None
-    if accel.unsloth_installed():
-        assert started["backend"] == "unsloth", messages
-    else:
+    # What the service checks before vLLM gets it: a plain PEFT LoRA adapter (safetensors, no DoRA, bias or
+    # modules_to_save, supported modules) with the base's tensor shapes.
+    info = validate_adapter(result.adapter_dir, max_lora_rank=64, base_model_dir=model_dir)
+    assert {m.rsplit(".", 1)[-1] for m in info.target_modules} == set(accel.UNSLOTH_ALL_LINEAR)
+    losses = [row["train_loss"] for row in result.metrics_history if "train_loss" in row]
+    assert losses and all(math.isfinite(x) for x in losses), result.metrics_history
+    assert math.isfinite(result.metrics["full_valid_loss"]), result.metrics
+    if not accel.unsloth_installed():
         assert started["backend"] == "transformers"
         assert any("unsloth not used: unsloth is not installed" in m for m in messages), messages
+        return
+    assert started["backend"] == "unsloth", messages
+    if method == "supervised":
+        # unsloth's Llama forward finds the packed row's boundaries from the restarting position_ids
+        # (unsloth/models/llama.py:1338-1350), so the packing check should pass on it.
+        assert started["batching"] == "padding_free", started["batching_reason"]
