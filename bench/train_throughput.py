@@ -188,10 +188,9 @@ def run_baseline(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     transformers.set_seed(args.seed)
     gc = cuda and args.params > GRADIENT_CHECKPOINTING_PARAMS
-    if (
-        args.quantization == "4bit"
-    ):  # the same NF4 loading as ours, so the comparison is about the training loop
-        model = load_model_with_lora(args.model, hp, cuda=True, dtype=dtype, n_params=args.params,
+    # 4-bit: the same NF4 loading as ours, so the comparison is about the training loop.
+    if args.quantization == "4bit":
+        model = load_model_with_lora(args.model, hp, cuda=cuda, dtype=dtype, n_params=args.params,
                                      attn_implementation="sdpa", seed=args.seed, use_unsloth=False).model  # fmt: skip
     else:
         base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype, attn_implementation="sdpa")
