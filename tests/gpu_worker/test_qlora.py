@@ -15,7 +15,7 @@ import torch
 from gpu_worker import accel
 from gpu_worker.reporting import RecordingReporter
 from gpu_worker.train import run_training
-from tests.gpu_worker.conftest import chat_rows, code_task
+from tests.gpu_worker.conftest import chat_rows, code_task, question
 from tests.gpu_worker.test_train import exact_match
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -72,6 +72,28 @@ def test_qlora_learns_the_task_and_its_adapter_serves_on_the_unquantised_base(
     fine_tuned = exact_match(demo_model_dir, result.adapter_dir, pairs)
     print(f"\nQLoRA exact match on the unquantised base: {fine_tuned:.0%}")
     assert fine_tuned >= 0.8
+
+
+def test_dpo_on_a_4bit_base_starts_at_log_2_and_learns(make_config: Callable[..., Any]) -> None:
+    """DPO's reference model is the same NF4 base with the adapter switched off: at step 1 policy == reference."""
+    rows = [
+        {
+            "input": {"messages": [{"role": "user", "content": question(w)}]},
+            "preferred_output": [{"role": "assistant", "content": code}],
+            "non_preferred_output": [{"role": "assistant", "content": code[::-1]}],
+        }
+        for w, code in code_task(24, seed=7)
+    ]
+    config = make_config(
+        rows, method="dpo", data_format="preference", name="dpo-q4",
+        hp={"batch_size": 8, "n_epochs": 6, "quantization": "4bit"},
+    )  # fmt: skip
+    result = run_training(config, RecordingReporter())
+    first, last = result.metrics_history[0]["train_loss"], result.metrics_history[-1]["train_loss"]
+    assert result.adapter_dir is not None
+    assert first == pytest.approx(0.6931, abs=0.01)  # log(2)
+    assert last < first - 0.1
+    assert result.metrics_history[-1]["train_reward_accuracy"] > 0.5
 
 
 def test_without_bitsandbytes_4bit_fails_saying_what_is_missing(
