@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/webhooks.py
 	$(BIN)/python bench/vram_estimator.py
 	$(BIN)/python bench/scheduler_sim.py
+	$(BIN)/python bench/proxy_overhead.py
 
 # The long bad-input run: schemathesis with a bigger example budget (CI runs a small one), hypothesis on the
 # JSONL validator, then atheris on it for FUZZ_SECONDS if its wheel installs (it is not a default dependency).
