@@ -43,6 +43,18 @@ def chat_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
+def preference_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """DPO rows: the right code preferred over the same code reversed."""
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": question(w)}]},
+            "preferred_output": [{"role": "assistant", "content": c}],
+            "non_preferred_output": [{"role": "assistant", "content": c[::-1]}],
+        }
+        for w, c in pairs
+    ]
+
+
 @pytest.fixture
 def make_config(demo_model_dir: Path, demo_params: int, tmp_path: Path) -> Callable[..., Any]:
     """Build a TrainJobConfig for demo-tiny from rows; hyperparameters resolved like the API does."""

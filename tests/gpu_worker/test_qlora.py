@@ -15,7 +15,7 @@ import torch
 from gpu_worker import accel
 from gpu_worker.reporting import RecordingReporter
 from gpu_worker.train import run_training
-from tests.gpu_worker.conftest import chat_rows, code_task, question
+from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows
 from tests.gpu_worker.test_train import exact_match
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -76,14 +76,7 @@ def test_qlora_learns_the_task_and_its_adapter_serves_on_the_unquantised_base(
 
 def test_dpo_on_a_4bit_base_starts_at_log_2_and_learns(make_config: Callable[..., Any]) -> None:
     """DPO's reference model is the same NF4 base with the adapter switched off: at step 1 policy == reference."""
-    rows = [
-        {
-            "input": {"messages": [{"role": "user", "content": question(w)}]},
-            "preferred_output": [{"role": "assistant", "content": code}],
-            "non_preferred_output": [{"role": "assistant", "content": code[::-1]}],
-        }
-        for w, code in code_task(24, seed=7)
-    ]
+    rows = preference_rows(code_task(24, seed=7))
     config = make_config(
         rows, method="dpo", data_format="preference", name="dpo-q4",
         hp={"batch_size": 8, "n_epochs": 6, "quantization": "4bit"},

@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from gpu_worker.reporting import RecordingReporter  # noqa: E402
 from gpu_worker.train import TrainResult, run_training  # noqa: E402
-from tests.gpu_worker.conftest import chat_rows, code_task, question  # noqa: E402
+from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows, question  # noqa: E402
 
 # A small, fast SFT run for the mechanics tests: 24 examples, batch 4 -> 6 steps/epoch, 3 epochs = 18 steps.
 SMALL_HP: dict[str, Any] = {
@@ -90,14 +90,7 @@ def test_learns_an_unguessable_task_with_everything_on_auto(
 
 @pytest.mark.slow
 def test_dpo_loss_falls(make_config: Callable[..., Any]) -> None:
-    rows = [
-        {
-            "input": {"messages": [{"role": "user", "content": question(w)}]},
-            "preferred_output": [{"role": "assistant", "content": code}],
-            "non_preferred_output": [{"role": "assistant", "content": code[::-1]}],
-        }
-        for w, code in code_task(24, seed=7)
-    ]
+    rows = preference_rows(code_task(24, seed=7))
     config = make_config(
         rows, method="dpo", data_format="preference", hp={"batch_size": 8, "n_epochs": 6}, name="dpo"
     )
