@@ -29,6 +29,15 @@ const ADVANCED = [
 ];
 const OPENAI_FIELDS = new Set(["n_epochs", "batch_size", "learning_rate_multiplier", "beta"]);
 
+// A random UUID v4; crypto.randomUUID needs a secure context, and the dashboard may be served over plain http.
+function uuid4() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 export function render(main, { search, navigate }) {
   let alive = true;
   let files = [];
@@ -363,6 +372,9 @@ export function render(main, { search, navigate }) {
     if (event.target.name === "method") fillFiles();
     changed();
   });
+  // One Idempotency-Key per distinct request: resubmitting the same form after a lost response ("could not
+  // be reached") returns the job the first submit created instead of starting a second one.
+  let sent = { json: "", key: "" };
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     formError.replaceChildren();
@@ -377,7 +389,9 @@ export function render(main, { search, navigate }) {
     submit.disabled = true;
     submit.textContent = "Starting…";
     try {
-      const job = await api("/v1/fine_tuning/jobs", { method: "POST", body });
+      const json = JSON.stringify(body);
+      if (json !== sent.json) sent = { json, key: uuid4() };
+      const job = await api("/v1/fine_tuning/jobs", { method: "POST", body, headers: { "Idempotency-Key": sent.key } });
       navigate(`/jobs/${encodeURIComponent(job.id)}`);
     } catch (err) {
       const control = err instanceof ApiError ? controlForParam(err.param) : null;
