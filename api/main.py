@@ -24,23 +24,26 @@ from core.settings import Settings, get_settings
 from core.storage import Storage, make_storage_from_settings
 
 STALE_UPLOAD_S = 3600.0  # an upload's temporary object untouched this long belongs to a dead process
+SWEPT_PREFIXES = ("files/", "jobs/")  # what the API uploads, and what workers upload
 
 log = logging.getLogger(__name__)
 
 
 def _sweep_stale_uploads(storage: Storage) -> None:
-    """Reclaim uploads cut short by a crash of an earlier API (a temporary file, an S3 multipart upload).
+    """Reclaim writes cut short by a crash (a temporary file, an S3 multipart upload): uploads of an earlier API
+    under files/, and adapters, checkpoints and results of a killed worker under jobs/.
 
     Housekeeping only: an API that cannot sweep (say, an S3 user without ListBucketMultipartUploads) still
     starts.
     """
-    try:
-        swept = storage.sweep_temporaries("files/", older_than_s=STALE_UPLOAD_S)
-    except Exception:
-        log.warning("could not sweep stale uploads under files/", exc_info=True)
-        return
-    if swept:
-        log.info("swept %d stale upload(s) under files/ left by a killed API", swept)
+    for prefix in SWEPT_PREFIXES:
+        try:
+            swept = storage.sweep_temporaries(prefix, older_than_s=STALE_UPLOAD_S)
+        except Exception:
+            log.warning("could not sweep stale uploads under %s", prefix, exc_info=True)
+            return
+        if swept:
+            log.info("swept %d stale upload(s) under %s left by a killed writer", swept, prefix)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

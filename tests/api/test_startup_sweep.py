@@ -1,4 +1,4 @@
-"""The API reclaims uploads that a killed API left in storage when it starts, on every storage backend."""
+"""The API reclaims, when it starts, the writes that a killed API or worker left in storage, on every backend."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def test_start_aborts_a_stale_s3_upload_and_keeps_a_live_one(
     storage = make_storage_from_settings(settings)
     assert isinstance(storage, S3Storage)
     stale = _start_upload(storage, "files/file-killed")
+    stale_checkpoint = _start_upload(storage, "jobs/ftjob-killed/attempt-1/checkpoints/step-8/adapter.bin")
     time.sleep(5.5)
     live = _start_upload(storage, "files/file-uploading")  # another API replica, still streaming
     monkeypatch.setattr(api.main, "STALE_UPLOAD_S", 5.0)  # instead of an hour; 4 s of margin for the start
@@ -60,8 +61,9 @@ def test_start_aborts_a_stale_s3_upload_and_keeps_a_live_one(
     with caplog.at_level(logging.INFO, logger="api.main"), TestClient(create_app(settings)) as client:
         assert client.get("/healthz").status_code == 200
     assert _upload_ids(storage) == {live}
-    assert stale not in _upload_ids(storage)
+    assert stale not in _upload_ids(storage) and stale_checkpoint not in _upload_ids(storage)
     assert "swept 1 stale upload(s) under files/" in caplog.text
+    assert "swept 1 stale upload(s) under jobs/" in caplog.text  # a worker killed mid-checkpoint
 
 
 def test_start_deletes_a_stale_temporary_file_on_local_disk(
