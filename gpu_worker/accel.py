@@ -14,9 +14,11 @@ On CPU: threads chosen by `cpu_threads` (see its docstring for the measurements 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -34,17 +36,32 @@ UNSLOTH_MODEL_TYPES = frozenset({"llama", "mistral", "gemma", "gemma2", "qwen2",
 UNSLOTH_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def import_unsloth_first() -> None:
-    """Import unsloth before transformers, trl and peft (it patches them at import), where it may be used.
+_unsloth_import_decided = False  # the job runner decides for its model before train.py's import-time call
 
-    Called by train.py before those imports. FTSERVE_UNSLOTH=0 keeps unsloth out of the process entirely.
+
+def import_unsloth_first(model_dir: Path | None = None, max_seq_length: int | None = None) -> None:
+    """Import unsloth before transformers, trl and peft (it patches them at import), where it will be used.
+
+    The job runner calls this with the job's model before it imports train.py, so unsloth is imported only when
+    it will train that model: its import-time patches of TRL's trainers (no token-accuracy metrics, an error on
+    untrained special tokens) would otherwise reach the plain transformers + peft fallback too. train.py's own
+    call, at its import, is then a no-op; without a model (benchmarks, tests) it imports unsloth wherever it is
+    installed and CUDA is present. FTSERVE_UNSLOTH=0 keeps unsloth out of the process entirely.
     """
+    global _unsloth_import_decided
     # We lay out SFT batches ourselves (gpu_worker.packing). unsloth reads this switch once, when `import unsloth`
     # imports unsloth/trainer.py (trainer.py:193), so it must be set before the import; otherwise its patched
     # SFTTrainer turns on TRL's padding-free collation whenever we pass no collator (length-grouped batches).
     os.environ.setdefault("UNSLOTH_DISABLE_AUTO_PADDING_FREE", "1")
+    if _unsloth_import_decided:
+        return
+    _unsloth_import_decided = model_dir is not None
     if not unsloth_installed() or not torch.cuda.is_available():
         return
+    if model_dir is not None:
+        config = SimpleNamespace(**json.loads((model_dir / "config.json").read_text()))
+        if _unsloth_unusable(True, config, max_seq_length or 0) is not None:
+            return  # load_model_with_lora reaches the same verdict and announces the fallback
     try:
         import unsloth  # noqa: F401
     except Exception:  # noqa: BLE001 (a broken unsloth must not stop plain training; load_model says why)

@@ -349,12 +349,17 @@ class Attempt:
 
     def _train(self, job: FineTuningJob) -> None:
         from gpu_worker.config import TrainJobConfig
-        from gpu_worker.train import run_training  # torch: imported in the child only
 
         base = get_base_model(self.settings, job.model)
         training = self._download_file(job.training_file, "training")
         validation = self._download_file(job.validation_file, "validation") if job.validation_file else None
         hyperparameters = self._resolve(job, training.example_count or 0, base.path)
+        # torch, transformers and (where it will train this model) unsloth: imported in the child only, unsloth first
+        from gpu_worker import accel
+
+        accel.import_unsloth_first(base.path, hyperparameters.max_seq_length)
+        from gpu_worker.train import run_training
+
         resume = self._resume_checkpoint()
         model_name = self._model_name(job)
         reporter = DbReporter(

@@ -5,6 +5,9 @@ gets, and the switch it must see at import. unsloth itself needs a CUDA device; 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +67,49 @@ def test_auto_padding_free_is_off_before_unsloth_can_be_imported(monkeypatch: py
     monkeypatch.setenv("UNSLOTH_DISABLE_AUTO_PADDING_FREE", "0")  # an operator's explicit choice wins
     accel.import_unsloth_first()
     assert os.environ["UNSLOTH_DISABLE_AUTO_PADDING_FREE"] == "0"
+
+
+@pytest.fixture
+def stand_in_unsloth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A stand-in `unsloth` package that only records that it was imported (the real one needs a GPU), and a
+    process that believes it has CUDA: what import_unsloth_first decides, not what unsloth does."""
+    package = tmp_path / "site" / "unsloth"
+    package.mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "unsloth", raising=False)
+    monkeypatch.setattr(accel.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(accel, "_unsloth_import_decided", False)
+    yield marker
+    sys.modules.pop("unsloth", None)  # the stand-in must not outlive the test (find_spec would see it)
+
+
+def _model_dir(tmp_path: Path, model_type: str, positions: int = 1024) -> Path:
+    model_dir = tmp_path / model_type
+    model_dir.mkdir()
+    _config(model_type, positions).save_pretrained(model_dir)  # type: ignore[attr-defined]
+    return model_dir
+
+
+def test_the_runner_imports_unsloth_only_for_a_model_it_will_train(
+    stand_in_unsloth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model type unsloth has no fast path for: unsloth stays out, so its trainer patches can't reach the
+    # transformers + peft fallback; train.py's own call at import then changes nothing.
+    accel.import_unsloth_first(_model_dir(tmp_path, "phi3"), 512)
+    accel.import_unsloth_first()
+    assert not stand_in_unsloth.exists() and "unsloth" not in sys.modules
+    # Over the model's positions (unsloth would rescale RoPE): also out.
+    monkeypatch.setattr(accel, "_unsloth_import_decided", False)
+    accel.import_unsloth_first(_model_dir(tmp_path, "llama", positions=1024), 2048)
+    assert not stand_in_unsloth.exists()
+    # A Llama within its positions: imported, before anything else of the training stack.
+    monkeypatch.setattr(accel, "_unsloth_import_decided", False)
+    accel.import_unsloth_first(_model_dir(tmp_path, "qwen2"), 1024)
+    assert stand_in_unsloth.exists() and "unsloth" in sys.modules
+
+
+def test_without_a_model_unsloth_is_imported_wherever_it_is_installed(stand_in_unsloth: Path) -> None:
+    accel.import_unsloth_first()  # benchmarks and tests that call run_training directly
+    assert stand_in_unsloth.exists()
