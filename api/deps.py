@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.services.idempotency import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY
 from core.keys import authenticate
 from core.models import Organization
 from core.settings import Settings
@@ -53,3 +54,16 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentOrg = Annotated[Organization, Depends(get_current_org)]
+# Checked by the service (api/services/idempotency.py), so a bad key is a 400 in the error envelope.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias=IDEMPOTENCY_HEADER,
+        description=(
+            "Makes the create safe to retry: the same key and request within 24 h return the object created "
+            "first (with `Idempotent-Replayed: true`) and create nothing; the same key with another request is "
+            f"a 422 `idempotency_key_reused`. Keys are per organization, 1-{MAX_IDEMPOTENCY_KEY} printable ASCII "
+            "characters."
+        ),
+    ),
+]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter, Query, Request, Response
 
-from fastapi import APIRouter, Header, Query, Request, Response
-
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, IdempotencyKeyHeader, SessionDep, SettingsDep
 from api.protocol import (
     CreateFineTuningJobRequest,
     CursorListResponse,
@@ -17,6 +15,7 @@ from api.protocol import (
     ListResponse,
 )
 from api.services import fine_tuning as service
+from api.services.idempotency import REPLAYED_HEADER
 
 router = APIRouter(
     prefix="/v1/fine_tuning/jobs",
@@ -32,19 +31,6 @@ def _metadata_filter(request: Request) -> dict[str, str]:
         for name, value in request.query_params.items()
         if name.startswith("metadata[") and name.endswith("]") and len(name) > len("metadata[]")
     }
-
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias=service.IDEMPOTENCY_HEADER,
-        description=(
-            "Makes the create safe to retry: the same key and body within 24 h return the job created first "
-            "(with `Idempotent-Replayed: true`) and create nothing; the same key with another body is a 422 "
-            "`idempotency_key_reused`. Keys are per organization, 1-255 printable ASCII characters."
-        ),
-    ),
-]
 
 
 @router.post(
@@ -64,7 +50,7 @@ def create_job(
         session=session, settings=settings, org=org, request=body, idempotency_key=idempotency_key
     )
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
+        response.headers[REPLAYED_HEADER] = "true"
     return job
 
 

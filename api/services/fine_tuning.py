@@ -8,7 +8,7 @@ import secrets
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -22,11 +22,20 @@ from api.protocol import (
     FineTuningJobObject,
     ListResponse,
 )
+
+# The TTL stays importable from here: the job tests age a job past it.
+from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S as IDEMPOTENCY_KEY_TTL_S
+from api.services.idempotency import (
+    check_idempotency_key,
+    key_expired,
+    key_holder,
+    key_reused,
+    release_key,
+)
 from api.services.pagination import paginate
 from core import ids, jobs
 from core.errors import (
     ConflictError,
-    IdempotencyKeyReusedError,
     InvalidRequestError,
     NotFoundError,
     QuotaExceededError,
@@ -48,10 +57,6 @@ VRAM_BREAKDOWN = (
 )  # fmt: skip
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 SUFFIX_FORBIDDEN = set(":/ \t\r\n")
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-MAX_IDEMPOTENCY_KEY = 255
-# A key names its job for this long; after it, the same key creates a new job (Stripe keeps keys 24 h too).
-IDEMPOTENCY_KEY_TTL_S = 24 * 3600
 
 
 def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
@@ -141,20 +146,6 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
-def check_idempotency_key(key: str | None) -> str | None:
-    """The Idempotency-Key header as given, or None without one; 1 to 255 printable ASCII characters."""
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= ch <= "~" for ch in key):
-        raise InvalidRequestError(
-            f"The {IDEMPOTENCY_HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters "
-            "(a UUID is a good choice).",
-            param=IDEMPOTENCY_HEADER,
-            code="invalid_idempotency_key",
-        )
-    return key
-
-
 def request_hash(request: CreateFineTuningJobRequest) -> str:
     """SHA-256 of the validated request in a canonical form: key order, whitespace, unknown fields and
     explicit nulls do not change it."""
@@ -164,26 +155,10 @@ def request_hash(request: CreateFineTuningJobRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _job_for_key(session: Session, *, organization_id: str, key: str) -> FineTuningJob | None:
-    return session.exec(
-        select(FineTuningJob).where(
-            FineTuningJob.organization_id == organization_id, FineTuningJob.idempotency_key == key
-        )
-    ).first()
-
-
-def _key_expired(job: FineTuningJob) -> bool:
-    return job.created_at <= now_s() - IDEMPOTENCY_KEY_TTL_S
-
-
 def _replay(job: FineTuningJob, *, digest: str) -> FineTuningJobObject:
     """The earlier job of this key, if the request is the same one."""
     if job.request_hash != digest:
-        raise IdempotencyKeyReusedError(
-            f"This {IDEMPOTENCY_HEADER} was already used with a different request body (job {job.id}). "
-            "Use a new key for a new job, or resend the original body to get that job back.",
-            param=IDEMPOTENCY_HEADER,
-        )
+        raise key_reused(kind="job", object_id=job.id, request="request body", original="body")
     return job_object(job)
 
 
@@ -207,8 +182,8 @@ def create_job(
     digest = request_hash(request) if key is not None else ""
     expired: FineTuningJob | None = None
     if key is not None:
-        earlier = _job_for_key(session, organization_id=organization_id, key=key)
-        if earlier is not None and not _key_expired(earlier):
+        earlier = key_holder(session, FineTuningJob, organization_id=organization_id, key=key)
+        if earlier is not None and not key_expired(earlier.created_at):
             return _replay(earlier, digest=digest), True
         expired = earlier
 
@@ -275,11 +250,7 @@ def create_job(
     )
     if expired is not None:
         # The key's 24 h are over: its old job gives it up (unless a concurrent request already took it).
-        session.execute(
-            update(FineTuningJob)
-            .where(col(FineTuningJob.seq) == expired.seq, col(FineTuningJob.idempotency_key) == key)
-            .values(idempotency_key=None)
-        )
+        release_key(session, FineTuningJob, holder=expired, key=key)
     session.add(job)
     jobs.append_event(session, job_id=job.id, message=f"Created fine-tuning job: {job.id}")
     try:
@@ -290,8 +261,8 @@ def create_job(
         session.rollback()
         if key is None:
             raise
-        winner = _job_for_key(session, organization_id=organization_id, key=key)
-        if winner is None or _key_expired(winner):
+        winner = key_holder(session, FineTuningJob, organization_id=organization_id, key=key)
+        if winner is None or key_expired(winner.created_at):
             raise
         return _replay(winner, digest=digest), True
     return job_object(job), False
