@@ -44,6 +44,10 @@ class ApiKey(SQLModel, table=True):
 
 class File(SQLModel, table=True):
     __tablename__ = "files"
+    __table_args__ = (
+        # One file per (organization, Idempotency-Key): two concurrent uploads with one key insert one row.
+        Index("ix_files_org_idempotency_key", "organization_id", "idempotency_key", unique=True),
+    )
 
     seq: int | None = Field(default=None, primary_key=True)
     id: str = Field(index=True, unique=True, max_length=64)
@@ -65,6 +69,9 @@ class File(SQLModel, table=True):
     storage_key: str = Field(max_length=512)
     sha256: str | None = Field(default=None, max_length=64)
     deleted_at: int | None = Field(default=None, index=True)
+    # -- Idempotency-Key on upload (processed files only): a retry with the same key, purpose and bytes
+    # (`sha256`) within 24 h gets this file back. Given up once the file is deleted or expires, or after 24 h.
+    idempotency_key: str | None = Field(default=None, max_length=255)
 
 
 class FineTuningJob(SQLModel, table=True):

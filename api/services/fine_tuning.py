@@ -248,7 +248,7 @@ def create_job(
         idempotency_key=key,
         request_hash=digest or None,
     )
-    if expired is not None:
+    if expired is not None and key is not None:
         # The key's 24 h are over: its old job gives it up (unless a concurrent request already took it).
         release_key(session, FineTuningJob, holder=expired, key=key)
     session.add(job)
