@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
-from api.deps import CurrentOrg, EngineDep, SessionDep, SettingsDep, StorageDep
+from api.deps import CurrentOrg, EngineDep, IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep
 from api.protocol import CursorListResponse, ErrorResponse, FileDeleted, FileObject, FileValidationReport
 from api.services import files as service
+from api.services.idempotency import REPLAYED_HEADER
 
 router = APIRouter(
     prefix="/v1/files",
@@ -41,15 +42,35 @@ UPLOAD_BODY = {
     "",
     response_model=FileObject,
     openapi_extra=UPLOAD_BODY,
-    responses={413: {"model": ErrorResponse}},
+    responses={
+        413: {"model": ErrorResponse},
+        422: {
+            "model": ErrorResponse,
+            "description": "Idempotency-Key reused with another purpose or content",
+        },
+    },
     summary="Upload a JSONL training file; it is validated line by line as it streams in.",
 )
 async def create_file(
-    request: Request, org: CurrentOrg, engine: EngineDep, storage: StorageDep, settings: SettingsDep
+    request: Request,
+    org: CurrentOrg,
+    engine: EngineDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> FileObject:
-    return await service.create_file(
-        request=request, engine=engine, storage=storage, settings=settings, org=org
+    file, replayed = await service.create_file(
+        request=request,
+        engine=engine,
+        storage=storage,
+        settings=settings,
+        org=org,
+        idempotency_key=idempotency_key,
     )
+    if replayed:
+        response.headers[REPLAYED_HEADER] = "true"
+    return file
 
 
 @router.get("", response_model=CursorListResponse[FileObject])

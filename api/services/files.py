@@ -8,7 +8,9 @@ from typing import Literal
 
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from api.protocol import (
@@ -19,11 +21,18 @@ from api.protocol import (
     ValidationLineError,
     file_object,
 )
+from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
 from api.services.pagination import paginate
-from api.services.uploads import check_purpose, receive_upload
+from api.services.uploads import UploadResult, check_purpose, receive_upload
 from core import ids
 from core.db import session_scope
-from core.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError, QuotaExceededError
+from core.errors import (
+    IdempotencyKeyReusedError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    QuotaExceededError,
+)
 from core.models import File, Organization, now_s
 from core.settings import Settings
 from core.storage import Storage
@@ -89,41 +98,154 @@ def _check_file_quotas(*, engine: Engine, settings: Settings, org: Organization)
     return left
 
 
+def _past_storage_quota(settings: Settings, *, left: int) -> QuotaExceededError:
+    return QuotaExceededError(
+        f"This upload would take the organization past its storage quota of "
+        f"{settings.org_max_storage_bytes:,} bytes ({left:,} left). Delete files to make room.",
+        param="file",
+    )
+
+
+def _key_free(holder: File) -> bool:
+    """A file gives its Idempotency-Key up once GET would no longer show it (deleted, expired) or after 24 h."""
+    gone = holder.deleted_at is not None or (holder.expires_at is not None and holder.expires_at <= now_s())
+    return gone or key_expired(holder.created_at)
+
+
+def _live_holder(*, engine: Engine, org: Organization, key: str | None) -> File | None:
+    """The file that this organization's key names now, if any."""
+    if key is None:
+        return None
+    with Session(engine) as session:
+        holder = key_holder(session, File, organization_id=org.id, key=key)
+    return None if holder is None or _key_free(holder) else holder
+
+
+def _reused(holder: File) -> IdempotencyKeyReusedError:
+    return key_reused(kind="file", object_id=holder.id, request="purpose or file content", original="upload")
+
+
+def _replay(holder: File, *, purpose: str, sha256: str) -> FileObject:
+    """The file of this key, if this upload is the same one (purpose and bytes), as GET shows it now."""
+    if holder.purpose != purpose or holder.sha256 != sha256:
+        raise _reused(holder)
+    return file_object(holder)
+
+
 async def create_file(
-    *, request: Request, engine: Engine, storage: Storage, settings: Settings, org: Organization
-) -> FileObject:
+    *,
+    request: Request,
+    engine: Engine,
+    storage: Storage,
+    settings: Settings,
+    org: Organization,
+    idempotency_key: str | None = None,
+) -> tuple[FileObject, bool]:
+    """Upload a file; returns it and whether it is a replay.
+
+    With an Idempotency-Key, the same key, purpose and bytes (their SHA-256, computed as they stream in)
+    within 24 h return the file that the first upload created, as GET shows it now, and keep nothing of this
+    one: its bytes go to a temporary object that is dropped, never published. Another purpose or other bytes
+    under the key are a 422. A key that names a live file skips the quota checks, so the retry of the upload
+    that filled the quota still gets its file. Only a processed file records its key: after a refused upload
+    (400, 413, 429) the same key can be sent again, and a deleted or expired file gives its key up."""
+    key = check_idempotency_key(idempotency_key)
+    held = await run_in_threadpool(_live_holder, engine=engine, org=org, key=key)
+    storage_left: int | None = None  # None: not checked, because the key names a file
+    if held is None:
+        storage_left = await run_in_threadpool(_check_file_quotas, engine=engine, settings=settings, org=org)
+
+    def purpose_check(purpose: str | None) -> None:
+        # A key reused with another purpose is a 422 even where that purpose alone would be a 400, as for jobs.
+        if held is not None and purpose is not None and purpose != held.purpose:
+            raise _reused(held)
+        check_purpose(purpose)
+
     file_id = ids.file_id()
-    key = f"files/{file_id}"
-    storage_left = _check_file_quotas(engine=engine, settings=settings, org=org)
+    storage_key = f"files/{file_id}"
+    max_bytes = (
+        settings.max_upload_bytes if storage_left is None else min(settings.max_upload_bytes, storage_left)
+    )
     try:
         result = await receive_upload(
             request=request,
             storage=storage,
-            key=key,
-            max_bytes=min(settings.max_upload_bytes, storage_left),
+            key=storage_key,
+            max_bytes=max_bytes,
             max_line_bytes=settings.max_line_bytes,
             min_examples=settings.min_examples,
+            purpose_check=purpose_check,
         )
     except PayloadTooLargeError:
-        if storage_left >= settings.max_upload_bytes:
+        if storage_left is None or storage_left >= settings.max_upload_bytes:
             raise
-        raise QuotaExceededError(
-            f"This upload would take the organization past its storage quota of "
-            f"{settings.org_max_storage_bytes:,} bytes ({storage_left:,} left). Delete files to make room.",
-            param="file",
-        ) from None
+        raise _past_storage_quota(settings, left=storage_left) from None
     purpose = result.fields.get("purpose")
     try:
         if purpose is None:
             raise InvalidRequestError("Missing required form field 'purpose'.", param="purpose")
-        check_purpose(purpose)
+        purpose_check(purpose)
         expires_at = _expires_at(result.fields)
     except BaseException:
-        storage.delete(key)
+        if result.writer is not None:
+            result.writer.abort()
         raise
+    # From here _keep owns the temporary object; in a thread, so the DB and storage calls never block the loop.
+    return await run_in_threadpool(
+        _keep,
+        engine=engine,
+        storage=storage,
+        settings=settings,
+        org=org,
+        key=key,
+        quota_checked=storage_left is not None,
+        file_id=file_id,
+        storage_key=storage_key,
+        result=result,
+        purpose=purpose,
+        expires_at=expires_at,
+    )
 
+
+def _keep(
+    *,
+    engine: Engine,
+    storage: Storage,
+    settings: Settings,
+    org: Organization,
+    key: str | None,
+    quota_checked: bool,
+    file_id: str,
+    storage_key: str,
+    result: UploadResult,
+    purpose: str,
+    expires_at: int | None,
+) -> tuple[FileObject, bool]:
+    """Publish the upload and add its row, or answer the key's file and drop the upload."""
     report = result.report
     assert report is not None
+    writer = result.writer
+    published = False
+    holder: File | None = None
+    try:
+        if key is not None:
+            # Looked up again: the key may have been taken (or freed) while the bytes streamed in.
+            with Session(engine) as session:
+                holder = key_holder(session, File, organization_id=org.id, key=key)
+            if holder is not None and not _key_free(holder):
+                return _replay(holder, purpose=purpose, sha256=result.sha256), True
+        if not quota_checked:
+            # The key's file went away during the upload, so this one is new after all: check it now.
+            left = _check_file_quotas(engine=engine, settings=settings, org=org)
+            if result.bytes > left:
+                raise _past_storage_quota(settings, left=left)
+        if writer is not None:
+            writer.commit()
+            published = True
+    finally:
+        if writer is not None and not published:
+            writer.abort()
+
     row = File(
         id=file_id,
         organization_id=org.id,
@@ -137,15 +259,30 @@ async def create_file(
         example_count=report.example_count,
         validation_errors=[e.to_dict() for e in report.errors],
         validation_error_count=report.error_count,
-        storage_key=key,
+        storage_key=storage_key,
         sha256=result.sha256,
+        idempotency_key=key if report.ok else None,
     )
     try:
         with session_scope(engine) as session:
+            if holder is not None and key is not None and row.idempotency_key is not None:
+                # The key's old file is deleted, expired or past 24 h: it gives the key up to this one.
+                release_key(session, File, holder=holder, key=key)
             session.add(row)
-    except BaseException:
+    except IntegrityError:
         # No row, no object: never leave bytes that nothing lists.
-        storage.delete(key)
+        storage.delete(storage_key)
+        if key is None or row.idempotency_key is None:
+            raise
+        # A concurrent upload with the same key kept its file first (the unique index on organization +
+        # key): answer as a replay of that one.
+        with Session(engine) as session:
+            winner = key_holder(session, File, organization_id=org.id, key=key)
+        if winner is None or _key_free(winner):
+            raise
+        return _replay(winner, purpose=purpose, sha256=result.sha256), True
+    except BaseException:
+        storage.delete(storage_key)
         raise
     if not report.ok:
         more = f" {report.error_count} errors in total;" if report.error_count > 1 else ""
@@ -153,7 +290,7 @@ async def create_file(
             f"Invalid training file: {report.summary()}{more} full report: GET /v1/files/{file_id}/validation",
             file_id=file_id,
         )
-    return file_object(row)
+    return file_object(row), False
 
 
 def _live_file(session: Session, *, org: Organization, file_id: str) -> File:

@@ -7,6 +7,7 @@ in a worker thread so validation never stalls the event loop.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
@@ -29,7 +30,9 @@ class UploadResult:
     bytes: int
     sha256: str
     report: ValidationReport | None
-    stored: bool
+    # The valid upload, still a temporary: the caller publishes it (`commit()`) or drops it (`abort()`, also
+    # safe after a commit). None when validation failed: nothing is kept then.
+    writer: ObjectWriter | None
 
 
 @dataclass
@@ -42,8 +45,17 @@ class _Part:
 class _StreamingForm:
     """Callbacks for python-multipart's MultipartParser. One `file` part goes to storage; others are small."""
 
-    def __init__(self, *, storage: Storage, key: str, validator: StreamingValidator, max_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        key: str,
+        validator: StreamingValidator,
+        max_bytes: int,
+        check_purpose: Callable[[str | None], None],
+    ) -> None:
         self.storage = storage
+        self.check_purpose = check_purpose
         self.key = key
         self.validator = validator
         self.max_bytes = max_bytes
@@ -84,7 +96,7 @@ class _StreamingForm:
         self._part.filename = filename.decode("utf-8", "replace") if filename is not None else None
         self._in_file = self._part.name == "file"
         if self._in_file:
-            check_purpose(self.fields.get("purpose"))
+            self.check_purpose(self.fields.get("purpose"))
             if self.file_seen:
                 raise InvalidRequestError("Send exactly one 'file' part.", param="file")
             self.file_seen = True
@@ -165,10 +177,19 @@ def _boundary(request: Request) -> bytes:
 
 
 async def receive_upload(
-    *, request: Request, storage: Storage, key: str, max_bytes: int, max_line_bytes: int, min_examples: int
+    *,
+    request: Request,
+    storage: Storage,
+    key: str,
+    max_bytes: int,
+    max_line_bytes: int,
+    min_examples: int,
+    purpose_check: Callable[[str | None], None] = check_purpose,
 ) -> UploadResult:
-    """Stream the request body into `key` while validating it. The object is committed only if the
-    upload is complete; the caller decides from the report whether to keep it."""
+    """Stream the request body into a temporary object for `key` while validating and hashing it. A complete,
+    valid upload comes back unpublished in `result.writer`, for the caller to publish or drop; anything else
+    leaves nothing behind. `purpose_check` sees the purpose field when the file part starts (None if it has
+    not arrived yet)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MAX_FIELD_BYTES:
         raise PayloadTooLargeError(f"File is larger than the {max_bytes:,}-byte upload limit.", param="file")
@@ -178,6 +199,7 @@ async def receive_upload(
         key=key,
         validator=StreamingValidator(max_line_bytes=max_line_bytes, min_examples=min_examples),
         max_bytes=max_bytes,
+        check_purpose=purpose_check,
     )
     parser = MultipartParser(_boundary(request), form.callbacks())  # type: ignore[arg-type]
     batch = bytearray()
@@ -198,9 +220,7 @@ async def receive_upload(
             )
         report = await run_in_threadpool(form.validator.finish)
         assert form.writer is not None
-        if report.ok:
-            await run_in_threadpool(form.writer.commit)
-        else:
+        if not report.ok:
             form.writer.abort()
     except BaseException as exc:
         if form.writer is not None:
@@ -214,5 +234,5 @@ async def receive_upload(
         bytes=form.file_bytes,
         sha256=form.sha.hexdigest(),
         report=report,
-        stored=report.ok,
+        writer=form.writer if report.ok else None,
     )
