@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+import uuid
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +69,11 @@ class RequestOptions:
     timeout: Timeout | NotGiven = NOT_GIVEN
     max_retries: int | None = None
     stream: bool = False
+
+
+def idempotency_headers(idempotency_key: str | None) -> dict[str, str]:
+    """One key per create() call, generated here (not per attempt), so the client's retries all reuse it."""
+    return {"Idempotency-Key": idempotency_key if idempotency_key is not None else str(uuid.uuid4())}
 
 
 def flatten_params(params: Mapping[str, Any] | None) -> dict[str, Any]:

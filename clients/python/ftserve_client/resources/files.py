@@ -8,7 +8,7 @@ from typing import Literal
 
 import httpx
 
-from .._base_client import RequestOptions
+from .._base_client import RequestOptions, idempotency_headers
 from .._resource import AsyncAPIResource, SyncAPIResource
 from .._uploads import FileTypes, MultipartUpload, ProgressCallback
 from ..pagination import AsyncPaginator, SyncCursorPage
@@ -83,12 +83,18 @@ class Files(SyncAPIResource):
         purpose: Literal["fine-tune"] | str = "fine-tune",
         expires_after_seconds: int | None = None,
         on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
     ) -> FileObject:
         """Upload a JSONL training file. The server validates it line by line while it streams in; a
         rejected file raises `BadRequestError` whose `file_id` names the report (`validation_report`).
 
         `file` is a path, bytes, a binary file object, or `(filename, any of those)`.
         `on_progress(bytes_sent, total)` is called as chunks go out.
+
+        Safe to retry: the call sends an `Idempotency-Key` (a new UUID per call unless you pass
+        `idempotency_key`), the same on each of its automatic retries, so a retry after a lost response gets
+        the file the first attempt created instead of a second copy. Paths, bytes and seekable file objects
+        are re-sent from the start on a retry; a non-seekable stream is sent once (no automatic retry).
         """
         upload = MultipartUpload.from_file(file, _fields(purpose, expires_after_seconds), on_progress)
         response = self._client.request(
@@ -96,7 +102,7 @@ class Files(SyncAPIResource):
                 "POST",
                 "files",
                 content=upload.iter_body,
-                headers=upload.headers,
+                headers={**upload.headers, **idempotency_headers(idempotency_key)},
                 max_retries=None if upload.retryable else 0,
             )
         )
@@ -137,6 +143,7 @@ class AsyncFiles(AsyncAPIResource):
         purpose: Literal["fine-tune"] | str = "fine-tune",
         expires_after_seconds: int | None = None,
         on_progress: ProgressCallback | None = None,
+        idempotency_key: str | None = None,
     ) -> FileObject:
         upload = MultipartUpload.from_file(file, _fields(purpose, expires_after_seconds), on_progress)
         response = await self._client.request(
@@ -144,7 +151,7 @@ class AsyncFiles(AsyncAPIResource):
                 "POST",
                 "files",
                 content=upload.aiter_body,
-                headers=upload.headers,
+                headers={**upload.headers, **idempotency_headers(idempotency_key)},
                 max_retries=None if upload.retryable else 0,
             )
         )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..._base_client import idempotency_headers
 from ..._resource import AsyncAPIResource, SyncAPIResource
 from ...pagination import AsyncPaginator, SyncCursorPage
 from ...types.fine_tuning import TERMINAL_STATUSES, FineTuningJob, FineTuningJobEvent
@@ -66,11 +66,6 @@ def job_create_body(
     body.update({k: v for k, v in optional.items() if v is not None})
     body.update(extra_body or {})
     return body
-
-
-def idempotency_headers(idempotency_key: str | None) -> dict[str, str]:
-    """One key per create() call, generated here (not per attempt), so the client's retries all reuse it."""
-    return {"Idempotency-Key": idempotency_key if idempotency_key is not None else str(uuid.uuid4())}
 
 
 class _EventCursor:
