@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 from api.services import files as service
 from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S
 from core.db import make_engine
+from core.model_registry import register_model
 from core.models import File, now_s
 from core.settings import Settings
 from core.storage import make_storage_from_settings
@@ -207,6 +208,21 @@ def test_keys_are_per_organization(
         and file_a["id"] not in refused.text
     )
     assert len(_rows(settings)) == 2 and len(_stored(settings)) == 2
+
+
+def test_files_and_jobs_keep_their_keys_apart(
+    client: TestClient, settings: Settings, org_a_key: str, tmp_path: Path
+) -> None:
+    register_model(settings, "demo-tiny", tmp_path / "demo-tiny")  # the API needs the registry entry only
+    file = _upload(client, org_a_key, chat_jsonl(12), "same-key").json()
+    job = client.post(
+        "/v1/fine_tuning/jobs",
+        headers=_headers(org_a_key, "same-key"),
+        json={"model": "demo-tiny", "training_file": file["id"]},
+    )
+    assert job.status_code == 200 and "idempotent-replayed" not in job.headers
+    again = _upload(client, org_a_key, chat_jsonl(12), "same-key")
+    assert again.headers["idempotent-replayed"] == "true" and again.json()["id"] == file["id"]
 
 
 def test_a_refused_upload_does_not_use_up_its_key(
