@@ -1,11 +1,14 @@
 """Idempotency-Key on POST /v1/files, through the ASGI app on SQLite and PostgreSQL with real local storage: a
 retry gets the first file back and keeps nothing (no second row, no second object, no temporary left), another
 purpose or other bytes under the key are refused, keys are per organization, a refused upload leaves its key
-free, two concurrent uploads with one key keep one file, and a deleted, expired or day-old file frees its key."""
+free, two concurrent uploads with one key keep one file, and a deleted, expired or day-old file frees its key.
+On S3 (moto's server) a replay aborts the multipart upload its bytes started."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,12 @@ from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S
 from core.db import make_engine
 from core.model_registry import register_model
 from core.models import File, now_s
+from core.s3_storage import S3Storage
 from core.settings import Settings
 from core.storage import make_storage_from_settings
+from tests.conftest import make_key
 from tests.support.datasets import chat_jsonl, prompt_completion_jsonl
+from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
 
 KEY_HEADER = "Idempotency-Key"
 BAD_JSONL = b'{"messages": "not a list"}\n' * 12
@@ -310,3 +316,40 @@ def test_concurrent_uploads_with_one_key_keep_one_file(
     file_id = responses[0].json()["id"]
     assert [r.id for r in _rows(settings)] == [file_id]
     assert _stored(settings) == [f"files/{file_id}"]  # the loser's object is gone, and no temporary is left
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    with run_moto_server() as endpoint:
+        yield endpoint
+
+
+def test_on_s3_a_replay_aborts_its_multipart_upload(tmp_path: Path, moto_endpoint: str) -> None:
+    # Over one 8 MiB part, so each upload starts an S3 multipart upload: a replay and a refused upload must
+    # abort theirs, leaving the first file's object alone and no upload in progress.
+    from api.main import create_app
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        storage_url=f"s3://ftserve-idem-{uuid.uuid4().hex[:10]}/ftserve",
+        s3_endpoint=moto_endpoint,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+        s3_secure=False,
+        s3_region=REGION,
+        min_examples=10,
+    )
+    storage = make_storage_from_settings(settings)
+    assert isinstance(storage, S3Storage)
+    data = chat_jsonl(60_000)
+    assert len(data) > storage.part_size
+    with TestClient(create_app(settings)) as client:
+        api_key = make_key(settings, "org-s3")
+        file = _upload(client, api_key, data, "big").json()
+        again = _upload(client, api_key, data, "big")
+        assert again.status_code == 200 and again.headers["idempotent-replayed"] == "true"
+        assert again.json()["id"] == file["id"]
+        assert _upload(client, api_key, data + chat_jsonl(1), "big").status_code == 422
+        assert storage.list_keys("files/") == [f"files/{file['id']}"]
+        assert storage.client._list_multipart_uploads(storage.bucket).uploads == []
+        assert client.get(f"/v1/files/{file['id']}/content", headers=_headers(api_key)).content == data
