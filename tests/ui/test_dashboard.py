@@ -252,6 +252,49 @@ def test_upload_valid_and_broken_files_shows_bad_lines(
     shots(page, "after-delete")
 
 
+def test_a_file_dropped_again_after_a_lost_response_is_stored_once(
+    open_page: Callable[..., Any], dashboard: Dashboard
+) -> None:
+    """The upload reaches the server and creates the file, but the browser never sees the answer. Dropping the
+    same file again sends the same Idempotency-Key, so the server answers with that file instead of a copy."""
+    page = open_page("/ui/files")
+    page.wait_for_selector("#dropzone")
+    created: list[str] = []
+    keys: list[str] = []
+
+    def lose_the_first_answer(route: Any) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        keys.append(route.request.headers.get("idempotency-key", ""))
+        if created:
+            route.continue_()
+            return
+        # The server does this upload's work under the browser's key (Playwright can't re-send a File body
+        # itself)... and the browser never gets the answer.
+        response = dashboard.http.post(
+            "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("lost-answer.jsonl", data)},
+            headers={"Idempotency-Key": keys[-1]},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        created.append(response.json()["id"])
+        route.abort("connectionreset")
+
+    page.route("**/v1/files", lose_the_first_answer)
+    data = chat_jsonl(TRAIN_EXAMPLES + 3)
+    upload = tmp_file("lost-answer.jsonl", data)
+    page.set_input_files("#file-input", str(upload))
+    failed = page.wait_for_selector("li.upload[data-name='lost-answer.jsonl'][data-state='error']")
+    assert "could not be reached" in failed.inner_text()
+    page.set_input_files("#file-input", str(upload))
+    done = page.wait_for_selector("li.upload[data-name='lost-answer.jsonl'][data-state='processed']")
+    page.unroute("**/v1/files")
+    assert len(keys) == 2 and keys[0] == keys[1] and re.fullmatch(r"[0-9a-f-]{36}", keys[0])
+    assert done.get_attribute("data-file-id") == created[0]
+    names = [f["filename"] for f in dashboard.http.get("/v1/files", params={"limit": 1000}).json()["data"]]
+    assert names.count("lost-answer.jsonl") == 1
+
+
 def tmp_file(name: str, data: bytes) -> Path:
     folder = Path(__file__).resolve().parents[2] / "test-output" / "ui" / "_uploads"
     folder.mkdir(parents=True, exist_ok=True)

@@ -88,13 +88,24 @@ export async function listAll(path, { limit = 100, max = 1000 } = {}) {
   }
 }
 
+// A random UUID v4; crypto.randomUUID needs a secure context, and the dashboard may be served over plain http.
+export function uuid4() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 // Multipart upload through XHR, because fetch reports no upload progress. Resolves with the File object;
 // rejects with an ApiError (a rejected file's carries `fileId`, for its validation report).
-export function uploadFile(file, { onProgress, purpose = "fine-tune" } = {}) {
+// `idempotencyKey` makes a re-sent upload return the file the first one created (docs/api.md).
+export function uploadFile(file, { onProgress, purpose = "fine-tune", idempotencyKey } = {}) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", `${ROOT}/v1/files`);
     for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    if (idempotencyKey) xhr.setRequestHeader("Idempotency-Key", idempotencyKey);
     xhr.responseType = "json";
     xhr.upload.addEventListener("progress", (event) => {
       if (event.lengthComputable && onProgress) onProgress(event.loaded, event.total);

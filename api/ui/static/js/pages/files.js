@@ -1,5 +1,5 @@
 // Files: drag-and-drop upload with progress, the bad-line table of a rejected file, a preview, delete.
-import { ApiError, UI, api, download, firstLines, listAll, request, uploadFile } from "../api.js";
+import { ApiError, UI, api, download, firstLines, listAll, request, uploadFile, uuid4 } from "../api.js";
 import {
   alertBox,
   badge,
@@ -97,7 +97,13 @@ export function render(main, { search }) {
     uploading = false;
   }
 
+  // A file whose upload lost its answer (network error) keeps its Idempotency-Key: dropping the same file again
+  // then returns the file the first upload created, if it did, instead of storing a second copy.
+  const unanswered = new Map();
+
   async function uploadOne(file) {
+    const identity = `${file.name}\u0000${file.size}\u0000${file.lastModified}`;
+    const idempotencyKey = unanswered.get(identity) ?? uuid4();
     const bar = progressBar(0, file.size, `Upload of ${file.name}`);
     const state = h("span", { class: "upload-state" }, "Waiting…");
     const item = h(
@@ -110,12 +116,14 @@ export function render(main, { search }) {
     uploads.prepend(item);
     try {
       const created = await uploadFile(file, {
+        idempotencyKey,
         onProgress(loaded, total, sent) {
           setProgress(bar, loaded, total);
           item.dataset.progress = bar.getAttribute("aria-valuenow");
           state.textContent = sent ? "Uploaded · validating…" : `Uploading… ${bar.getAttribute("aria-valuenow")}%`;
         },
       });
+      unanswered.delete(identity);
       setProgress(bar, 1, 1);
       item.dataset.state = "processed";
       item.dataset.fileId = created.id;
@@ -124,6 +132,8 @@ export function render(main, { search }) {
       await refresh();
       select(created.id);
     } catch (err) {
+      if (err instanceof ApiError && err.status === 0) unanswered.set(identity, idempotencyKey);
+      else unanswered.delete(identity);
       item.dataset.state = "error";
       item.classList.add("upload-error");
       if (err instanceof ApiError && err.fileId) {

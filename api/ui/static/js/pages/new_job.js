@@ -1,5 +1,5 @@
 // New job: base model, files, method, hyperparameters ("auto" shown as auto) and a live VRAM estimate.
-import { ApiError, UI, api, listAll } from "../api.js";
+import { ApiError, UI, api, listAll, uuid4 } from "../api.js";
 import { alertBox, clear, formatMb, formatNumber, h, pageHeader } from "../dom.js";
 import { formatLabel } from "./files.js";
 
@@ -28,15 +28,6 @@ const ADVANCED = [
   ["quantization", "Quantization", ["auto", "none", "4bit"], "4bit is QLoRA: the frozen base in 4 bits, for much less memory."],
 ];
 const OPENAI_FIELDS = new Set(["n_epochs", "batch_size", "learning_rate_multiplier", "beta"]);
-
-// A random UUID v4; crypto.randomUUID needs a secure context, and the dashboard may be served over plain http.
-function uuid4() {
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  b[6] = (b[6] & 0x0f) | 0x40;
-  b[8] = (b[8] & 0x3f) | 0x80;
-  const hex = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
 
 export function render(main, { search, navigate }) {
   let alive = true;
