@@ -4,7 +4,6 @@ vLLM can't serve, callers without the token, and paths it did not compute."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from core.model_registry import register_model
 from core.settings import Settings
 from core.storage import make_storage_from_settings
 from tests.support.adapters import make_adapter, make_base
-from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
+from tests.support.moto_server import run_moto_server, s3_settings_kwargs
 
 TOKEN = "agent-token-for-tests"
 JOB = "ftjob-agent1"
@@ -33,12 +32,7 @@ def settings(tmp_path: Path, moto_endpoint: str) -> Settings:
     return Settings(
         data_dir=tmp_path / "agent-host",
         model_registry=tmp_path / "agent-host" / "models.json",
-        storage_url=f"s3://ftserve-agent-{uuid.uuid4().hex[:10]}",
-        s3_endpoint=moto_endpoint,
-        s3_access_key=ACCESS_KEY,
-        s3_secret_key=SECRET_KEY,
-        s3_secure=False,
-        s3_region=REGION,
+        **s3_settings_kwargs(moto_endpoint, "ftserve-agent"),
         agent_token=TOKEN,
         agent_adapter_dir=tmp_path / "vllm-host-adapters",
         agent_vllm_url="http://127.0.0.1:9",  # nothing listens: /readyz must say so

@@ -7,7 +7,6 @@ On S3 (moto's server) a replay aborts the multipart upload its bytes started."""
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,7 +28,7 @@ from core.settings import Settings
 from core.storage import make_storage_from_settings
 from tests.conftest import make_key
 from tests.support.datasets import chat_jsonl, prompt_completion_jsonl
-from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
+from tests.support.moto_server import run_moto_server, s3_settings_kwargs
 
 KEY_HEADER = "Idempotency-Key"
 BAD_JSONL = b'{"messages": "not a list"}\n' * 12
@@ -331,13 +330,8 @@ def test_on_s3_a_replay_aborts_its_multipart_upload(tmp_path: Path, moto_endpoin
 
     settings = Settings(
         data_dir=tmp_path / "data",
-        storage_url=f"s3://ftserve-idem-{uuid.uuid4().hex[:10]}/ftserve",
-        s3_endpoint=moto_endpoint,
-        s3_access_key=ACCESS_KEY,
-        s3_secret_key=SECRET_KEY,
-        s3_secure=False,
-        s3_region=REGION,
         min_examples=10,
+        **s3_settings_kwargs(moto_endpoint, "ftserve-idem", "/ftserve"),
     )
     storage = make_storage_from_settings(settings)
     assert isinstance(storage, S3Storage)

@@ -17,7 +17,7 @@ from api.main import create_app
 from core.s3_storage import S3Storage, S3Writer
 from core.settings import Settings
 from core.storage import LocalStorage, make_storage_from_settings
-from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
+from tests.support.moto_server import run_moto_server, s3_settings_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +42,7 @@ def test_start_aborts_a_stale_s3_upload_and_keeps_a_live_one(
     tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(
-        data_dir=tmp_path / "data",
-        storage_url=f"s3://ftserve-startup-{uuid.uuid4().hex[:10]}/ftserve",
-        s3_endpoint=moto_endpoint,
-        s3_access_key=ACCESS_KEY,
-        s3_secret_key=SECRET_KEY,
-        s3_secure=False,
-        s3_region=REGION,
+        data_dir=tmp_path / "data", **s3_settings_kwargs(moto_endpoint, "ftserve-startup", "/ftserve")
     )
     storage = make_storage_from_settings(settings)
     assert isinstance(storage, S3Storage)

@@ -17,11 +17,25 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 ACCESS_KEY = "test"
 SECRET_KEY = "test"
 REGION = "us-east-1"
+
+
+def s3_settings_kwargs(endpoint: str, bucket_prefix: str, path: str = "") -> dict[str, Any]:
+    """Settings fields for a fresh bucket on the moto server at `endpoint`: `Settings(**s3_settings_kwargs(...))`."""
+    return {
+        "storage_url": f"s3://{bucket_prefix}-{uuid.uuid4().hex[:10]}{path}",
+        "s3_endpoint": endpoint,
+        "s3_access_key": ACCESS_KEY,
+        "s3_secret_key": SECRET_KEY,
+        "s3_secure": False,
+        "s3_region": REGION,
+    }
 
 
 def free_port(host: str = "127.0.0.1") -> int:
