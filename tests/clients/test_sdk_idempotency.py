@@ -137,18 +137,22 @@ def test_each_call_has_its_own_key_and_an_explicit_key_is_sent_as_given(
     assert sorted(_job_ids(settings)) == sorted({first.id, second.id, mine.id})
 
 
+def _async_sdk(server: DropFirstCreateResponse, api_key: str) -> AsyncClient:
+    return AsyncClient(
+        api_key=api_key,
+        base_url="http://testserver",
+        max_retries=2,
+        http_client=httpx.AsyncClient(transport=AsyncTransport(server)),
+    )
+
+
 def test_the_async_client_reuses_its_key_across_retries(
     client: TestClient, settings: Settings, org_a_key: str, training_file: str
 ) -> None:
     server = DropFirstCreateResponse(client)
 
     async def create() -> str:
-        sdk = AsyncClient(
-            api_key=org_a_key,
-            base_url="http://testserver",
-            max_retries=2,
-            http_client=httpx.AsyncClient(transport=AsyncTransport(server)),
-        )
+        sdk = _async_sdk(server, org_a_key)
         try:
             job = await sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file)
         finally:
@@ -276,12 +280,7 @@ def test_the_async_client_reuses_its_upload_key_across_retries(
     server = DropFirstCreateResponse(client, UPLOAD_PATH)
 
     async def upload() -> str:
-        sdk = AsyncClient(
-            api_key=org_a_key,
-            base_url="http://testserver",
-            max_retries=2,
-            http_client=httpx.AsyncClient(transport=AsyncTransport(server)),
-        )
+        sdk = _async_sdk(server, org_a_key)
         try:
             file = await sdk.files.create(file=("a.jsonl", chat_jsonl(12)))
         finally:
