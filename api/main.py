@@ -41,7 +41,7 @@ def _sweep_stale_uploads(storage: Storage) -> None:
             swept = storage.sweep_temporaries(prefix, older_than_s=STALE_UPLOAD_S)
         except Exception:
             log.warning("could not sweep stale uploads under %s", prefix, exc_info=True)
-            return
+            continue
         if swept:
             log.info("swept %d stale upload(s) under %s left by a killed writer", swept, prefix)
 

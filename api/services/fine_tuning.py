@@ -22,24 +22,10 @@ from api.protocol import (
     FineTuningJobObject,
     ListResponse,
 )
-
-# The TTL stays importable from here: the job tests age a job past it.
-from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S as IDEMPOTENCY_KEY_TTL_S
-from api.services.idempotency import (
-    check_idempotency_key,
-    key_expired,
-    key_holder,
-    key_reused,
-    release_key,
-)
+from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
 from api.services.pagination import paginate
 from core import ids, jobs
-from core.errors import (
-    ConflictError,
-    InvalidRequestError,
-    NotFoundError,
-    QuotaExceededError,
-)
+from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
 from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
 from core.model_registry import load_registry
 from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s

@@ -16,6 +16,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from api.services import fine_tuning as service
+from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S
 from core.db import make_engine
 from core.model_registry import register_model
 from core.models import FineTuningJob, JobEvent
@@ -216,7 +217,7 @@ def test_a_key_is_free_again_after_24_hours(
             session.execute(
                 update(FineTuningJob)
                 .where(col(FineTuningJob.id) == old["id"])
-                .values(created_at=FineTuningJob.created_at - service.IDEMPOTENCY_KEY_TTL_S - 1)
+                .values(created_at=FineTuningJob.created_at - IDEMPOTENCY_KEY_TTL_S - 1)
             )
             session.commit()
     finally:
