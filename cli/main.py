@@ -3,15 +3,14 @@ and user verbs (files, jobs, models, chat, config) on the SDK."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from cli import config_file, user
 from cli.inference import inference_app
+from cli.models import register_server_model_commands
 from core.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -22,7 +21,7 @@ app.add_typer(keys_app, name="keys")
 models_app = typer.Typer(
     no_args_is_help=True,
     help="Models: through the API when FTSERVE_API_KEY is set (list, get, delete), else the server's "
-    "registry of base models (FTSERVE_MODEL_REGISTRY; create-demo, list --server).",
+    "registry of base models (FTSERVE_MODEL_REGISTRY; add, import-gguf, remove, create-demo, list --server).",
 )
 app.add_typer(models_app, name="models")
 app.add_typer(inference_app, name="inference")
@@ -123,66 +122,6 @@ def worker(
     build_worker(settings, worker_id=worker_id).run()
 
 
-@models_app.command("create-demo")
-def models_create_demo(
-    if_missing: bool = typer.Option(
-        False, "--if-missing", help="Do nothing when demo-tiny is registered and built by the current recipe."
-    ),
-    seed: int = typer.Option(0, help="Seed of the deterministic build."),
-) -> None:
-    """Build the tiny demo base model (~30 s on 2 CPU cores) into DATA_DIR/models and register it."""
-    import json
-
-    from core.model_registry import load_registry, register_model
-    from gpu_worker.demo_model import DEMO_MODEL_NAME, INFO_FILE, build_demo_model, demo_model_is_current
-
-    settings = get_settings()
-    registered = load_registry(settings).get(DEMO_MODEL_NAME)
-    if if_missing and registered is not None and demo_model_is_current(registered.path):
-        built_seed = json.loads((registered.path / INFO_FILE).read_text()).get("seed")
-        if built_seed == seed:
-            err.print(f"{DEMO_MODEL_NAME} is registered and current at {registered.path}")
-            return
-    target = settings.data_dir / "models" / DEMO_MODEL_NAME
-    err.print(f"Building {DEMO_MODEL_NAME} into {target} ...")
-    build_demo_model(target, seed=seed)
-    model = register_model(settings, DEMO_MODEL_NAME, target)
-    err.print(f"Registered {model.id} -> {model.path} in {settings.resolved_model_registry}")
-
-
-@models_app.command("list")
-def models_list(
-    server: bool = typer.Option(
-        False, "--server", help="Read this machine's registry (id, path) even when FTSERVE_API_KEY is set."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-) -> None:
-    """List models: through the API (base models and your fine-tuned ones) when FTSERVE_API_KEY is set,
-    otherwise this server's registry of base models (id, local path, registration time)."""
-    import os
-    import time
-
-    if os.environ.get("FTSERVE_API_KEY") and not server:
-        user.models_list_api(as_json)
-        return
-
-    from core.model_registry import load_registry
-
-    settings = get_settings()
-    models = load_registry(settings)
-    if as_json:
-        rows = [{"id": m.id, "path": str(m.path), "created": m.created} for m in models.values()]
-        print(json.dumps(sorted(rows, key=lambda r: str(r["id"])), indent=2))
-        return
-    if not models:
-        err.print(f"No base models in {settings.resolved_model_registry}; try `ftserve models create-demo`.")
-        return
-    for model in sorted(models.values(), key=lambda m: m.id):
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(model.created))
-        missing = "" if Path(model.path).is_dir() else "  (missing)"
-        print(f"{model.id}\t{model.path}\t{created}{missing}")
-
-
 @keys_app.command("create")
 def keys_create(
     org: str = typer.Option(..., "--org", help="Organization name; created if it does not exist."),
@@ -229,6 +168,7 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key-...), 
 
 # Registered last, so that `ftserve --help` lists them after the server verbs.
 app.command("chat")(user.chat)
+register_server_model_commands(models_app)
 user.register_model_commands(models_app)
 
 if __name__ == "__main__":
