@@ -91,6 +91,13 @@ class TrainJobConfig:
     keep_local_checkpoints: int = field(
         default=3, metadata={"help": "Checkpoints kept on local disk (older ones are deleted)."}
     )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Jinja chat template to train with instead of the tokenizer's (the model registry entry's "
+            "`chat_template`); None: the tokenizer's"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.base_model_path = Path(self.base_model_path)

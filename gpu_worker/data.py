@@ -4,12 +4,25 @@ The upload was validated by the API (`core.training_data`); here each line is no
 code, so a line number in an error message is the line number of the user's file. Nothing is truncated: an
 example longer than `max_seq_length` fails the job before training, naming its line.
 
+Chat examples are rendered as vLLM's chat completions render them (`served_messages`, `served_tools`): tool
+call arguments decoded to objects, tools as vLLM's request model passes them, the tokenizer's chat template (or
+the model's custom training template, which train.py sets on the tokenizer), and tokenised as
+apply_chat_template does, without adding a BOS the template already writes. A model trains on the text it will
+be served. A template that refuses a conversation (a role it doesn't know, Mistral's 9-character tool call
+ids) or silently leaves out its tools, tool calls or tool results fails the job, naming the line.
+
 Loss masking (labels = -100 where no loss is taken):
-- chat (and sharegpt/alpaca, which normalise to chat): loss only on assistant content plus the end-of-turn token
-  that closes it, found through the chat template's `{% generation %}` markers; assistant turns with
-  `weight: 0` are masked too.
+- chat (and sharegpt/alpaca, which normalise to chat): loss only on each assistant reply plus the end-of-turn
+  token that closes it (not the newline after it); assistant turns with `weight: 0` are masked too. A template
+  with `{% generation %}` markers (demo-tiny's) marks the replies itself. Any other template is diffed: for
+  assistant message i, the reply is what rendering messages[:i+1] adds to the prompt vLLM would serve for it
+  (messages[:i] with the generation prompt), cut after its end-of-turn token; the replies are then found, in
+  order, in the rendering of the whole conversation (as followed by the next message first, for templates that
+  render a last reply differently, like Qwen3), and mapped to tokens through the tokenizer's character offsets.
+  What a template renders that prefixes can't explain fails with a TrainingDataError. See docs/chat_templates.md.
 - prompt_completion: loss only on the completion plus eos.
-- preference (DPO): TRL tokenises prompt/chosen/rejected itself; we only check lengths and reshape.
+- preference (DPO): TRL tokenises prompt/chosen/rejected itself (from the served messages); we only check lengths
+  and reshape.
 
 Tokenised SFT datasets are cached on disk (`cached_sft_dataset`), so a retry or resume doesn't tokenise again.
 """
@@ -75,27 +88,255 @@ def load_examples(path: Path, data_format: str) -> list[Example]:
     return out
 
 
-# -- chat templates -------------------------------------------------------------------------------------------
+# -- chat templates: render as vLLM serves, then find the assistant's tokens -----------------------------------
 
 
-def training_chat_template(tokenizer: Any) -> str:
-    """A chat template with `{% generation %}` markers, needed to find the assistant tokens.
-
-    The model's own template when it has them (demo-tiny does); otherwise TRL's bundled training template
-    for known families (Llama 3, Qwen, Gemma, Phi, ...), which renders identically but marks the assistant.
-    """
-    template = tokenizer.chat_template
-    if template and _GENERATION_TAG.search(template):
-        return str(template)
-    from trl.chat_template_utils import get_training_chat_template
-
-    patched = get_training_chat_template(tokenizer) if template else None
-    if patched is None:
+def training_chat_template(tokenizer: Any, tools: list[dict[str, Any]] | None = None) -> str:
+    """The Jinja template a conversation is rendered with: the tokenizer's (a custom training template is set on
+    the tokenizer by train.py), picked as vLLM picks it (a tokenizer with named templates gives its `tool_use`
+    one to conversations with tools)."""
+    if not tokenizer.chat_template:
         raise TrainingDataError(
-            "the base model's chat template has no {% generation %} markers and no training template is known "
-            "for it, so assistant-only loss cannot be computed; use a prompt_completion file instead"
+            "the base model has no chat template, so chat examples cannot be rendered; give the model a "
+            "chat_template in the model registry, or use a prompt_completion file"
         )
-    return str(patched)
+    try:
+        return str(tokenizer.get_chat_template(None, tools=tools))
+    except ValueError as e:
+        raise TrainingDataError(f"the base model's chat template cannot be chosen: {e}") from e
+
+
+def served_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Normalised messages as vLLM's chat completions hand them to the template, so a model trains on the text
+    it is served.
+
+    vLLM json-decodes every tool call's `arguments` (templates expect a mapping: Qwen, Llama 3.1 and Mistral
+    write it out with `tojson`), so we do too; rendered as the JSON string the file holds, the model would learn
+    to emit escaped JSON. Keys come in the order vLLM's request model gives them, which templates that `tojson`
+    a whole tool call (Mistral's) write out: a tool call is {id, function: {arguments, name}, type}. `weight` is
+    ours, not the template's.
+    """
+    out = []
+    for m in messages:
+        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            msg["tool_calls"] = [
+                {
+                    "id": call["id"],
+                    "function": {
+                        "arguments": _tool_arguments(call["function"]),
+                        "name": call["function"]["name"],
+                    },
+                    "type": call.get("type", "function"),
+                }
+                for call in m["tool_calls"]
+            ]
+        for key in ("tool_call_id", "name"):
+            if key in m:
+                msg[key] = m[key]
+        out.append(msg)
+    return out
+
+
+def _tool_arguments(function: dict[str, Any]) -> dict[str, Any]:
+    args = function.get("arguments")
+    if isinstance(args, dict):
+        return args
+    if not args:
+        return {}  # as vLLM: missing or empty arguments render as {}
+    try:
+        parsed = json.loads(args)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        # vLLM would serve {} in its place; training on {} would teach the call without its arguments.
+        shown = args if len(args) <= 60 else args[:57] + "..."
+        raise TrainingDataError(
+            f"tool call {function.get('name')!r} has arguments that are not a JSON object: {shown!r}"
+        )
+    return parsed
+
+
+def served_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """`tools` as vLLM hands them to the template: each one passed through vLLM's request model, so a missing
+    description or parameters renders as null, unknown keys are dropped, and keys come in vLLM's order."""
+    if tools is None:
+        return None
+    out = []
+    for tool in tools:
+        fn = tool["function"]
+        function = {
+            "name": fn["name"],
+            "description": fn.get("description"),
+            "parameters": fn.get("parameters"),
+        }
+        for key in ("strict", "defer_loading"):
+            if fn.get(key) is not None:
+                function[key] = fn[key]
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def _describe(messages: list[dict[str, Any]], tools: Any) -> str:
+    roles = [m["role"] + (" with tool calls" if m.get("tool_calls") else "") for m in messages]
+    return f"a conversation of ({', '.join(roles)}){' with tools' if tools else ''}"
+
+
+def _apply_template(
+    tokenizer: Any, messages: list[dict[str, Any]], tools: Any, chat_template: str, **kw: Any
+) -> Any:
+    """tokenizer.apply_chat_template, with whatever the template raises turned into a TrainingDataError that names
+    what it refused (Gemma raises on a system turn, Mistral on tool call ids that aren't 9 characters, ...)."""
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, chat_template=chat_template, **kw)
+    except Exception as e:
+        # A template's raise_exception(), or a Jinja/Python error on a role or a value it doesn't handle.
+        reason = str(e) if type(e).__module__.startswith("jinja2") else f"{type(e).__name__}: {e}"
+        raise TrainingDataError(f"the chat template refused {_describe(messages, tools)}: {reason}") from e
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    chat_template: str | None = None,
+    add_generation_prompt: bool = False,
+) -> str:
+    """The text of already served messages (`served_messages`, `served_tools`), as vLLM renders it."""
+    template = chat_template if chat_template is not None else training_chat_template(tokenizer, tools)
+    return str(
+        _apply_template(
+            tokenizer, messages, tools, template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    )
+
+
+def _special_strings(tokenizer: Any) -> list[str]:
+    """The special tokens' texts, longest first."""
+    found = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    found.update(tokenizer.all_special_tokens)
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+def _reply(text: str, specials: list[str]) -> tuple[str, str | None]:
+    """A reply as rendered after its prompt, cut after its end-of-turn token, and that token.
+
+    What a template writes after the end of turn (a newline, or Phi-3's <|endoftext|> closing the conversation)
+    isn't generated, so isn't trained. The end of turn is the first special token after the content, once
+    trailing whitespace and special tokens are set aside; without one, the reply is kept whole.
+    """
+    core = text
+    while True:
+        core = core.rstrip()
+        closing = next((s for s in specials if core.endswith(s)), None)
+        if closing is None:
+            break
+        core = core[: -len(closing)]
+    rest = text[len(core) :]
+    hits = [(rest.find(s), s) for s in specials if s in rest]
+    if not hits:
+        return text, None
+    at, eot = min(hits, key=lambda h: (h[0], -len(h[1])))
+    return text[: len(core) + at + len(eot)], eot
+
+
+def _reply_start(render: Any, conversation: list[dict[str, Any]], i: int, alone: str) -> int:
+    """Where assistant message i's reply starts in `alone` (messages[: i + 1] rendered)."""
+    prompt = render(conversation[:i], True)
+    if alone.startswith(prompt):
+        return len(prompt)  # the reply is what it adds to the prompt vLLM would serve for it
+    # The template renders the prompt differently once a reply follows it: Mistral's write the system prompt into
+    # the last user turn only while that turn ends the conversation. The reply then starts where rendering it
+    # and rendering an empty reply in its place part, provided everything before the reply is in that shared head.
+    try:
+        empty = render([*conversation[:i], {"role": "assistant", "content": ""}], False)
+    except TrainingDataError:
+        empty = ""
+    start = len(os.path.commonprefix([alone, empty]))
+    before = conversation[i - 1].get("content") if i else None
+    if empty and isinstance(before, str) and before.strip() and before.strip() in alone[:start]:
+        return start
+    raise TrainingDataError(
+        f"message {i + 1} (assistant): the chat template renders the conversation before this reply "
+        "differently once the reply is added, so its tokens cannot be told apart from the prompt's"
+    )
+
+
+def _assistant_span(
+    render: Any, conversation: list[dict[str, Any]], i: int, full: str, cursor: int, specials: list[str]
+) -> tuple[int, int]:
+    """Where assistant message i sits in `full` (the whole conversation rendered): [start, end) in characters,
+    found at or after `cursor` (the end of the previous reply).
+
+    The reply is what rendering messages[: i + 1] adds to the prompt vLLM would serve for it (messages[:i] with
+    the generation prompt), cut after its end of turn. Some templates render a reply in the middle of a
+    conversation differently from a last one (Qwen3 gives the replies after the last user turn an empty
+    <think></think> block only while they are last), so the reply as followed by the next message is looked
+    for first.
+    """
+    alone = render(conversation[: i + 1], False)
+    head = alone[: _reply_start(render, conversation, i, alone)]
+    reply, eot = _reply(alone[len(head) :], specials)
+    candidates = [reply]
+    if i + 1 < len(conversation):
+        try:
+            followed = render(conversation[: i + 2], False)
+        except TrainingDataError:
+            followed = ""  # the template refuses the cut conversation; the reply as last will have to do
+        if followed.startswith(head):
+            tail = followed[len(head) :]
+            cut = tail.find(eot) + len(eot) if eot and eot in tail else 0
+            middle = tail[:cut] if cut else os.path.commonprefix([tail, reply])
+            if middle and middle != reply:
+                candidates.insert(0, middle)
+    for text in candidates:
+        start = full.find(text, cursor)
+        if start >= 0:
+            return start, start + len(text)
+    raise TrainingDataError(
+        f"message {i + 1} (assistant): the chat template renders this reply as {reply!r}, but the whole "
+        "conversation does not contain it after the previous reply, so its tokens cannot be found"
+    )
+
+
+def _check_nothing_dropped(
+    tokenizer: Any, conversation: list[dict[str, Any]], tools: Any, chat_template: str, full: str | None
+) -> None:
+    """Refuse a conversation whose tools, tool calls or tool results the template silently leaves out (SmolLM2,
+    Gemma and Phi-3 render no tool calls): the model would be trained on a conversation that isn't there."""
+    variants: list[tuple[str, list[dict[str, Any]], Any]] = []
+    if tools:
+        variants.append(("the `tools` list", conversation, None))
+    for i, m in enumerate(conversation):
+        if m.get("tool_calls"):
+            without = {k: v for k, v in m.items() if k != "tool_calls"}
+            variants.append(
+                (
+                    f"the tool calls of message {i + 1}",
+                    [*conversation[:i], without, *conversation[i + 1 :]],
+                    tools,
+                )
+            )
+        elif m["role"] == "tool":
+            variants.append(
+                (f"the tool result in message {i + 1}", conversation[:i] + conversation[i + 1 :], tools)
+            )
+    if not variants:
+        return
+    if full is None:
+        full = render_chat(tokenizer, conversation, tools=tools, chat_template=chat_template)
+    for what, messages, with_tools in variants:
+        try:
+            other = render_chat(tokenizer, messages, tools=with_tools, chat_template=chat_template)
+        except TrainingDataError:
+            continue  # refused without it: the template does use it
+        if other == full:
+            raise TrainingDataError(
+                f"the chat template does not render {what}, so training would never show them to the model; use "
+                "a model (or a custom chat_template in the model registry) whose template renders tool use, or "
+                "remove the tool use from the file"
+            )
 
 
 def _runs(mask: list[int]) -> list[tuple[int, int]]:
@@ -110,21 +351,16 @@ def _runs(mask: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def tokenize_chat(
-    tokenizer: Any, messages: list[dict[str, Any]], *, tools: list[Any] | None = None, chat_template: str
-) -> dict[str, list[int]]:
-    """input_ids and labels for one conversation; labels keep only weight-1 assistant turns (+ their eos)."""
-    rendered = tokenizer.apply_chat_template(
-        [{k: v for k, v in m.items() if k != "weight"} for m in messages],
-        tools=tools,
-        chat_template=chat_template,
-        tokenize=True,
-        return_dict=True,
+def _marked_mask(
+    tokenizer: Any, conversation: list[dict[str, Any]], tools: Any, chat_template: str, weights: list[int]
+) -> tuple[list[int], list[int]]:
+    """Ids and assistant mask from the template's own {% generation %} markers (demo-tiny has them)."""
+    rendered = _apply_template(
+        tokenizer, conversation, tools, chat_template, tokenize=True, return_dict=True,
         return_assistant_tokens_mask=True,
-    )
+    )  # fmt: skip
     ids: list[int] = list(rendered["input_ids"])
     mask: list[int] = list(rendered["assistant_masks"])
-    weights = [int(m.get("weight", 1)) for m in messages if m["role"] == "assistant"]
     spans = _runs(mask)
     if len(spans) == len(weights):
         # The k-th marked span is the k-th assistant message: mask out the weight-0 ones.
@@ -137,6 +373,69 @@ def tokenize_chat(
             f"found {len(spans)} assistant spans for {len(weights)} assistant messages, so weight 0 "
             "cannot be applied (are two assistant messages adjacent?)"
         )
+    return ids, mask
+
+
+def _diffed_mask(
+    tokenizer: Any, conversation: list[dict[str, Any]], tools: Any, chat_template: str, weights: list[int]
+) -> tuple[list[int], list[int]]:
+    """Ids and assistant mask for a template without markers, from prefix renderings (see `_assistant_span`)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TrainingDataError(
+            "the base model's chat template has no {% generation %} markers, and finding the assistant's tokens "
+            "without them needs a fast tokenizer (character offsets); this one is not"
+        )
+
+    def render(messages: list[dict[str, Any]], generation_prompt: bool) -> str:
+        return render_chat(
+            tokenizer,
+            messages,
+            tools=tools,
+            chat_template=chat_template,
+            add_generation_prompt=generation_prompt,
+        )
+
+    full = render(conversation, False)
+    _check_nothing_dropped(tokenizer, conversation, tools, chat_template, full)
+    specials = _special_strings(tokenizer)
+    spans, cursor = [], 0
+    for i, m in enumerate(conversation):
+        if m["role"] == "assistant":
+            spans.append(_assistant_span(render, conversation, i, full, cursor, specials))
+            cursor = spans[-1][1]
+    # Tokenised exactly as apply_chat_template(tokenize=True) and vLLM do: the template writes any BOS itself.
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    offsets = enc["offset_mapping"]
+    mask = [0] * len(ids)
+    for (a, b), w in zip(spans, weights, strict=True):
+        # Every token from the first to the last one overlapping the reply, as transformers marks a generation
+        # block (a whitespace token with empty offsets inside the reply is trained too).
+        inside = [k for k, (s, e) in enumerate(offsets) if s < b and e > a]
+        if w and inside:
+            mask[inside[0] : inside[-1] + 1] = [1] * (inside[-1] + 1 - inside[0])
+    return ids, mask
+
+
+def tokenize_chat(
+    tokenizer: Any,
+    messages: list[dict[str, Any]],
+    *,
+    tools: list[dict[str, Any]] | None = None,
+    chat_template: str | None = None,
+) -> dict[str, list[int]]:
+    """input_ids and labels for one normalised conversation, rendered as vLLM serves it; labels keep only the
+    weight-1 assistant replies and the end-of-turn token that closes each. `chat_template` None: the
+    tokenizer's."""
+    conversation = served_messages(messages)
+    served = served_tools(tools)
+    template = chat_template if chat_template is not None else training_chat_template(tokenizer, served)
+    weights = [int(m.get("weight", 1)) for m in messages if m["role"] == "assistant"]
+    if _GENERATION_TAG.search(template):
+        _check_nothing_dropped(tokenizer, conversation, served, template, None)
+        ids, mask = _marked_mask(tokenizer, conversation, served, template, weights)
+    else:
+        ids, mask = _diffed_mask(tokenizer, conversation, served, template, weights)
     labels = [t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True)]
     return {"input_ids": ids, "labels": labels}
 
@@ -166,16 +465,15 @@ def build_sft_rows(
     file_label: str = "training",
 ) -> list[dict[str, Any]]:
     """Tokenise every example; raise ExamplesTooLongError (all offending lines) before anything trains."""
-    template = training_chat_template(tokenizer) if data_format != "prompt_completion" else ""
+    if data_format != "prompt_completion":
+        training_chat_template(tokenizer)  # no chat template at all: one error, not one per line
     rows, too_long, untrainable = [], [], []
     for ex in examples:
         if data_format == "prompt_completion":
             row = tokenize_prompt_completion(tokenizer, ex.data["prompt"], ex.data["completion"])
         else:
             try:
-                row = tokenize_chat(
-                    tokenizer, ex.data["messages"], tools=ex.data.get("tools"), chat_template=template
-                )
+                row = tokenize_chat(tokenizer, ex.data["messages"], tools=ex.data.get("tools"))
             except TrainingDataError as e:
                 raise TrainingDataError(f"{file_label} line {ex.line}: {e}") from e
         if len(row["input_ids"]) > max_seq_length:
@@ -202,32 +500,26 @@ def build_dpo_rows(
     rows, too_long, completion_tokens = [], [], 0
 
     def n_tokens(messages: list[dict[str, Any]], tools: Any, generation_prompt: bool = False) -> int:
-        return len(
-            tokenizer.apply_chat_template(
-                messages,
-                tools=tools,
-                tokenize=True,
-                return_dict=True,
-                add_generation_prompt=generation_prompt,
-            )["input_ids"]
-        )
+        text = render_chat(tokenizer, messages, tools=tools, add_generation_prompt=generation_prompt)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])  # as apply_chat_template tokenises
 
     for ex in examples:
         inp = ex.data["input"]
-        prompt = [{k: v for k, v in m.items() if k != "weight"} for m in inp["messages"]]
-        tools = inp.get("tools")
-        prompt_len = n_tokens(prompt, tools, generation_prompt=True)
-        lengths = [
-            n_tokens(prompt + ex.data[key], tools) for key in ("preferred_output", "non_preferred_output")
-        ]
+        try:
+            # Rendered as served (tool-call arguments decoded, tools as vLLM passes them), like SFT rows.
+            prompt = served_messages(inp["messages"])
+            tools = served_tools(inp.get("tools"))
+            chosen = served_messages(ex.data["preferred_output"])
+            rejected = served_messages(ex.data["non_preferred_output"])
+            _check_nothing_dropped(tokenizer, prompt, tools, training_chat_template(tokenizer, tools), None)
+            prompt_len = n_tokens(prompt, tools, generation_prompt=True)
+            lengths = [n_tokens(prompt + answer, tools) for answer in (chosen, rejected)]
+        except TrainingDataError as e:
+            raise TrainingDataError(f"{file_label} line {ex.line}: {e}") from e
         completion_tokens += sum(max(0, n - prompt_len) for n in lengths)
         if max(lengths) > max_seq_length:
             too_long.append((ex.line, max(lengths)))
-        row: dict[str, Any] = {
-            "prompt": prompt,
-            "chosen": ex.data["preferred_output"],
-            "rejected": ex.data["non_preferred_output"],
-        }
+        row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
         if tools is not None:
             row["tools"] = json.dumps(tools)  # TRL json-decodes a string; Arrow can't hold arbitrary schemas
         rows.append(row)
@@ -239,13 +531,29 @@ def build_dpo_rows(
     return rows, completion_tokens
 
 
+def dpo_dataset(rows: list[dict[str, Any]]) -> Any:
+    """DPO rows as a `datasets.Dataset` that gives every message back exactly as it went in.
+
+    `Dataset.from_list` would store messages as Arrow structs with one schema for the whole column: every
+    message would get every key any message has (`tool_calls: None` on user turns, which Llama 3.1's template
+    takes for a tool call) and every tool call's arguments the keys of all the others', as nulls. Stored as
+    JSON, each row keeps its own shape.
+    """
+    from datasets import Dataset, Features, Json, List, Value
+
+    features = Features({key: List(Json()) for key in ("prompt", "chosen", "rejected")})
+    if rows and "tools" in rows[0]:
+        features["tools"] = Value("string")
+    return Dataset.from_list(rows, features=features)
+
+
 def count_trainable_tokens(rows: list[dict[str, Any]]) -> int:
     return sum(sum(1 for t in r["labels"] if t != IGNORE_INDEX) for r in rows)
 
 
 # -- the tokenised-dataset cache ------------------------------------------------------------------------------
 
-TOKENIZATION_VERSION = 1  # bump when anything above changes the ids or labels a file tokenises to
+TOKENIZATION_VERSION = 2  # bump when anything above changes the ids or labels a file tokenises to
 CACHE_KEEP = 16  # newest entries kept per cache dir; older ones are deleted
 
 
@@ -272,7 +580,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def sft_cache_key(path: Path, tokenizer: Any, *, data_format: str, max_seq_length: int) -> str:
-    template = training_chat_template(tokenizer) if data_format != "prompt_completion" else ""
+    template = tokenizer.chat_template if data_format != "prompt_completion" else ""
+    if not isinstance(template, str):  # None, or a tokenizer's named templates
+        template = json.dumps(template, sort_keys=True)
     parts = [
         f"v{TOKENIZATION_VERSION}",
         file_sha256(path),

@@ -380,6 +380,7 @@ class Attempt:
             job_id=job.id,
             method=job.method_type,  # type: ignore[arg-type]
             base_model_path=base.path,
+            chat_template=base.chat_template,  # the registry's custom training template, if it has one
             training_file=self.work_dir / "training.jsonl",
             validation_file=self.work_dir / "validation.jsonl" if validation else None,
             data_format=training.data_format,  # type: ignore[arg-type]

@@ -40,7 +40,13 @@ from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 from core.hyperparameters import ResolvedHyperparameters  # noqa: E402
 from gpu_worker import packing  # noqa: E402
 from gpu_worker.config import TrainJobConfig  # noqa: E402
-from gpu_worker.data import TrainingDataError, build_dpo_rows, cached_sft_dataset, load_examples  # noqa: E402
+from gpu_worker.data import (  # noqa: E402
+    TrainingDataError,
+    build_dpo_rows,
+    cached_sft_dataset,
+    dpo_dataset,
+    load_examples,
+)
 from gpu_worker.reporting import StopRequest, TrainingReporter  # noqa: E402
 
 MAX_LOGGED_STEPS = 500  # log every step up to this many steps, then throttle to ~this many rows per run
@@ -83,6 +89,9 @@ def _run(
 
     # -- data: tokenise and check everything before the model is loaded (fail in seconds, not minutes) ------
     tokenizer = AutoTokenizer.from_pretrained(config.base_model_path, trust_remote_code=False)
+    if config.chat_template is not None:
+        # The model's custom training template: SFT masking, DPO and the tokenizer saved with the adapter use it.
+        tokenizer.chat_template = config.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss, so eos is safe here
     dpo = config.method == "dpo"
@@ -280,13 +289,12 @@ def _run(
 
 def _prepare(config: TrainJobConfig, tokenizer: Any, path: Path, label: str) -> tuple[Any, int, bool]:
     """The file as a Dataset for the trainer, its loss-bearing tokens per epoch, and whether it was cached."""
-    from datasets import Dataset
 
     hp = config.hyperparameters
     if config.method == "dpo":
         examples = load_examples(path, config.data_format)
         rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
-        return Dataset.from_list(rows), tokens, False
+        return dpo_dataset(rows), tokens, False
     return cached_sft_dataset(
         path, tokenizer, data_format=config.data_format, max_seq_length=hp.max_seq_length, file_label=label,
         cache_dir=config.cache_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def sft_rows(
     return build_sft_rows(examples, tokenizer, data_format=data_format, max_seq_length=1024)
 
 
-MULTI_TURN = {
+MULTI_TURN: dict[str, Any] = {
     "messages": [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Say hello."},
@@ -166,3 +167,52 @@ def test_adjacent_assistant_turns_with_weights_are_refused(tokenizer: Any, tmp_p
     )
     with pytest.raises(TrainingDataError, match="weight 0"):
         tokenize_chat(tokenizer, msgs, chat_template=merged)
+
+
+TOOL_CHAT = {
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+        {"role": "assistant", "content": "22 C."},
+    ],
+    "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}],
+}
+
+
+def test_tool_call_arguments_train_as_the_object_vllm_renders(tokenizer: Any, tmp_path: Path) -> None:
+    # vLLM json-decodes `arguments` before rendering; training does too, whether the file holds a string or an object.
+    as_object = json.loads(json.dumps(TOOL_CHAT))
+    as_object["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    (row,) = sft_rows(tokenizer, tmp_path, [TOOL_CHAT])
+    assert sft_rows(tokenizer, tmp_path, [as_object]) == [row]
+    call = '[{"id": "call_1", "function": {"arguments": {"city": "Paris"}, "name": "weather"}, "type": "function"}]'
+    eos = tokenizer.eos_token
+    assert trained_text(tokenizer, row) == f"{call}{eos}22 C.{eos}"
+
+
+def test_a_file_that_trains_no_token_names_its_lines(tokenizer: Any, tmp_path: Path) -> None:
+    untrained = {
+        "messages": [{**m, "weight": 0} if m["role"] == "assistant" else m for m in MULTI_TURN["messages"]]
+    }
+    with pytest.raises(TrainingDataError, match=r"examples on lines 2, 4 have no tokens to train on"):
+        sft_rows(tokenizer, tmp_path, [MULTI_TURN, untrained, MULTI_TURN, untrained])
+
+
+def test_a_custom_chat_template_is_what_training_renders(make_config: Callable[..., Any]) -> None:
+    from gpu_worker.train import run_training
+
+    config = make_config(chat_rows(code_task(4)))
+    config.chat_template = "{{ raise_exception('the custom training template') }}"
+    with pytest.raises(TrainingDataError, match="refused a conversation of .*: the custom training template"):
+        run_training(config, RecordingReporter())

@@ -1,0 +1,540 @@
+"""Assistant-only loss on the real chat templates of every major family, rendered as vLLM serves them.
+
+The templates are verbatim copies (tests/support/chat_templates/README.md says where each comes from); the
+tokenizer is a small byte-level BPE with each family's special tokens added as special tokens, so they are atomic
+as in the real tokenizers. No hub is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from gpu_worker.data import (  # noqa: E402  (after the skip)
+    IGNORE_INDEX,
+    TrainingDataError,
+    build_dpo_rows,
+    build_sft_rows,
+    dpo_dataset,
+    load_examples,
+    render_chat,
+    served_messages,
+    served_tools,
+    tokenize_chat,
+)
+from tests.gpu_worker.conftest import write_jsonl  # noqa: E402
+
+TEMPLATES = Path(__file__).parents[1] / "support" / "chat_templates"
+
+# Every family's special tokens, special (atomic, never split) as in the real tokenizers.
+SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",  # ChatML (SmolLM2, Qwen)
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+    "<|eom_id|>", "<|python_tag|>",  # Llama 3
+    "<s>", "</s>", "[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+    "[TOOL_RESULTS]", "[/TOOL_RESULTS]",  # Mistral
+    "<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>",  # Gemma
+    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|tool|>",  # Phi-3 (and demo-tiny)
+]  # fmt: skip
+# Added but not special in Qwen's tokenizer: decoded as text, never taken for an end of turn.
+QWEN_ADDED = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # tests/support/chat_templates/<name>.jinja
+    bos: str | None  # as the real tokenizer sets them
+    eos: str
+    eot: str  # what closes an assistant turn
+    tools: bool = True  # renders tools, tool calls and tool results
+    system: bool = True  # accepts a system turn
+    call_id: str = "call_1"
+
+
+MISTRAL_ID = "a1B2c3D4e"  # Mistral's templates want 9 alphanumeric characters
+FAMILIES = [
+    Family("smollm2", "<|im_start|>", "<|im_end|>", "<|im_end|>", tools=False),
+    Family("qwen2_5", None, "<|im_end|>", "<|im_end|>"),
+    Family("qwen3", None, "<|im_end|>", "<|im_end|>"),
+    Family("qwen3_v2", None, "<|im_end|>", "<|im_end|>"),
+    Family("llama3_1", "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
+    Family("llama3_2", "<|begin_of_text|>", "<|eot_id|>", "<|eot_id|>"),
+    Family("mistral_v0_3", "<s>", "</s>", "</s>", call_id=MISTRAL_ID),
+    Family("mistral_nemo", "<s>", "</s>", "</s>", call_id=MISTRAL_ID),
+    Family("gemma2", "<bos>", "<eos>", "<end_of_turn>", tools=False, system=False),
+    Family("gemma3", "<bos>", "<eos>", "<end_of_turn>", tools=False),
+    Family("phi3", "<s>", "<|endoftext|>", "<|end|>", tools=False),
+    Family("phi3_5", "<s>", "<|endoftext|>", "<|end|>", tools=False),
+]
+BY_NAME = {f.name: f for f in FAMILIES}
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+FINAL = "It is 22 C and sunny in Paris."
+CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+
+
+def conversation(family: Family, *, tools: bool | None = None, system: bool | None = None) -> dict[str, Any]:
+    """A system turn, two user turns, a weight-0 reply, a tool call, its result and a trained final reply; without
+    the parts the family's template refuses or leaves out (each refusal has its own test below)."""
+    tools = family.tools if tools is None else tools
+    system = family.system if system is None else system
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "You are a weather bot."},
+        {"role": "user", "content": "Hi there!"},
+        {"role": "assistant", "content": "Hello! Ask me about the weather.", "weight": 0},
+        {"role": "user", "content": "What is the weather in Paris?"},
+    ]
+    if tools:
+        call = {
+            "id": family.call_id,
+            "type": "function",
+            "function": {**CALL, "arguments": '{"city": "Paris"}'},
+        }
+        messages += [
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": family.call_id, "content": "22 C and sunny"},
+        ]
+    messages.append({"role": "assistant", "content": FINAL})
+    if not system:
+        messages = messages[1:]
+    return {"messages": messages, **({"tools": TOOLS} if tools else {})}
+
+
+def expected_replies(family: Family) -> list[str]:
+    """The trained text, reply by reply, written out by hand from each template: the tool call (where the family
+    has tools) and the final answer, each with its end-of-turn token; never the weight-0 reply."""
+    call = json.dumps(CALL)  # {"name": "get_weather", "arguments": {"city": "Paris"}}: arguments as an object
+    tool_call = {
+        "qwen2_5": f"<tool_call>\n{call}\n</tool_call><|im_end|>",
+        "qwen3": f"<tool_call>\n{call}\n</tool_call><|im_end|>",  # a middle reply: no <think> block
+        "qwen3_v2": f"<tool_call>\n{call}\n</tool_call><|im_end|>",
+        "llama3_1": '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+        "llama3_2": '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+        # Mistral's write the whole function out, keys in the order vLLM's request model puts them.
+        "mistral_v0_3": f'[TOOL_CALLS] [{{"arguments": {{"city": "Paris"}}, "name": "get_weather", "id": "{MISTRAL_ID}"}}]</s>',
+        "mistral_nemo": f'[TOOL_CALLS][{{"arguments": {{"city": "Paris"}}, "name": "get_weather", "id": "{MISTRAL_ID}"}}]</s>',
+    }
+    final = {
+        "qwen3": f"<think>\n\n</think>\n\n{FINAL}<|im_end|>",  # the last reply gets an empty <think> block
+        "qwen3_v2": f"<think>\n\n</think>\n\n{FINAL}<|im_end|>",
+        "mistral_v0_3": f" {FINAL}</s>",  # v0.3 writes a space after [/INST]
+    }.get(family.name, FINAL + family.eot)
+    return [tool_call[family.name], final] if family.tools else [final]
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One fast tokenizer per family (a byte-level BPE trained once on a little text), with the family's template,
+    bos/eos, and a post-processor that adds BOS where the real one does (apply_chat_template must not)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base = Tokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    base.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = [
+        json.dumps(conversation(BY_NAME["qwen2_5"])),
+        json.dumps(TOOLS),
+        "system user assistant model",
+    ] * 4
+    base.train_from_iterator(corpus, trainer=trainer)
+    out = {}
+    for family in FAMILIES:
+        tok = Tokenizer.from_str(base.to_str())
+        if family.bos is not None:
+            tok.post_processor = processors.TemplateProcessing(
+                single=f"{family.bos} $A", special_tokens=[(family.bos, tok.token_to_id(family.bos))]
+            )
+        hf = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token=family.bos,
+            eos_token=family.eos,
+            clean_up_tokenization_spaces=False,
+        )
+        hf.add_tokens(QWEN_ADDED)
+        hf.chat_template = (TEMPLATES / f"{family.name}.jinja").read_text()
+        # vLLM caches per tokenizer path and looks for a processor there: give each its own (empty) dir.
+        hf.name_or_path = str(tmp_path_factory.mktemp(family.name))
+        out[family.name] = hf
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_render() -> Any:
+    """vLLM's chat-completions rendering, called as its serving path calls it, without an engine: the request
+    model (`ChatCompletionRequest`, tools dumped as `preprocess_chat` dumps them, `build_chat_params`), then what
+    `HfRenderer.render_messages` does (`parse_chat_messages` with the detected content format, then
+    `safe_apply_chat_template`). The model config is a stub with the few fields these read."""
+    pytest.importorskip("vllm")
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.renderers.chat_utils import parse_chat_messages
+    from vllm.renderers.hf import resolve_chat_template_content_format, safe_apply_chat_template
+
+    def render(
+        tokenizer: Any, messages: list[dict[str, Any]], tools: Any, add_generation_prompt: bool
+    ) -> str:
+        model_config: Any = SimpleNamespace(
+            model=tokenizer.name_or_path, tokenizer=tokenizer.name_or_path, revision=None, tokenizer_revision=None,
+            code_revision=None, trust_remote_code=False, multimodal_config=None, is_multimodal_model=False,
+            enable_prompt_embeds=False, allowed_local_media_path="", hf_config=SimpleNamespace(model_type="llama"),
+        )  # fmt: skip
+        request = ChatCompletionRequest(
+            model="m", messages=messages, tools=tools, add_generation_prompt=add_generation_prompt
+        )
+        tool_dicts = None if request.tools is None else [tool.model_dump() for tool in request.tools]
+        params = request.build_chat_params(None, "auto").with_defaults(
+            {"tools": tool_dicts, "tokenize": False}
+        )
+        content_format = resolve_chat_template_content_format(
+            chat_template=params.chat_template,
+            tools=params.chat_template_kwargs.get("tools"),
+            given_format=params.chat_template_content_format,
+            tokenizer=tokenizer,
+            model_config=model_config,
+        )
+        conversation, _, _ = parse_chat_messages(
+            request.messages, model_config, content_format=content_format
+        )
+        return str(
+            safe_apply_chat_template(
+                model_config, tokenizer, conversation, **params.get_apply_chat_template_kwargs()
+            )
+        )
+
+    return render
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+def sft_rows(tokenizer: Any, tmp_path: Path, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    loaded = load_examples(write_jsonl(tmp_path / "train.jsonl", examples), "chat")
+    return build_sft_rows(loaded, tokenizer, data_format="chat", max_seq_length=4096)
+
+
+def trained_spans(tokenizer: Any, row: dict[str, list[int]]) -> list[str]:
+    """The trained tokens, decoded run by run."""
+    spans, run = [], []
+    for token, label in zip(row["input_ids"], row["labels"], strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            run.append(token)
+        elif run:
+            spans.append(tokenizer.decode(run))
+            run = []
+    if run:
+        spans.append(tokenizer.decode(run))
+    return spans
+
+
+def client_messages(example: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conversation as an OpenAI client sends it to vLLM: no weights, a tool call's content null and its
+    arguments a JSON string."""
+    out = []
+    for m in example["messages"]:
+        m = {k: v for k, v in m.items() if k != "weight"}
+        if m.get("tool_calls"):
+            m["content"] = None
+        out.append(m)
+    return out
+
+
+def family_params(names: list[str] | None = None) -> pytest.MarkDecorator:
+    chosen = [f for f in FAMILIES if names is None or f.name in names]
+    return pytest.mark.parametrize("family", chosen, ids=[f.name for f in chosen])
+
+
+# -- exactly the assistant replies are trained -----------------------------------------------------------------
+
+
+@family_params()
+def test_exactly_the_trained_replies_and_their_end_of_turn_are_trained(
+    family: Family, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers[family.name]
+    (row,) = sft_rows(tokenizer, tmp_path, [conversation(family)])
+    # Reply by reply: the tool call and the final answer, each through its end of turn; nothing of the system,
+    # user or tool turns, of the weight-0 reply, of the role headers, or of the newline after an end of turn.
+    assert trained_spans(tokenizer, row) == expected_replies(family)
+
+
+@family_params()
+def test_token_ids_are_apply_chat_templates_with_one_bos(
+    family: Family, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers[family.name]
+    example = conversation(family)
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    (loaded,) = load_examples(write_jsonl(tmp_path / "one.jsonl", [example]), "chat")
+    expected = tokenizer.apply_chat_template(
+        served_messages(loaded.data["messages"]), tools=served_tools(loaded.data.get("tools")), tokenize=True,
+        return_dict=True,
+    )["input_ids"]  # fmt: skip
+    assert row["input_ids"] == list(expected)
+    if family.bos is not None and "bos_token" in tokenizer.chat_template:
+        assert row["input_ids"][0] == tokenizer.bos_token_id
+        assert row["input_ids"].count(tokenizer.bos_token_id) == 1
+
+
+def test_the_generation_markers_path_and_the_diff_path_agree(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    """demo-tiny's template has {% generation %} markers; without them the same reply tokens come out of the diff."""
+    from gpu_worker.demo_model import CHAT_TEMPLATE
+
+    tokenizer = tokenizers["phi3"]  # its special tokens are demo-tiny's
+    example = conversation(BY_NAME["qwen2_5"])  # tools, a tool call, its result
+    (loaded,) = load_examples(write_jsonl(tmp_path / "one.jsonl", [example]), "chat")
+    messages, tools = loaded.data["messages"], loaded.data["tools"]
+    # Each tag becomes an empty expression, so the whitespace control around it keeps working as it did.
+    unmarked = CHAT_TEMPLATE.replace("{% generation %}", "{{ '' }}").replace(
+        "{% endgeneration %}", "{{ '' }}"
+    )
+    assert "{% generation %}" not in unmarked and "{% endgeneration %}" not in unmarked
+    assert render_chat(tokenizer, served_messages(messages), chat_template=unmarked) == render_chat(
+        tokenizer, served_messages(messages), chat_template=CHAT_TEMPLATE
+    )
+    marked_row = tokenize_chat(tokenizer, messages, tools=tools, chat_template=CHAT_TEMPLATE)
+    diffed_row = tokenize_chat(tokenizer, messages, tools=tools, chat_template=unmarked)
+    assert marked_row == diffed_row
+    call = json.dumps(
+        [
+            {
+                "id": "call_1",
+                "function": {"arguments": {"city": "Paris"}, "name": "get_weather"},
+                "type": "function",
+            }
+        ]
+    )
+    assert trained_spans(tokenizer, marked_row) == [f"{call}<|end|>", f"{FINAL}<|end|>"]
+
+
+# -- training renders what vLLM serves ------------------------------------------------------------------------
+
+
+@family_params()
+def test_training_renders_the_text_vllm_serves(
+    family: Family, tokenizers: dict[str, Any], vllm_render: Any, tmp_path: Path
+) -> None:
+    tokenizer = tokenizers[family.name]
+    example = conversation(family)
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    (loaded,) = load_examples(write_jsonl(tmp_path / "one.jsonl", [example]), "chat")
+    messages, tools = served_messages(loaded.data["messages"]), served_tools(loaded.data.get("tools"))
+    client = client_messages(example)
+
+    # The whole conversation: the same text, and the same ids once vLLM tokenises it (no special tokens added).
+    served = vllm_render(tokenizer, client, example.get("tools"), False)
+    assert render_chat(tokenizer, messages, tools=tools) == served
+    assert tokenizer(served, add_special_tokens=False)["input_ids"] == row["input_ids"]
+    if family.tools:  # arguments are rendered as the object vLLM decodes them to, not as an escaped string
+        assert '"city": "Paris"' in served and '\\"city\\"' not in served
+    # And the prompt vLLM serves before each reply is the one the reply was diffed against.
+    for i, m in enumerate(client):
+        if m["role"] == "assistant":
+            prompt = vllm_render(tokenizer, client[:i], example.get("tools"), True)
+            assert render_chat(tokenizer, messages[:i], tools=tools, add_generation_prompt=True) == prompt
+
+
+def test_tool_call_arguments_train_the_same_given_as_a_string_or_an_object(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers["qwen2_5"]
+    as_string = conversation(BY_NAME["qwen2_5"])
+    as_object = json.loads(json.dumps(as_string))
+    as_object["messages"][4]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    assert sft_rows(tokenizer, tmp_path, [as_string]) == sft_rows(tokenizer, tmp_path, [as_object])
+
+
+def test_tool_call_arguments_that_are_not_a_json_object_are_refused(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    example = conversation(BY_NAME["qwen2_5"])
+    example["messages"][4]["tool_calls"][0]["function"]["arguments"] = "[1, 2]"
+    with pytest.raises(
+        TrainingDataError, match=r"line 1: tool call 'get_weather' has arguments that are not a JSON"
+    ):
+        sft_rows(tokenizers["qwen2_5"], tmp_path, [example])
+
+
+# -- templates that refuse or leave out part of a conversation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "tools", "system", "refusal"),
+    [
+        ("gemma2", False, True, "System role not supported"),
+        ("gemma2", True, False, "Conversation roles must alternate"),  # no tool role
+        ("gemma3", True, True, "Conversation roles must alternate"),
+    ],
+)
+def test_a_template_that_refuses_a_role_fails_naming_the_line_and_the_reason(
+    name: str, tools: bool, system: bool, refusal: str, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    ok = conversation(BY_NAME[name])
+    refused = conversation(BY_NAME[name], tools=tools, system=system)
+    with pytest.raises(TrainingDataError) as exc:
+        sft_rows(tokenizers[name], tmp_path, [ok, refused])
+    message = str(exc.value)
+    assert message.startswith("training line 2: the chat template refused a conversation of (")
+    assert refusal in message
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize("name", ["smollm2", "phi3", "phi3_5"])
+def test_a_template_that_leaves_out_tools_or_tool_calls_fails(
+    name: str, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    example = conversation(BY_NAME[name], tools=True)
+    with pytest.raises(
+        TrainingDataError, match=r"line 1: the chat template does not render the `tools` list"
+    ):
+        sft_rows(tokenizers[name], tmp_path, [example])
+    del example["tools"]
+    with pytest.raises(
+        TrainingDataError, match=r"line 1: the chat template does not render the tool calls of message 5"
+    ):
+        sft_rows(tokenizers[name], tmp_path, [example])
+
+
+def test_mistral_refuses_tool_call_ids_that_are_not_nine_characters(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    example = conversation(BY_NAME["mistral_nemo"])
+    example["messages"][4]["tool_calls"][0]["id"] = example["messages"][5]["tool_call_id"] = "call_1"
+    with pytest.raises(TrainingDataError, match="Tool call IDs should be alphanumeric strings with length 9"):
+        sft_rows(tokenizers["mistral_nemo"], tmp_path, [example])
+
+
+def test_llama_refuses_parallel_tool_calls(tokenizers: dict[str, Any], tmp_path: Path) -> None:
+    example = conversation(BY_NAME["llama3_1"])
+    call = example["messages"][4]["tool_calls"][0]
+    example["messages"][4]["tool_calls"] = [call, {**call, "id": "call_2"}]
+    with pytest.raises(TrainingDataError, match="only supports single tool-calls"):
+        sft_rows(tokenizers["llama3_1"], tmp_path, [example])
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "error"),
+    [
+        # A reply that renders differently wherever it stands: it can't be found in the whole conversation.
+        (
+            CHATML.replace("{{ m.content }}", "{{ m.content }} ({{ messages | length }})"),
+            "does not contain it",
+        ),
+        # The prompt changes once the reply follows, and an empty reply is refused: no way to tell them apart.
+        (
+            "{{ messages | length }}{% for m in messages %}{% if not m.content %}{{ raise_exception('empty') }}"
+            "{% endif %}{% endfor %}" + CHATML,
+            "renders the conversation before this reply differently",
+        ),
+    ],
+)
+def test_what_a_prefix_diff_cannot_explain_is_refused(
+    template: str, error: str, tokenizers: dict[str, Any]
+) -> None:
+    messages = conversation(BY_NAME["smollm2"])["messages"]
+    with pytest.raises(TrainingDataError, match=rf"message 3 \(assistant\): .*{error}"):
+        tokenize_chat(tokenizers["qwen2_5"], messages, chat_template=template)
+
+
+def test_a_reply_whose_prompt_changes_once_it_is_followed_is_still_found(tokenizers: dict[str, Any]) -> None:
+    # As Mistral's system prompt, which only the last user turn carries: the reply is found by diffing it with
+    # an empty reply in its place.
+    template = "{% for m in messages %}{% if loop.last %}LAST {% endif %}" + CHATML.removeprefix(
+        "{% for m in messages %}"
+    )
+    tokenizer = tokenizers["qwen2_5"]
+    row = tokenize_chat(tokenizer, conversation(BY_NAME["smollm2"])["messages"], chat_template=template)
+    assert trained_spans(tokenizer, row) == [f"{FINAL}<|im_end|>"]
+
+
+@pytest.mark.parametrize("name", ["qwen2_5", "llama3_1", "gemma2"])
+def test_a_file_that_trains_no_token_names_its_lines(
+    name: str, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    def untrained(family: Family) -> dict[str, Any]:
+        example = conversation(family)
+        for m in example["messages"]:
+            if m["role"] == "assistant":
+                m["weight"] = 0
+        return example
+
+    family = BY_NAME[name]
+    with pytest.raises(TrainingDataError, match=r"examples on lines 2, 3 have no tokens to train on"):
+        sft_rows(tokenizers[name], tmp_path, [conversation(family), untrained(family), untrained(family)])
+
+
+# -- DPO ------------------------------------------------------------------------------------------------------
+
+
+def test_dpo_rows_are_served_messages_and_survive_the_dataset(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers["llama3_1"]
+    prefs = []
+    for city, extra in (("Paris", {}), ("Oslo", {"unit": "C"})):
+        call = {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city, **extra})},
+        }
+        messages = [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "22 C"},
+        ]
+        prefs.append(
+            {
+                "input": {"messages": messages, "tools": TOOLS},
+                "preferred_output": [{"role": "assistant", "content": f"22 C in {city}."}],
+                "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+            }
+        )
+    examples = load_examples(write_jsonl(tmp_path / "p.jsonl", prefs), "preference")
+    rows, _ = build_dpo_rows(examples, tokenizer, max_seq_length=4096)
+    assert rows[1]["prompt"][1]["tool_calls"][0]["function"]["arguments"] == {"city": "Oslo", "unit": "C"}
+    assert json.loads(rows[0]["tools"]) == served_tools(TOOLS)
+    # Arrow would give the first call a null "unit" and every user turn "tool_calls": None (which Llama 3.1 takes
+    # for a tool call); stored as JSON, every row comes back as it went in.
+    ds = dpo_dataset(rows)
+    assert [dict(ds[i]) for i in range(len(rows))] == rows
+    text = render_chat(
+        tokenizer, ds[0]["prompt"], tools=json.loads(ds[0]["tools"]), add_generation_prompt=True
+    )
+    assert '"parameters": {"city": "Paris"}' in text and "unit" not in text
