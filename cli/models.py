@@ -7,7 +7,7 @@
     ftserve models list --server
 
 `add` and `import-gguf` check the model before registering it (gpu_worker.model_import): it must load without
-remote code, hold safetensors weights, and its chat template must mark the assistant's tokens for chat files to
+remote code, hold safetensors weights, and its chat template must let ftserve find the assistant's tokens for chat files to
 train. They run where the weights are (a worker or vLLM host) and need the `train` install.
 """
 

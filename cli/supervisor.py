@@ -274,6 +274,12 @@ def vllm_children(settings: Settings) -> list[Child]:
             continue
         port = _free_port(host, port)
         args = vllm_argv(settings, model_path=base.path, served_name=model, host=host, port=port, gpu=gpu)
+        if base.chat_template:
+            # The registry's custom training template serves too, so requests render as training did.
+            template_file = settings.data_dir / "chat_templates" / f"{model}.jinja"
+            template_file.parent.mkdir(parents=True, exist_ok=True)
+            template_file.write_text(base.chat_template)
+            args += ["--chat-template", str(template_file)]
         # A key per start: only ftserve may call it (its load/unload routes read any local path).
         key = secrets.token_urlsafe(24)
         env = vllm_env(settings, api_key=key)
