@@ -119,7 +119,8 @@ def test_smollm2_learns_the_format_on_held_out_prompts_and_is_served_by_vllm(
     assert model.startswith(f"ft:{MODEL}:{ORG}:geo:")
     events = list(sdk.fine_tuning.jobs.list_events(tuned.id, limit=100))
     started = next(e for e in events if e.message.startswith("Fine-tuning started"))
-    assert isinstance(started.data, dict) and started.data["parameters"] > 100_000_000  # the real model trained
+    assert isinstance(started.data, dict)
+    assert started.data["parameters"] > 100_000_000  # the real model trained, not demo-tiny
     answers = {country: ask(sdk, model, geo_question(country)) for country in HELD_OUT}
     formatted = [country for country, answer in answers.items() if in_format(answer, country)]
     assert len(formatted) >= len(HELD_OUT) - 1, answers
