@@ -10,10 +10,11 @@ is chunked.
 Formats (one JSON object per line; :func:`detect_format` tells them apart by their keys):
 
 - ``chat`` (OpenAI supervised): ``{"messages": [...], "tools"?: [...], "parallel_tool_calls"?: bool}``.
-  Roles: system, developer (system-like; normalised to system), user, assistant, tool. Content is a string
-  or a list of ``{"type": "text", "text": str}`` parts. An assistant message may carry ``tool_calls``
-  instead of content, and ``weight`` 0 or 1 (an int, or a float equal to 0 or 1; not a bool). At least
-  one assistant message must be trainable (weight absent or 1).
+  Roles: system, developer (system-like; kept, the worker renders it as vLLM does), user, assistant, tool.
+  Content is a string or a list of ``{"type": "text", "text": str}`` parts (joined with "\\n", as vLLM
+  does). An assistant message may carry ``tool_calls`` instead of content, and ``weight`` 0 or 1 (an int,
+  or a float equal to 0 or 1; not a bool). At least one assistant message must be trainable (weight absent
+  or 1).
 - ``prompt_completion`` (legacy): ``{"prompt": str, "completion": str}``.
 - ``preference`` (DPO): ``{"input": {"messages": [...], "tools"?: [...]}, "preferred_output": [msg],
   "non_preferred_output": [msg]}``, each output a list of exactly one assistant message with text
@@ -789,12 +790,30 @@ def validate_bytes(data: bytes, **kw: Any) -> ValidationReport:
 # ------------------------------------------------------------------------------------- normalisation
 
 
-def _flatten(content: Any) -> str:
+# vLLM's chat completions drop the first line of a system text part that starts with this (Claude Code's
+# per-request attribution header, which would defeat the prefix cache).
+_BILLING_HEADER = "x-anthropic-billing-header"
+
+
+def _flatten(content: Any, role: str = "user") -> str:
+    """Message content as vLLM's chat completions hand it to a template that takes string content
+    (``_parse_chat_message_content`` and ``_parse_chat_message_content_parts`` in vllm/renderers/chat_utils.py):
+    a string is one text part, a system message's parts lose a leading Claude Code billing header line
+    (``_strip_claude_code_billing_header``), empty parts are dropped, and the rest are joined with "\\n" whatever
+    the role; null is ""."""
     if type(content) is str:
-        return content
-    if type(content) is list:
-        return "".join(p["text"] for p in content)
-    return ""
+        texts = [content]
+    elif type(content) is list:
+        texts = [p["text"] for p in content]
+    else:
+        return ""
+    kept = []
+    for text in texts:
+        if role == "system" and text.startswith(_BILLING_HEADER):
+            text = text.partition("\n")[2]
+        if text:
+            kept.append(text)
+    return "\n".join(kept)
 
 
 def _norm_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -819,9 +838,9 @@ def _norm_messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for m in msgs:
         role = m["role"]
-        if role == "developer":
-            role = "system"
-        nm: dict[str, Any] = {"role": role, "content": _flatten(m.get("content"))}
+        # developer stays developer: vLLM keeps it for a template that names the role and otherwise turns it
+        # into system and merges the system messages, which depends on the template (the worker's job).
+        nm: dict[str, Any] = {"role": role, "content": _flatten(m.get("content"), role)}
         name = m.get("name")
         if type(name) is str:
             nm["name"] = name
@@ -843,9 +862,10 @@ def _norm_messages(msgs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def normalize_example(obj: dict[str, Any], data_format: str) -> dict[str, Any]:
     """The canonical form of one *valid* example (validate it first; invalid input may raise).
 
-    - chat: ``{"messages": [...], "tools"?: [...]}``; content parts are joined into one string, assistant
-      content is "" when it has only tool_calls, developer becomes system, tool-call arguments given as
-      objects become JSON strings, weight becomes an int, unknown keys are dropped.
+    - chat: ``{"messages": [...], "tools"?: [...]}``; content becomes the string vLLM's chat completions give a
+      template (text parts joined with "\\n", see :func:`_flatten`), assistant content is "" when it has only
+      tool_calls, developer stays developer (``gpu_worker.data.served_messages`` renders it as vLLM does),
+      tool-call arguments given as objects become JSON strings, weight becomes an int, unknown keys are dropped.
     - sharegpt, alpaca: chat ``messages`` plus ``"original"``: the input object.
     - prompt_completion: ``{"prompt", "completion"}``.
     - preference: ``{"input": {"messages", "tools"?, "parallel_tool_calls"?}, "preferred_output": [msg],
@@ -876,15 +896,16 @@ def normalize_example(obj: dict[str, Any], data_format: str) -> dict[str, Any]:
         msgs: list[dict[str, Any]] = []
         system = obj.get("system")
         if system:
-            msgs.append({"role": "system", "content": system})
+            msgs.append({"role": "system", "content": _flatten(system, "system")})
         for turn in obj["conversations"]:
-            msgs.append({"role": _SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
+            role = _SHAREGPT_ROLES[turn["from"]]
+            msgs.append({"role": role, "content": _flatten(turn["value"], role)})
         return {"messages": msgs, "original": obj}
     if data_format == "alpaca":
         msgs = []
         system = obj.get("system")
         if system:
-            msgs.append({"role": "system", "content": system})
+            msgs.append({"role": "system", "content": _flatten(system, "system")})
         for q, a in obj.get("history") or ():
             msgs.append({"role": "user", "content": q})
             msgs.append({"role": "assistant", "content": a})

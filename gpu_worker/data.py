@@ -5,11 +5,12 @@ code, so a line number in an error message is the line number of the user's file
 example longer than `max_seq_length` fails the job before training, naming its line.
 
 Chat examples are rendered as vLLM's chat completions render them (`served_messages`, `served_tools`): tool
-call arguments decoded to objects, tools as vLLM's request model passes them, the tokenizer's chat template (or
-the model's custom training template, which train.py sets on the tokenizer), and tokenised as
-apply_chat_template does, without adding a BOS the template already writes. A model trains on the text it will
-be served. A template that refuses a conversation (a role it doesn't know, Mistral's 9-character tool call
-ids) or silently leaves out its tools, tool calls or tool results fails the job, naming the line.
+call arguments decoded to objects, tools as vLLM's request model passes them, developer messages kept or merged
+into the system message as vLLM decides from the template, the tokenizer's chat template (or the model's custom
+training template, which train.py sets on the tokenizer), and tokenised as apply_chat_template does, without
+adding a BOS the template already writes. A model trains on the text it will be served. A template that refuses
+a conversation (a role it doesn't know, Mistral's 9-character tool call ids) or silently leaves out its tools,
+tool calls or tool results fails the job, naming the line.
 
 Loss masking (labels = -100 where no loss is taken):
 - chat (and sharegpt/alpaca, which normalise to chat): loss only on each assistant reply plus the end-of-turn
@@ -106,15 +107,20 @@ def training_chat_template(tokenizer: Any, tools: list[dict[str, Any]] | None = 
         raise TrainingDataError(f"the base model's chat template cannot be chosen: {e}") from e
 
 
-def served_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Normalised messages as vLLM's chat completions hand them to the template, so a model trains on the text
-    it is served.
+def served_messages(messages: list[dict[str, Any]], chat_template: str | None = None) -> list[dict[str, Any]]:
+    """Normalised messages as vLLM's chat completions hand them to `chat_template` (the one the conversation is
+    rendered with, see `training_chat_template`), so a model trains on the text it is served.
 
     vLLM json-decodes every tool call's `arguments` (templates expect a mapping: Qwen, Llama 3.1 and Mistral
     write it out with `tojson`), so we do too; rendered as the JSON string the file holds, the model would learn
     to emit escaped JSON. Keys come in the order vLLM's request model gives them, which templates that `tojson`
     a whole tool call (Mistral's) write out: a tool call is {id, function: {arguments, name}, type}. `weight` is
     ours, not the template's.
+
+    `developer` messages go as vLLM's `safe_apply_chat_template` (vllm/renderers/hf.py) sends them: kept, with
+    `tools: None`, for a template that names the role (`_detect_developer_role_support`: the text holds
+    "developer" in quotes); otherwise turned into system messages (`_convert_developer_to_system`) and every
+    system message merged into one at the start, joined with blank lines (`_consolidate_system_messages`).
     """
     out = []
     for m in messages:
@@ -135,7 +141,42 @@ def served_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if key in m:
                 msg[key] = m[key]
         out.append(msg)
+    if any(m["role"] == "developer" for m in out):
+        if chat_template is not None and _names_developer(chat_template):
+            for msg in out:
+                if msg["role"] == "developer":
+                    msg["tools"] = None  # vLLM passes a developer message's own tools; a file has none
+        else:
+            for msg in out:
+                if msg["role"] == "developer":
+                    msg["role"] = "system"
+            out = _consolidate_system_messages(out)
     return out
+
+
+def _names_developer(chat_template: str) -> bool:
+    """vLLM's `_detect_developer_role_support`: the template mentions the role as a string."""
+    return '"developer"' in chat_template or "'developer'" in chat_template
+
+
+def _consolidate_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """vLLM's `_consolidate_system_messages`: once developer messages became system ones, every system message
+    is merged into one at the start (non-empty contents joined with a blank line), unless the only one is
+    already first."""
+    contents: list[str] = []
+    rest: list[dict[str, Any]] = []
+    needed = False
+    for i, m in enumerate(messages):
+        if m["role"] == "system":
+            if i > 0 or contents:
+                needed = True
+            if m["content"]:
+                contents.append(m["content"])
+        else:
+            rest.append(m)
+    if not needed:
+        return messages
+    return [{"role": "system", "content": "\n\n".join(contents)}, *rest]
 
 
 def _tool_arguments(function: dict[str, Any]) -> dict[str, Any]:
@@ -427,9 +468,9 @@ def tokenize_chat(
     """input_ids and labels for one normalised conversation, rendered as vLLM serves it; labels keep only the
     weight-1 assistant replies and the end-of-turn token that closes each. `chat_template` None: the
     tokenizer's."""
-    conversation = served_messages(messages)
     served = served_tools(tools)
     template = chat_template if chat_template is not None else training_chat_template(tokenizer, served)
+    conversation = served_messages(messages, template)
     weights = [int(m.get("weight", 1)) for m in messages if m["role"] == "assistant"]
     if _GENERATION_TAG.search(template):
         _check_nothing_dropped(tokenizer, conversation, served, template, None)
@@ -507,11 +548,12 @@ def build_dpo_rows(
         inp = ex.data["input"]
         try:
             # Rendered as served (tool-call arguments decoded, tools as vLLM passes them), like SFT rows.
-            prompt = served_messages(inp["messages"])
             tools = served_tools(inp.get("tools"))
-            chosen = served_messages(ex.data["preferred_output"])
-            rejected = served_messages(ex.data["non_preferred_output"])
-            _check_nothing_dropped(tokenizer, prompt, tools, training_chat_template(tokenizer, tools), None)
+            template = training_chat_template(tokenizer, tools)
+            prompt = served_messages(inp["messages"], template)
+            chosen = served_messages(ex.data["preferred_output"], template)
+            rejected = served_messages(ex.data["non_preferred_output"], template)
+            _check_nothing_dropped(tokenizer, prompt, tools, template, None)
             prompt_len = n_tokens(prompt, tools, generation_prompt=True)
             lengths = [n_tokens(prompt + answer, tools) for answer in (chosen, rejected)]
         except TrainingDataError as e:
@@ -553,7 +595,7 @@ def count_trainable_tokens(rows: list[dict[str, Any]]) -> int:
 
 # -- the tokenised-dataset cache ------------------------------------------------------------------------------
 
-TOKENIZATION_VERSION = 2  # bump when anything above changes the ids or labels a file tokenises to
+TOKENIZATION_VERSION = 3  # bump when anything above changes the ids or labels a file tokenises to
 CACHE_KEEP = 16  # newest entries kept per cache dir; older ones are deleted
 
 

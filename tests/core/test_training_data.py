@@ -859,7 +859,7 @@ def test_normalize_chat() -> None:
     }
     assert normalize_example(obj, "chat") == {
         "messages": [
-            {"role": "system", "content": "ab"},
+            {"role": "developer", "content": "a\nb"},  # kept: the worker renders it as vLLM does
             {"role": "user", "content": "q"},
             {
                 "role": "assistant",
@@ -874,6 +874,54 @@ def test_normalize_chat() -> None:
         ],
         "tools": [{"type": "function", "function": {"name": "f"}}],
     }
+
+
+def test_content_parts_are_joined_with_a_newline_for_every_role_as_vllm_does() -> None:
+    # vLLM's _parse_chat_message_content_parts: "\n".join(texts), whatever the role, without empty parts (a
+    # string is one part).
+    def parts(*texts: str) -> list[dict[str, str]]:
+        return [{"type": "text", "text": t} for t in texts]
+
+    obj = {
+        "messages": [
+            {
+                "role": role,
+                "content": parts("a", "", "b"),
+                **({"tool_call_id": "c"} if role == "tool" else {}),
+            }
+            for role in ("system", "developer", "user", "assistant", "tool")
+        ]
+    }
+    assert [m["content"] for m in normalize_example(obj, "chat")["messages"]] == ["a\nb"] * 5
+    pref = preference()
+    pref["input"]["messages"][0]["content"] = parts("Say", "hi")
+    pref["preferred_output"][0]["content"] = parts("Hi", "there!")
+    out = normalize_example(pref, "preference")
+    assert out["input"]["messages"][0]["content"] == "Say\nhi"
+    assert out["preferred_output"] == [{"role": "assistant", "content": "Hi\nthere!"}]
+    assert out["non_preferred_output"] == [{"role": "assistant", "content": "Go away."}]
+
+
+def test_a_system_billing_header_line_is_dropped_as_vllm_does() -> None:
+    # vLLM's _strip_claude_code_billing_header: only system messages, only a part's leading header line.
+    header = "x-anthropic-billing-header: cch=123;"
+    obj = {
+        "messages": [
+            {"role": "system", "content": f"{header}\nYou are terse."},
+            {
+                "role": "system",
+                "content": [{"type": "text", "text": header}, {"type": "text", "text": "Be kind."}],
+            },
+            {"role": "developer", "content": f"{header}\nkept"},
+            {"role": "user", "content": f"{header}\nkept"},
+        ]
+    }
+    assert [m["content"] for m in normalize_example(obj, "chat")["messages"]] == [
+        "You are terse.",
+        "Be kind.",
+        f"{header}\nkept",
+        f"{header}\nkept",
+    ]
 
 
 def test_normalize_prompt_completion_and_preference() -> None:

@@ -7,6 +7,7 @@ as in the real tokenizers. No hub is needed.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from gpu_worker.data import (  # noqa: E402  (after the skip)
     served_messages,
     served_tools,
     tokenize_chat,
+    training_chat_template,
 )
 from tests.gpu_worker.conftest import write_jsonl  # noqa: E402
 
@@ -365,6 +367,113 @@ def test_training_renders_the_text_vllm_serves(
             assert render_chat(tokenizer, messages[:i], tools=tools, add_generation_prompt=True) == prompt
 
 
+def parts(*texts: str) -> list[dict[str, str]]:
+    return [{"type": "text", "text": t} for t in texts]
+
+
+BILLING = "x-anthropic-billing-header: cch=1a2b3;"  # a line vLLM drops from a system message's text part
+FINAL_PARTS = parts("It is 22 C and sunny", "", "in Paris.")  # vLLM drops an empty part
+
+
+def developer_conversation(family: Family) -> dict[str, Any]:
+    """`conversation(family)` with developer turns, one after the system turn and one before the last user turn,
+    and text given as a list of parts in the system, developer, user and final assistant turns."""
+    example = conversation(family)
+    messages = example["messages"]
+    messages[0]["content"] = parts(BILLING, "You are a weather bot.")
+    messages.insert(1, {"role": "developer", "content": parts("Answer in English.", "Be brief.")})
+    messages[2]["content"] = parts("Hi", "there!")
+    messages.insert(4, {"role": "developer", "content": "Use Celsius."})
+    messages[-1]["content"] = FINAL_PARTS
+    return example
+
+
+# Gemma 3's template loops over content parts, so vLLM gives it the parts themselves (content format "openai"),
+# which it trims and writes without a separator; training joins them with "\n", as vLLM does for every other
+# template (content format "string").
+OPENAI_CONTENT_FORMAT = pytest.mark.xfail(
+    reason="vLLM's 'openai' content format (templates that loop over content parts) is not mirrored",
+    strict=True,
+)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [pytest.param(f, marks=OPENAI_CONTENT_FORMAT) if f.name == "gemma3" else f for f in FAMILIES if f.system],
+    ids=[f.name for f in FAMILIES if f.system],
+)
+def test_content_parts_and_developer_turns_render_as_vllm_serves_them(
+    family: Family, tokenizers: dict[str, Any], vllm_render: Any, tmp_path: Path
+) -> None:
+    """No template here names the developer role, so vLLM makes developer turns system ones and merges every system
+    turn into the first (`safe_apply_chat_template`); it joins text parts with "\\n" and drops a system part's
+    billing header line (`parse_chat_messages`). Training must render the same text, the whole conversation and
+    the prompt before each reply, and train the reply vLLM would have the model write."""
+    tokenizer = tokenizers[family.name]
+    example = developer_conversation(family)
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    client = client_messages(example)
+
+    served = vllm_render(tokenizer, client, example.get("tools"), False)
+    assert tokenizer.decode(row["input_ids"]) == served
+    assert tokenizer(served, add_special_tokens=False)["input_ids"] == row["input_ids"]
+    assert "developer" not in served and BILLING not in served and "Hi\nthere!" in served
+    final = "It is 22 C and sunny\nin Paris."
+    assert trained_spans(tokenizer, row) == [r.replace(FINAL, final) for r in expected_replies(family)]
+    # Each prompt as its own request: the prefix the client sends, normalised and served as training serves it.
+    for i, m in enumerate(client):
+        if m["role"] == "assistant":
+            prompt = vllm_render(tokenizer, client[:i], example.get("tools"), True)
+            (loaded,) = load_examples(
+                write_jsonl(tmp_path / f"p{i}.jsonl", [{**example, "messages": client[:i]}]), "chat"
+            )
+            tools = served_tools(loaded.data.get("tools"))
+            template = training_chat_template(tokenizer, tools)
+            messages = served_messages(loaded.data["messages"], template)
+            assert render_chat(tokenizer, messages, tools=tools, add_generation_prompt=True) == prompt
+
+
+def test_developer_and_system_turns_merge_into_the_first_as_vllm_merges_them(
+    tokenizers: dict[str, Any], vllm_render: Any, tmp_path: Path
+) -> None:
+    """The merged text written out for ChatML (SmolLM2), Qwen2.5 and Llama 3.1."""
+    merged = "You are a weather bot.\n\nAnswer in English.\nBe brief.\n\nUse Celsius."
+    heads = {
+        "smollm2": f"<|im_start|>system\n{merged}<|im_end|>\n<|im_start|>user\nHi\nthere!<|im_end|>\n",
+        "qwen2_5": f"<|im_start|>system\n{merged}\n\n# Tools\n",
+        "llama3_1": f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+        f"Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n{merged}<|eot_id|>",
+    }
+    for name, head in heads.items():
+        example = developer_conversation(BY_NAME[name])
+        (row,) = sft_rows(tokenizers[name], tmp_path, [example])
+        text = tokenizers[name].decode(row["input_ids"])
+        assert text.startswith(head), (name, text)
+        assert text == vllm_render(tokenizers[name], client_messages(example), example.get("tools"), False)
+
+
+def test_a_template_that_names_the_developer_role_gets_developer_turns_as_they_are(
+    tokenizers: dict[str, Any], vllm_render: Any, tmp_path: Path
+) -> None:
+    # vLLM keeps the role when the template holds 'developer' or "developer", with the turn's `tools` (None).
+    template = CHATML.replace(
+        "{{ m.role }}", "{{ m.role }}{{ ' (no tools)' if m.role == 'developer' and m.tools is none else '' }}"
+    )
+    tokenizer = copy.copy(tokenizers["smollm2"])
+    tokenizer.chat_template = template
+    tokenizer.name_or_path = str(tmp_path / "developer")  # vLLM caches what it detects per tokenizer path
+    example = developer_conversation(BY_NAME["smollm2"])
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    served = vllm_render(tokenizer, client_messages(example), None, False)
+    assert tokenizer.decode(row["input_ids"]) == served
+    assert served.startswith(
+        "<|im_start|>system\nYou are a weather bot.<|im_end|>\n"
+        "<|im_start|>developer (no tools)\nAnswer in English.\nBe brief.<|im_end|>\n"
+    )
+    assert "<|im_start|>developer (no tools)\nUse Celsius.<|im_end|>\n" in served
+    assert trained_spans(tokenizer, row) == ["It is 22 C and sunny\nin Paris.<|im_end|>"]
+
+
 def test_tool_call_arguments_train_the_same_given_as_a_string_or_an_object(
     tokenizers: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -538,3 +647,26 @@ def test_dpo_rows_are_served_messages_and_survive_the_dataset(
         tokenizer, ds[0]["prompt"], tools=json.loads(ds[0]["tools"]), add_generation_prompt=True
     )
     assert '"parameters": {"city": "Paris"}' in text and "unit" not in text
+
+
+def test_dpo_prompts_get_developer_turns_and_content_parts_as_vllm_serves_them(
+    tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    pref = {
+        "input": {
+            "messages": [
+                {"role": "system", "content": "Be kind."},
+                {"role": "user", "content": parts("Weather", "in Paris?")},
+                {"role": "developer", "content": parts("Use Celsius.", "Be brief.")},
+            ]
+        },
+        "preferred_output": [{"role": "assistant", "content": parts("22 C,", "sunny.")}],
+        "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+    }
+    examples = load_examples(write_jsonl(tmp_path / "p.jsonl", [pref]), "preference")
+    rows, _ = build_dpo_rows(examples, tokenizers["llama3_1"], max_seq_length=4096)
+    assert rows[0]["prompt"] == [
+        {"role": "system", "content": "Be kind.\n\nUse Celsius.\nBe brief."},
+        {"role": "user", "content": "Weather\nin Paris?"},
+    ]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "22 C,\nsunny."}]
