@@ -43,6 +43,12 @@ VRAM_BREAKDOWN = (
 )  # fmt: skip
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 SUFFIX_FORBIDDEN = set(":/ \t\r\n")
+# Where a job's training metrics are, for the refusal of an integration that would have sent them elsewhere.
+METRICS_INSTEAD = (
+    "The job's training metrics are its 'metrics' events (GET /v1/fine_tuning/jobs/{id}/events), its "
+    "checkpoints' metrics (GET /v1/fine_tuning/jobs/{id}/checkpoints) and, once it succeeds, the results.csv "
+    "file named in its result_files."
+)
 
 
 def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
@@ -132,6 +138,35 @@ def _check_metadata(metadata: dict[str, str] | None) -> None:
             )
 
 
+def _check_integrations(integrations: list[dict[str, Any]] | None) -> None:
+    """ftserve has no integrations: each entry is refused, never stored and ignored. The request model already
+    refuses a non-list and entries that are not objects; here each entry needs a string `type`."""
+    for index, entry in enumerate(integrations or []):
+        where = f"integrations[{index}]"
+        kind = entry.get("type")
+        if not isinstance(kind, str) or not kind:
+            got = "it is missing" if "type" not in entry else f"got {repr(kind)[:64]}"
+            raise InvalidRequestError(
+                f"Invalid value for '{where}.type': each integration is an object with a string 'type' "
+                f"({got}).",
+                param=f"{where}.type",
+                code="invalid_value",
+            )
+        if kind == "wandb":
+            message = (
+                "The 'wandb' integration is not supported: ftserve does not send runs to Weights & Biases. "
+                "Leave out 'integrations' (or send an empty list). "
+            )
+        else:
+            message = (
+                f"Unknown integration type {kind[:64]!r}: ftserve supports no integrations. "
+                "Leave out 'integrations' (or send an empty list). "
+            )
+        raise InvalidRequestError(
+            message + METRICS_INSTEAD, param=f"{where}.type", code="unsupported_integration"
+        )
+
+
 def request_hash(request: CreateFineTuningJobRequest) -> str:
     """SHA-256 of the validated request in a canonical form: key order, whitespace, unknown fields and
     explicit nulls do not change it."""
@@ -193,6 +228,7 @@ def create_job(
     if request.suffix is not None and SUFFIX_FORBIDDEN & set(request.suffix):
         raise InvalidRequestError("suffix may not contain ':', '/' or whitespace.", param="suffix")
     _check_metadata(request.metadata)
+    _check_integrations(request.integrations)
     files = [
         (
             _training_file(session, org=org, file_id=request.training_file, param="training_file"),
