@@ -186,6 +186,7 @@ def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, g
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False}
         )
+        _keep_4bit_weights_trainable_on_cpu(model)
     lora = LoraConfig(
         r=hp.lora_rank,
         lora_alpha=hp.lora_alpha,
@@ -195,6 +196,19 @@ def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, g
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _keep_4bit_weights_trainable_on_cpu(model: Any) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50.2's Linear4bit repacks its weight, for good, at the first forward
+    in eval mode without grad (our packing check, every validation pass). Later training forwards then go through
+    `gemv_4bit`, which has no backward: gradients stop flowing through the base layers silently (measured: the
+    QLoRA test's loss fell from 5.2 to 3.1 instead of to ~0). Training must keep the layout that has a backward.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def unsloth_target_modules(targets: list[str] | str) -> list[str]:

@@ -46,6 +46,12 @@ def test_the_frozen_base_is_nf4_with_double_quantization_and_only_lora_trains(
         assert module.weight.dtype == torch.uint8 and not module.weight.requires_grad
     trainable = {name for name, p in loaded.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_A" in name or "lora_B" in name for name in trainable)
+    # An eval-mode forward (the packing check, a validation pass) must not repack the weights into
+    # bitsandbytes' CPU inference layout, whose kernel has no backward (on AVX512-BF16 CPUs).
+    loaded.model.eval()
+    with torch.no_grad():
+        loaded.model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in linear4)
 
 
 def test_qlora_learns_the_task_and_its_adapter_serves_on_the_unquantised_base(
