@@ -286,7 +286,9 @@ def import_gguf(
             del model.config.quantization_config
         model.save_pretrained(tmp, safe_serialization=True)
         _fix_special_tokens(tokenizer, gguf_file)
-        tokenizer.clean_up_tokenization_spaces = False  # the GGUF conversion's True strips spaces in BPE output
+        tokenizer.clean_up_tokenization_spaces = (
+            False  # the GGUF conversion's True strips spaces in BPE output
+        )
         context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         if context:
             tokenizer.model_max_length = int(context)

@@ -66,7 +66,9 @@ def test_up_starts_one_vllm_per_served_base_model(settings: Settings, tmp_path: 
     assert vllm_children(tuned.model_copy(update={"inference_enabled": False})) == []
 
 
-def test_a_registered_training_template_is_the_served_template_too(settings: Settings, tmp_path: Path) -> None:
+def test_a_registered_training_template_is_the_served_template_too(
+    settings: Settings, tmp_path: Path
+) -> None:
     template = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>{% endfor %}"
     register_model(settings, "custom", make_base(tmp_path / "a"), chat_template=template)
     register_model(settings, "plain", make_base(tmp_path / "b"))
