@@ -52,7 +52,7 @@ fi
 
 step "gpu tests, plain transformers + peft path (FTSERVE_UNSLOTH=0)"
 FTSERVE_UNSLOTH=0 timeout 200 python3 -m pytest -q -m gpu --confcutdir=tests/gpu_worker -p no:cacheprovider \
-  -W ignore tests/gpu_worker/test_cuda.py 2>&1 | tail -n 25
+  -W ignore tests/gpu_worker/test_cuda.py tests/gpu_worker/test_gpu_pinning.py 2>&1 | tail -n 25
 echo "GPU TESTS (plain) EXIT: ${PIPESTATUS[0]}"
 
 bench() {  # name, then args for bench/train_throughput.py

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     worker_gpus: str | None = Field(
         None,
         description="Simulated GPUs for this worker, 'NAME:MiB,NAME:MiB' (e.g. 'H100-80GB:81920,A10-24GB:24576'): "
-        "placement treats them as GPUs while training runs on the CPU. For tests and demos of a mixed fleet.",
+        "placement treats them as GPUs; simulated GPU #i trains on the worker's visible GPU i if it has one, else "
+        "on the CPU. For tests and demos of a mixed fleet.",
     )
     lease_ttl_s: float = Field(
         30.0,

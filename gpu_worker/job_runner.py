@@ -5,7 +5,9 @@
 1. Check the job is still `running` with this attempt (a cancel or re-placement may have come first).
 2. Download the training (and validation) file into DATA_DIR/work/<job_id>/<attempt>.
 3. Resolve the hyperparameters and write them onto the job.
-4. Find the newest complete checkpoint of the job, if any, and download it to resume from.
+4. Apply the placement the worker pinned it to (`pinning.apply_memory_cap`: CUDA_VISIBLE_DEVICES is
+   already in its environment; the memory cap of a shared GPU) and record it in an event.
+   Find the newest complete checkpoint of the job, if any, and download it to resume from.
 5. Train, reporting through `DbReporter` (events, metrics, checkpoints, stop requests).
 6. Finish: succeeded (adapter, results.csv, model row), paused, cancelled, re-queued (worker shutdown),
    or failed with a useful error.
@@ -336,6 +338,34 @@ class Attempt:
             return local
         return None
 
+    def _apply_pinning(self) -> None:
+        """Cap this process's CUDA memory at the job's reservation where the worker asked for it, and record the
+        placement it trains on (CUDA_VISIBLE_DEVICES as this process got it, the cap, the fraction applied)."""
+        from gpu_worker.pinning import apply_memory_cap
+
+        applied = apply_memory_cap()
+        if applied is None:  # a CPU worker, or a runner started without a worker: nothing pinned
+            return
+        where = f"GPU #{applied['gpu_index']} (CUDA_VISIBLE_DEVICES={applied['cuda_visible_devices']})"
+        if applied["memory_fraction"] is not None:
+            how = (
+                f"; memory capped at its reservation, {applied['memory_cap_mb']} MiB "
+                f"({100 * applied['memory_fraction']:.1f}% of {applied['device']})"
+            )
+        elif applied["device"] == "cpu":
+            how = "; no CUDA device there: training on the CPU"
+        else:
+            how = f" ({applied['device']})"
+
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                if jobs.update_fenced(session, job_id=self.job_id, attempt=self.attempt, owner=self.owner):
+                    jobs.append_event(
+                        session, job_id=self.job_id, message=f"Pinned to {where}{how}", data=applied
+                    )
+
+        ride_out_db_outage("recording the placement", write)
+
     def _model_name(self, job: FineTuningJob) -> str:
         def read() -> str | None:
             with Session(self.engine) as session:
@@ -358,6 +388,7 @@ class Attempt:
         from gpu_worker import accel
 
         accel.import_unsloth_first(base.path, hyperparameters.max_seq_length)
+        self._apply_pinning()  # before the model takes any GPU memory
         from gpu_worker.train import run_training
 
         resume = self._resume_checkpoint()

@@ -8,6 +8,15 @@
   and the worker picks up tasks again once Redis is back.
 - `train(job_id, attempt)` runs one attempt in a child process (`python -m gpu_worker.job_runner`), so the
   memory torch holds is freed when the attempt ends and a crash in training can't take the worker down.
+- GPU pinning: the child's environment shows it only the GPU the scheduler placed the job on
+  (CUDA_VISIBLE_DEVICES, set before the child imports torch), so a multi-GPU worker trains its jobs side by
+  side. The worker reports its devices numbered 0..n-1 in the order of its own CUDA_VISIBLE_DEVICES (all of
+  nvidia-smi's GPUs when that is unset), and the placement's index is mapped back through that list: a worker
+  started with CUDA_VISIBLE_DEVICES=2,3 runs a job placed on its #1 with CUDA_VISIBLE_DEVICES=3. A job whose
+  reservation is less than its GPU has its CUDA allocator capped at the reservation
+  (`pinning.apply_memory_cap`), so jobs sharing a GPU can't crowd each other out. CPU-only workers pin
+  nothing. The runner records what it applied in the job's events ("Pinned to GPU ..."). See
+  docs/scheduling.md#gpu-pinning.
 - arq's retries are off and its timeout is days: the DB says what should run, and the scheduler re-places.
 - On SIGTERM/SIGINT the worker leaves the registry at once, forwards SIGTERM to its runners (which
   checkpoint and give their jobs back to the queue), waits for them up to RUNNER_STOP_GRACE_S, then stops.
@@ -35,15 +44,19 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
-from core import metrics, queue
-from core.db import make_engine
+from core import jobs, metrics, queue
+from core.db import make_engine, session_scope
 from core.leases import renew_leases
+from core.models import FineTuningJob
 from core.observability import HealthServer, Liveness, database_check, redis_check
 from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
 from gpu_worker.capabilities import bnb_4bit_available, unsloth_installed
-from gpu_worker.job_runner import settle_after_exit
+from gpu_worker.db_reporter import ride_out_db_outage
+from gpu_worker.job_runner import release, settle_after_exit
+from gpu_worker.pinning import DeviceNotVisible, cuda_visible_list, runner_pinning
 
 log = logging.getLogger("ftserve.worker")
 
@@ -89,6 +102,56 @@ def _nvidia_gpus() -> list[tuple[Device, float]]:
         return []
 
 
+def _nvidia_uuids() -> dict[int, str]:
+    """nvidia-smi index → GPU UUID ("GPU-8f6c..."), for CUDA_VISIBLE_DEVICES entries given as UUIDs."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=index,uuid", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return {int(i): u.strip() for i, u in (line.split(",", 1) for line in out.strip().splitlines())}
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        log.warning("nvidia-smi failed to list GPU UUIDs (%s)", exc)
+        return {}
+
+
+def visible_gpus(
+    gpus: list[tuple[Device, float]], visible: list[str] | None, uuids: dict[int, str] | None = None
+) -> list[tuple[Device, float]]:
+    """The GPUs this worker may use: those its own CUDA_VISIBLE_DEVICES names (nvidia-smi ignores it), in that
+    order and numbered 0..n-1, as CUDA numbers them for this process. Placement indices are these numbers, and
+    `runner_pinning` maps them back through the same list. Numeric entries are nvidia-smi's indices (PCI bus
+    order), "GPU-..." entries UUIDs or unique UUID prefixes. As CUDA does, the list ends at the first entry
+    that names no GPU (or one already named). `visible` None (unset): every GPU, as nvidia-smi numbers them."""
+    if visible is None:
+        return gpus
+    by_index = {device.index: (device, cap) for device, cap in gpus}
+    out: list[tuple[Device, float]] = []
+    taken: set[int] = set()
+    for entry in visible:
+        index: int | None = None
+        if entry.isdigit():
+            index = int(entry)
+        elif entry.startswith("GPU-"):
+            found = [i for i, uuid in (uuids or {}).items() if uuid.startswith(entry)]
+            index = found[0] if len(found) == 1 else None
+        if index is None or index not in by_index or index in taken:
+            if not entry.startswith("-"):  # "-1" is the usual way to hide every GPU: nothing to warn about
+                log.warning(
+                    "CUDA_VISIBLE_DEVICES entry %r names no GPU that nvidia-smi lists (MIG instances are not "
+                    "supported); it and the entries after it are ignored",
+                    entry,
+                )
+            break
+        taken.add(index)
+        device, cap = by_index[index]
+        out.append((device.model_copy(update={"index": len(out)}), cap))
+    return out
+
+
 def _memory_mb() -> tuple[int, int]:
     """(total, available) RAM in MiB."""
     try:
@@ -112,12 +175,18 @@ def parse_simulated_gpus(spec: str) -> list[Device]:
     return devices
 
 
-def detect_devices(simulated: str | None = None) -> tuple[list[Device], list[Capability]]:
+def detect_devices(
+    simulated: str | None = None, visible: list[str] | None = None
+) -> tuple[list[Device], list[Capability]]:
+    """This worker's devices and capabilities. `visible`: its own CUDA_VISIBLE_DEVICES (`cuda_visible_list`)."""
     # Training on the CPU (simulated GPUs train there too): QLoRA through bitsandbytes' CPU backend.
     cpu_capabilities: list[Capability] = ["bnb_4bit"] if bnb_4bit_available() else []
     if simulated:
         return parse_simulated_gpus(simulated), cpu_capabilities
     gpus = _nvidia_gpus()
+    if gpus and visible is not None:
+        needs_uuids = any(not entry.isdigit() for entry in visible)
+        gpus = visible_gpus(gpus, visible, _nvidia_uuids() if needs_uuids else None)
     if not gpus:
         total, available = _memory_mb()
         return [Device(index=0, name="cpu", total_mb=total, free_mb=available)], cpu_capabilities
@@ -151,6 +220,7 @@ class WorkerState:
         self.stopping = False
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
+        self.visible = cuda_visible_list()  # the worker's own CUDA_VISIBLE_DEVICES: what its runners may use
         self._engine: Engine | None = None
         # /healthz: the heartbeat loop beats on every round.
         self.liveness = Liveness("heartbeat", stale_after_s=max(60.0, 10 * settings.heartbeat_interval_s))
@@ -176,11 +246,63 @@ class WorkerState:
             self._engine = make_engine(self.settings.resolved_database_url)
         return self._engine
 
+    def devices(self, *, refresh: bool = True) -> tuple[list[Device], list[Capability]]:
+        """What the heartbeat reports (refreshed every DEVICE_REFRESH_S); `refresh=False`: the last report."""
+        stale = time.monotonic() - self._devices_at > DEVICE_REFRESH_S
+        if self._devices is None or (refresh and stale):
+            self._devices = detect_devices(self.settings.worker_gpus, self.visible)
+            self._devices_at = time.monotonic()
+        return self._devices
+
+    def runner_env(self, job_id: str, attempt: int) -> dict[str, str]:
+        """What to add to the environment of the runner of this attempt: the pinning of its placement
+        (`pinning.runner_pinning`), read from the job row the scheduler claimed. Nothing for a CPU
+        pseudo-device, a placement without a device, or an attempt that is no longer this worker's (its
+        runner exits at once). Raises DeviceNotVisible when the device is gone from this worker's list."""
+
+        def read() -> tuple[int | None, int | None] | None:
+            with Session(self.engine) as session:
+                return session.exec(
+                    select(FineTuningJob.gpu_index, FineTuningJob.reserved_mb).where(
+                        FineTuningJob.id == job_id,
+                        FineTuningJob.attempt == attempt,
+                        FineTuningJob.worker_id == self.worker_id,
+                    )
+                ).first()
+
+        placement = ride_out_db_outage("reading the job's placement", read)
+        if placement is None:
+            return {}
+        gpu_index, reserved_mb = placement
+        if gpu_index is None:
+            return {}
+        gpus, _ = self.devices(refresh=False)  # the list the scheduler placed by
+        device = next((d for d in gpus if d.index == gpu_index), None)
+        if device is None:
+            raise DeviceNotVisible(f"device #{gpu_index} is not among the devices it reports")
+        if device.name == "cpu":  # the RAM budget of a CPU-only worker (the scheduler's rule too)
+            return {}
+        return runner_pinning(
+            gpu_index,
+            total_mb=device.total_mb,
+            reserved_mb=reserved_mb,
+            visible=self.visible,
+            simulated=bool(self.settings.worker_gpus),
+        )
+
+    def hand_back(self, job_id: str, attempt: int, why: str) -> None:
+        """Put an attempt this worker cannot run back in the queue (fenced by attempt and owner)."""
+        with session_scope(self.engine) as session:
+            jobs.transition(
+                session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED, attempt=attempt,
+                owner=self.worker_id, estimated_finish=None, level="warn",
+                message=f"Worker {self.worker_id} cannot run it where it was placed ({why}): job re-queued",
+            )  # fmt: skip
+        release(self.engine, job_id, attempt, self.worker_id)
+
     def info(self) -> WorkerInfo:
         simulated = self.settings.worker_gpus
-        if self._devices is None or time.monotonic() - self._devices_at > DEVICE_REFRESH_S:
-            self._devices, self._devices_at = detect_devices(simulated), time.monotonic()
-        gpus, capabilities = self._devices
+        gpus, capabilities = self.devices()
         return WorkerInfo(
             id=self.worker_id,
             gpus=gpus,
@@ -265,6 +387,16 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     state: WorkerState = ctx["state"]
     key = (task.job_id, task.attempt)
     state.leased.add(key)  # renew from pickup on: the runner takes a while to start
+    try:
+        pinning = await asyncio.to_thread(state.runner_env, task.job_id, task.attempt)
+    except DeviceNotVisible as exc:
+        log.error("cannot pin %s attempt %d: %s; handing it back", task.job_id, task.attempt, exc)
+        state.leased.discard(key)
+        await asyncio.to_thread(state.hand_back, task.job_id, task.attempt, str(exc))
+        return 0
+    except BaseException:
+        state.leased.discard(key)  # the database stayed unreachable: the lease runs out, the job is re-placed
+        raise
     read_fd, write_fd = os.pipe()  # the runner's throughput reports (Prometheus lives in this process)
     # A new session: Ctrl-C on `ftserve up` reaches the runner only through the SIGTERM we forward.
     try:
@@ -280,6 +412,7 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
             str(write_fd),
             pass_fds=(write_fd,),
             start_new_session=True,
+            env={**os.environ, **pinning} if pinning else None,  # before the runner imports torch
         )
     except BaseException:
         os.close(read_fd)
@@ -290,7 +423,8 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     progress = asyncio.create_task(_read_progress(read_fd, state, key))
     state.runners[key] = process
     state.update_gauges()
-    log.info("training %s attempt %d in pid %d", task.job_id, task.attempt, process.pid)
+    pinned = f" on CUDA_VISIBLE_DEVICES={pinning['CUDA_VISIBLE_DEVICES']!r}" if pinning else ""
+    log.info("training %s attempt %d in pid %d%s", task.job_id, task.attempt, process.pid, pinned)
     if state.stopping:  # picked up just as the worker began to stop
         _signal_runner(process, signal.SIGTERM)
     try:

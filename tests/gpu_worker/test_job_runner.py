@@ -23,8 +23,11 @@ from core.queue import WorkerInfo
 from core.settings import Settings
 from core.storage import Storage, make_storage_from_settings
 from gpu_worker.db_reporter import MANIFEST, checkpoint_prefix
-from gpu_worker.job_runner import run_attempt
+from gpu_worker.job_runner import Attempt, run_attempt
+from gpu_worker.pinning import runner_pinning
 from scheduler.dispatch import claim
+from scheduler.placement import Device as PlacedDevice
+from scheduler.placement import WorkerView
 from tests.scheduler.factories import chat_rows, events, get_job, make_file, make_job, make_org, messages
 
 pytestmark = pytest.mark.slow
@@ -315,3 +318,51 @@ def test_an_attempt_that_lost_its_job_changes_nothing(
     assert messages(engine, job_id) == before
     job = get_job(engine, job_id)
     assert (job.status, job.worker_id) == (jobs.CANCELLED, None)
+
+
+def test_the_runner_caps_its_cuda_memory_at_the_reservation_and_says_so(
+    settings: Settings, engine: Engine, storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner's side of GPU pinning, in this process: the worker's pinning environment in, the cap applied
+    and recorded in the job's events. torch.cuda stands in for an 80 GB GPU here (the real device is checked by
+    test_gpu_pinning.py on a CUDA machine): this checks the fraction and the event, not the allocator."""
+    import torch
+
+    worker = WorkerInfo(id="w-test")
+    gpu = PlacedDevice(WorkerView(worker.id, worker.queue, 1, 0), 1, "H100-80GB", 81920, 81920, "gpu")
+    org = make_org(engine, ORG)
+    job_id = make_job(engine, org, make_file(engine, storage, org, chat_rows(2)), status=jobs.QUEUED)
+    attempt = claim(engine, get_job(engine, job_id), worker, device=gpu, reserve_mb=20480, capacity_mb=81920)
+    assert attempt == 1
+    for name, value in runner_pinning(1, total_mb=81920, reserved_mb=20480, visible=["4", "5"]).items():
+        monkeypatch.setenv(name, value)  # what the worker puts in the runner's environment
+    applied: list[tuple[float, int]] = []
+    total = 81559 * 2**20  # what torch reports for an H100 80GB: a little less than its name says
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda *_: type("P", (), {"total_memory": total})
+    )
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_per_process_memory_fraction",
+        lambda fraction, device: applied.append((fraction, device)),
+    )
+
+    runner = Attempt(settings, engine, storage, job_id, attempt, threading.Event())
+    assert runner._load_job() is not None
+    runner._apply_pinning()
+
+    assert applied == [(20480 / 81559, 0)]  # the reservation in bytes, of the device as torch sees it
+    (event,) = [e for e in events(engine, job_id) if e.message.startswith("Pinned to")]
+    assert event.message == (
+        "Pinned to GPU #1 (CUDA_VISIBLE_DEVICES=5); memory capped at its reservation, 20480 MiB "
+        "(25.1% of NVIDIA H100 80GB HBM3)"
+    )
+    assert event.data == {
+        "gpu_index": 1,
+        "cuda_visible_devices": "5",
+        "memory_cap_mb": 20480,
+        "memory_fraction": round(20480 / 81559, 6),
+        "device": "NVIDIA H100 80GB HBM3",
+    }
