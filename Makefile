@@ -1,11 +1,12 @@
-# ftserve: `make run` starts the whole service; `make test` installs everything and runs the suite.
+# ftserve: `make run` starts the whole service; `make test` installs everything and runs the suite;
+# `make check` (what CI runs) is lint, then typecheck, then test.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser run test test-fast test-gpu lint format typecheck bench fuzz clean
+.PHONY: install browser run check test test-gpu lint format typecheck bench fuzz clean
 
 install: $(STAMP)
 
@@ -52,7 +53,13 @@ format: install
 	$(BIN)/ruff format .
 
 typecheck: install
-	$(BIN)/mypy core api scheduler cli adapter_agent clients/python/ftserve_client
+	$(BIN)/mypy core api scheduler cli adapter_agent clients/python/ftserve_client gpu_worker
+
+# Everything CI gates, in order: lint, types, then the suite. .pre-commit-config.yaml runs the first two.
+check:
+	$(MAKE) lint
+	$(MAKE) typecheck
+	$(MAKE) test
 
 bench: install
 	$(BIN)/python bench/upload.py

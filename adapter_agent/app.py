@@ -156,7 +156,7 @@ def create_agent_app(settings: Settings | None = None) -> FastAPI:
             failed.append(f"vllm: {type(exc).__name__}")
         try:
             await asyncio.to_thread(request.app.state.storage.exists, "ftserve-readyz-probe")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 (any storage backend error means not ready)
             failed.append(f"storage: {type(exc).__name__}")
         if not Path(adapter_dir).is_dir():
             failed.append("adapter_dir: missing")

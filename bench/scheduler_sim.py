@@ -44,10 +44,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.queue import Device, WorkerInfo  # noqa: E402
-from core.vram import ModelArch, TrainSpec, estimate  # noqa: E402
-from scheduler.placement import Device as FleetDevice  # noqa: E402
-from scheduler.placement import Fleet, JobRequest, plan  # noqa: E402
+from core.queue import Device, WorkerInfo
+from core.vram import ModelArch, TrainSpec, estimate
+from scheduler.placement import Device as FleetDevice
+from scheduler.placement import Fleet, JobRequest, plan
 
 MODELS: dict[str, tuple[dict[str, object], float]] = {  # config, popularity
     "qwen2.5-0.5b": ({"hidden_size": 896, "num_hidden_layers": 24, "intermediate_size": 4864, "vocab_size": 151936,

@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
+import httpx
 
-from core import jobs  # noqa: E402
-from tests.support.fleet import SplitFleet, chat_rows, make_private_postgres  # noqa: E402
+from core import jobs
+from tests.support.fleet import SplitFleet, chat_rows, make_private_postgres
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "15"))
 N_JOBS = int(os.environ.get("SOAK_JOBS", "50"))

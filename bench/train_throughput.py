@@ -374,7 +374,7 @@ def _count_params(model: Path) -> int:
     total = 0
     for f in model.glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
-            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
+            total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
     return total
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from core.vram import ModelArch, TrainSpec, estimate  # noqa: E402
+from core.vram import ModelArch, TrainSpec, estimate
 
 GIB, GB = 1024**3, 1e9
 MIB = 1024**2

@@ -77,7 +77,7 @@ class _LocalWriter:
         self._final = final
         final.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (closed in commit/abort)
+        self._fh = open(self._tmp, "wb")  # closed in commit/abort
 
     def write(self, data: bytes) -> None:
         self._fh.write(data)
@@ -124,7 +124,7 @@ class LocalStorage:
 
     def iter_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         try:
-            fh = open(self._path(key), "rb")  # noqa: SIM115
+            fh = open(self._path(key), "rb")
         except (FileNotFoundError, IsADirectoryError):
             raise ObjectNotFound(key) from None
 

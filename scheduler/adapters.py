@@ -167,7 +167,7 @@ class AdapterPlacer:
             return False
         try:
             adapter = await asyncio.to_thread(self._served_row, model)
-        except Exception as exc:  # rejected, or deleted meanwhile
+        except Exception as exc:  # noqa: BLE001 (rejected, or deleted meanwhile: logged, and this model is skipped)
             log.info("not hot-loading %s: %s", model.id, exc)
             return True
         started = time.monotonic()

@@ -270,7 +270,7 @@ class InferenceService:
     async def start(self) -> None:
         try:
             await asyncio.to_thread(sync_configured_replicas, self.engine, self.settings)
-        except Exception as exc:  # another process syncing at the same moment, or a bad setting
+        except Exception as exc:  # noqa: BLE001 (another process syncing at the same moment, or a bad setting)
             log.warning("could not apply FTSERVE_INFERENCE_REPLICAS here: %s", exc)
         self._flush_task = asyncio.create_task(self._flush_loop())
 

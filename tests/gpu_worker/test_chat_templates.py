@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from gpu_worker.data import (  # noqa: E402  (after the skip)
+from gpu_worker.data import (  # after the skip
     IGNORE_INDEX,
     TrainingDataError,
     build_dpo_rows,
@@ -31,7 +31,7 @@ from gpu_worker.data import (  # noqa: E402  (after the skip)
     tokenize_chat,
     training_chat_template,
 )
-from tests.gpu_worker.conftest import write_jsonl  # noqa: E402
+from tests.gpu_worker.conftest import write_jsonl
 
 TEMPLATES = Path(__file__).parents[1] / "support" / "chat_templates"
 

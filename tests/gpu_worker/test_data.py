@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from gpu_worker.data import (  # noqa: E402  (after the skip)
+from gpu_worker.data import (  # after the skip
     IGNORE_INDEX,
     ExamplesTooLongError,
     TrainingDataError,
@@ -19,8 +19,8 @@ from gpu_worker.data import (  # noqa: E402  (after the skip)
     build_sft_rows,
     load_examples,
 )
-from gpu_worker.reporting import RecordingReporter  # noqa: E402
-from tests.gpu_worker.conftest import chat_rows, code_task, write_jsonl  # noqa: E402
+from gpu_worker.reporting import RecordingReporter
+from tests.gpu_worker.conftest import chat_rows, code_task, write_jsonl
 
 
 @pytest.fixture(scope="module")

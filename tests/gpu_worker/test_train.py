@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from gpu_worker.reporting import RecordingReporter  # noqa: E402
-from gpu_worker.train import TrainResult, run_training  # noqa: E402
-from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows, question  # noqa: E402
+from gpu_worker.reporting import RecordingReporter
+from gpu_worker.train import TrainResult, run_training
+from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows, question
 
 # A small, fast SFT run for the mechanics tests: 24 examples, batch 4 -> 6 steps/epoch, 3 epochs = 18 steps.
 SMALL_HP: dict[str, Any] = {

@@ -88,7 +88,7 @@ class Fleet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str, **extra_env: str) -> subprocess.Popen[bytes]:
-        log = open(self.data_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        log = open(self.data_dir / f"{name}.log", "ab")  # closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env={**self.env, **extra_env},
             stdout=log, stderr=subprocess.STDOUT,

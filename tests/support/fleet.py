@@ -186,7 +186,7 @@ class SplitFleet:
             assert self.postgres is not None
             self.postgres.start()
             return
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        log = open(self.tmp / f"{name}.log", "ab")  # closed with the process
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "cli.main", *self.command(name)],
             cwd=REPO_ROOT,
@@ -264,7 +264,7 @@ class SplitFleet:
             try:
                 if predicate():
                     return
-            except Exception:  # noqa: BLE001, S110 (a component is down for a moment: ask again)
+            except Exception:  # noqa: BLE001 (a component is down for a moment: ask again)
                 pass
             if time.monotonic() > deadline:
                 raise TimeoutError(f"timed out waiting for {what}\n{self.logs()}")
