@@ -91,6 +91,8 @@ class FileValidationReport(OpenAIBaseModel):
     status: Literal["uploaded", "processed", "error"]
     data_format: str | None = None
     example_count: int | None = None
+    # Bytes of the longest valid example: an upper bound of its tokens, which sizes an "auto" max_seq_length.
+    longest_example_bytes: int | None = None
     error_count: int = 0
     errors: list[ValidationLineError] = Field(default_factory=list)
 

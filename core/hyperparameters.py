@@ -11,6 +11,7 @@ so a typo such as `n_epoch` is reported instead of silently ignored.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +34,30 @@ MIN_STEPS_PER_EPOCH = 8  # keep batches small enough for several optimizer steps
 MAX_AUTO_BATCH = 32
 DEFAULT_MAX_SEQ_LENGTH = 2048  # when the model's context length is unknown
 MAX_AUTO_SEQ_LENGTH = 8192  # longer examples are rare in fine-tuning sets and cost memory quadratically
+# What a chat template adds that the JSON line does not hold: a default system prompt (Llama 3.1's dates, SmolLM2's
+# "You are a helpful AI assistant named SmolLM...": 20-30 tokens), a tools preamble (~150), special tokens.
+TEMPLATE_SLACK_TOKENS = 512
+
+
+def longest_example_bytes(files: Iterable[Any]) -> int | None:
+    """The longest example over a job's files (training and validation `File` rows), or None when any of them
+    was validated before the count existed: then "auto" falls back to the model's context length."""
+    values: list[int | None] = [getattr(f, "longest_example_bytes", None) for f in files]
+    known = [v for v in values if v is not None]
+    if not values or len(known) < len(values):
+        return None
+    return max(known)
+
+
+def data_sized_max_seq_length(longest_example_bytes: int) -> int:
+    """An "auto" max_seq_length that surely holds the file's longest example, from its JSONL line's bytes.
+
+    No tokenizer makes more tokens than UTF-8 bytes: a byte-level BPE token (GPT-2, Llama 3, Qwen, SmolLM) or a
+    SentencePiece piece or byte-fallback token (Llama 2, Mistral, Gemma) covers at least one byte. The line's
+    bytes (which also count the JSON keys and quotes) plus TEMPLATE_SLACK_TOKENS, rounded up to a power of two,
+    therefore bound the rendered example. It over-counts English about 4x; exact token counts would be tighter.
+    """
+    return 1 << (longest_example_bytes + TEMPLATE_SLACK_TOKENS - 1).bit_length()
 
 
 class _Hyperparameters(BaseModel):
@@ -159,6 +184,7 @@ def resolve_hyperparameters(
     n_examples: int,
     base_model_params: int | None = None,
     base_model_max_length: int | None = None,
+    longest_example_bytes: int | None = None,
 ) -> ResolvedHyperparameters:
     """Turn every "auto" into a number, the way OpenAI does, sized by the data and (where it matters) the model.
 
@@ -172,8 +198,10 @@ def resolve_hyperparameters(
     - `beta` (DPO): 0.1, the DPO paper's and TRL's default.
     - LoRA: rank 16, alpha = 2 x rank, dropout 0, all linear layers: the common QLoRA/"LoRA without regret"
       setting, which vLLM serves (rank <= its max_lora_rank).
-    - `max_seq_length`: the model's context length, capped at 8192; 2048 when unknown. Longer examples fail
-      the job with their line numbers rather than being truncated.
+    - `max_seq_length`: sized from the data when the files' longest example is known
+      (`data_sized_max_seq_length(longest_example_bytes)`: a power of two that surely holds it), never more than
+      the model's context length, capped at 8192; else the model's context length (capped), 2048 when unknown.
+      Longer examples fail the job with their line numbers rather than being truncated.
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
     - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on workers with bitsandbytes.
@@ -208,10 +236,12 @@ def resolve_hyperparameters(
 
     if hp.max_seq_length != "auto":
         max_seq_length = hp.max_seq_length
-    elif base_model_max_length:
-        max_seq_length = min(base_model_max_length, MAX_AUTO_SEQ_LENGTH)
     else:
-        max_seq_length = DEFAULT_MAX_SEQ_LENGTH
+        context = min(base_model_max_length or DEFAULT_MAX_SEQ_LENGTH, MAX_AUTO_SEQ_LENGTH)
+        if longest_example_bytes:
+            max_seq_length = min(context, data_sized_max_seq_length(longest_example_bytes))
+        else:
+            max_seq_length = context
 
     steps_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = steps_per_epoch * n_epochs

@@ -63,6 +63,9 @@ class File(SQLModel, table=True):
     # Detected training-data format: chat | prompt_completion | preference | sharegpt | alpaca.
     data_format: str | None = Field(default=None, max_length=32)
     example_count: int | None = None
+    # Bytes of the longest valid example line: no tokenizer makes more tokens than bytes, so this bounds the
+    # longest example's tokens (an "auto" max_seq_length is sized from it). None: validated before 0010.
+    longest_example_bytes: int | None = None
     # The first 100 validation errors: [{line, field, message, code}], kept for the report endpoint.
     validation_errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     validation_error_count: int = 0

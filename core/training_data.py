@@ -120,6 +120,7 @@ class ValidationReport:
     errors: list[LineError] = field(default_factory=list)
     error_count: int = 0
     bytes: int = 0
+    longest_example_bytes: int = 0  # the longest valid example's line: an upper bound of its tokens
 
     @property
     def ok(self) -> bool:
@@ -149,6 +150,7 @@ class ValidationReport:
             "errors": [e.to_dict() for e in self.errors],
             "error_count": self.error_count,
             "bytes": self.bytes,
+            "longest_example_bytes": self.longest_example_bytes,
             "ok": self.ok,
         }
 
@@ -583,6 +585,7 @@ class StreamingValidator:
         self._bytes = 0
         self._line_count = 0
         self._examples = 0
+        self._longest = 0  # bytes of the longest valid example line
         self._errors: list[LineError] = []
         self._error_count = 0
         self._format: str | None = None
@@ -607,7 +610,7 @@ class StreamingValidator:
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         try:
             self._feed(chunk)
-        except Exception as exc:  # pragma: no cover - a bug guard: the API relies on feed() not raising
+        except Exception as exc:  # noqa: BLE001 (a bug guard: the API relies on feed() not raising)  # pragma: no cover
             self._pending = bytearray()
             self._skipping = True
             self._error(self._lineno + 1, None, "internal_error", f"validator error: {type(exc).__name__}")
@@ -661,6 +664,7 @@ class StreamingValidator:
         check = _CHECKS[fmt] if fmt is not None else None
         examples = 0
         counted = 0
+        longest = self._longest
         try:
             for line in lines:
                 lineno += 1
@@ -713,12 +717,15 @@ class StreamingValidator:
                         err = check(obj)
                 if err is None:
                     examples += 1
+                    if len(line) > longest:
+                        longest = len(line)
                 else:
                     self._error(lineno, err[0], err[1], err[2])
         finally:
             self._lineno = lineno
             self._examples += examples
             self._line_count += counted
+            self._longest = longest
 
     def _parse_slow(self, line: bytes, lineno: int) -> Any:
         """The failing path of orjson.loads: a blank line, a first-line BOM, invalid UTF-8 or invalid JSON.
@@ -767,7 +774,7 @@ class StreamingValidator:
                     f"the file has {self._examples} valid example{'s' if self._examples != 1 else ''}; "
                     f"at least {self.min_examples} are required",
                 )
-        except Exception as exc:  # pragma: no cover - bug guard
+        except Exception as exc:  # noqa: BLE001 (a bug guard: finish() must return a report)  # pragma: no cover
             self._error(self._lineno, None, "internal_error", f"validator error: {type(exc).__name__}")
         self._finished = ValidationReport(
             data_format=self._format,
@@ -776,6 +783,7 @@ class StreamingValidator:
             errors=self._errors,
             error_count=self._error_count,
             bytes=self._bytes,
+            longest_example_bytes=self._longest,
         )
         return self._finished
 

@@ -491,10 +491,17 @@ class JobEstimates:
 
 
 def estimate_request(
-    settings: Settings, *, model: str, method_type: str, hyperparameters: dict[str, Any], n_examples: int
+    settings: Settings,
+    *,
+    model: str,
+    method_type: str,
+    hyperparameters: dict[str, Any],
+    n_examples: int,
+    longest_example_bytes: int | None = None,
 ) -> JobEstimates:
-    """Resolve the job's "auto" hyperparameters the way the worker will, then estimate it for a GPU and for
-    a CPU-only worker. Raises NotFoundError (unknown model) or EstimateError (unreadable config)."""
+    """Resolve the job's "auto" hyperparameters the way the worker will (`longest_example_bytes`: of the job's
+    files, which sizes an "auto" max_seq_length), then estimate it for a GPU and for a CPU-only worker. Raises
+    NotFoundError (unknown model) or EstimateError (unreadable config)."""
     from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
     from core.model_registry import get_base_model
 
@@ -509,6 +516,7 @@ def estimate_request(
         n_examples=max(1, n_examples),
         base_model_params=arch.params,
         base_model_max_length=arch.max_positions,
+        longest_example_bytes=longest_example_bytes,
     )
     return JobEstimates(
         arch=arch,

@@ -56,6 +56,7 @@ from core.hyperparameters import (
     DpoHyperparameters,
     ResolvedHyperparameters,
     SupervisedHyperparameters,
+    longest_example_bytes,
     resolve_hyperparameters,
 )
 from core.model_registry import get_base_model
@@ -275,7 +276,9 @@ class Attempt:
                 fh.write(chunk)
         return row
 
-    def _resolve(self, job: FineTuningJob, n_examples: int, model_dir: Path) -> ResolvedHyperparameters:
+    def _resolve(
+        self, job: FineTuningJob, n_examples: int, model_dir: Path, longest_example_bytes: int | None = None
+    ) -> ResolvedHyperparameters:
         requested = DpoHyperparameters if job.method_type == "dpo" else SupervisedHyperparameters
         params, context = model_size(model_dir)
         resolved = resolve_hyperparameters(
@@ -284,6 +287,7 @@ class Attempt:
             n_examples=n_examples,
             base_model_params=params,
             base_model_max_length=context,
+            longest_example_bytes=longest_example_bytes,
         )
 
         def write() -> None:
@@ -383,7 +387,8 @@ class Attempt:
         base = get_base_model(self.settings, job.model)
         training = self._download_file(job.training_file, "training")
         validation = self._download_file(job.validation_file, "validation") if job.validation_file else None
-        hyperparameters = self._resolve(job, training.example_count or 0, base.path)
+        longest = longest_example_bytes([training, validation] if validation else [training])
+        hyperparameters = self._resolve(job, training.example_count or 0, base.path, longest)
         # torch, transformers and (where it will train this model) unsloth: imported in the child only, unsloth first
         from gpu_worker import accel
 

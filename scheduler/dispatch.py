@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 from core import jobs, metrics, webhooks
 from core.db import session_scope
 from core.errors import FtserveError
+from core.hyperparameters import longest_example_bytes
 from core.models import File, FineTuningJob, Organization, now_s
 from core.queue import TRAIN_TASK, WorkerInfo, arq_job_id, queue_name
 from core.settings import Settings
@@ -54,7 +55,9 @@ def _file_problem(
     return None, row
 
 
-def estimate_fields(settings: Settings, job: FineTuningJob, n_examples: int) -> dict[str, Any]:
+def estimate_fields(
+    settings: Settings, job: FineTuningJob, n_examples: int, longest_example_bytes: int | None = None
+) -> dict[str, Any]:
     """The job's memory estimate as columns. An estimate that can't be made (unreadable config) is recorded
     with its reason; the job then waits for an entirely free device. An unknown model raises."""
     try:
@@ -64,6 +67,7 @@ def estimate_fields(settings: Settings, job: FineTuningJob, n_examples: int) -> 
             method_type=job.method_type,
             hyperparameters=job.hyperparameters,
             n_examples=n_examples,
+            longest_example_bytes=longest_example_bytes,
         )
     except EstimateError as exc:
         return {"estimated_vram_mb": None, "vram_estimate": {"error": str(exc)}}
@@ -105,7 +109,10 @@ def validate_job(engine: Engine, job_id: str, settings: Settings | None = None) 
         training = results[0][3]
         assert training is not None
         try:
-            estimate = estimate_fields(settings, job, training.example_count or 0)
+            rows = [row for _kind, _file_id, _why, row in results if row is not None]
+            estimate = estimate_fields(
+                settings, job, training.example_count or 0, longest_example_bytes(rows)
+            )
         except FtserveError as exc:  # the model left the registry since the job was created
             problem = {"code": exc.code or "model_not_found", "message": exc.message, "param": "model"}
 

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, func, select
 from api.protocol import CreateEstimateRequest, EstimateObject, GpuFit
 from api.services.fine_tuning import FORMATS_FOR_METHOD, _method_and_hyperparameters, _training_file
 from core.errors import InvalidRequestError
+from core.hyperparameters import longest_example_bytes
 from core.model_registry import load_registry
 from core.models import FineTuningJob, Organization
 from core.queue import WorkerInfo, live_workers
@@ -58,13 +59,16 @@ def _holdings(session: Session) -> tuple[dict[tuple[str, int], int], dict[str, i
     return reserved, held
 
 
-def _n_examples(session: Session, org: Organization, request: CreateEstimateRequest, method: str) -> int:
+def _n_examples(
+    session: Session, org: Organization, request: CreateEstimateRequest, method: str
+) -> tuple[int, int | None]:
+    """The training file's example count, and its longest example in bytes (None without a file)."""
     if request.training_file and request.n_examples:
         raise InvalidRequestError(
             "Give either training_file or n_examples, not both.", param="n_examples", code="invalid_value"
         )
     if request.n_examples:
-        return request.n_examples
+        return request.n_examples, None
     if not request.training_file:
         raise InvalidRequestError(
             "An estimate needs training_file (a processed file) or n_examples (how many examples it will hold).",
@@ -79,7 +83,7 @@ def _n_examples(session: Session, org: Organization, request: CreateEstimateRequ
             param="training_file",
             code="invalid_file_format",
         )
-    return row.example_count or 0
+    return row.example_count or 0, longest_example_bytes([row])
 
 
 async def create_estimate(
@@ -101,7 +105,7 @@ async def create_estimate(
             param="model",
             code="model_not_found",
         )
-    n_examples = _n_examples(session, org, request, method)
+    n_examples, longest = _n_examples(session, org, request, method)
     try:
         estimates = estimate_request(
             settings,
@@ -109,6 +113,7 @@ async def create_estimate(
             method_type=method,
             hyperparameters=hyperparameters,
             n_examples=n_examples,
+            longest_example_bytes=longest,
         )
     except EstimateError as exc:
         raise InvalidRequestError(

@@ -257,6 +257,7 @@ def _keep(
         status_details=None if report.ok else report.summary(),
         data_format=report.data_format,
         example_count=report.example_count,
+        longest_example_bytes=report.longest_example_bytes or None,
         validation_errors=[e.to_dict() for e in report.errors],
         validation_error_count=report.error_count,
         storage_key=storage_key,
@@ -337,6 +338,7 @@ def validation_report(*, session: Session, org: Organization, file_id: str) -> F
         status=row.status,
         data_format=row.data_format,
         example_count=row.example_count,
+        longest_example_bytes=row.longest_example_bytes,
         error_count=row.validation_error_count,
         errors=errors,
     )

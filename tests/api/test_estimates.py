@@ -125,6 +125,21 @@ def test_estimate_from_a_training_file_and_a_job_create_body(
     assert huge["fits"] == [] and huge["placeable"] is False and huge["gpu_class"] is None
 
 
+def test_an_all_auto_estimate_sizes_max_seq_length_from_the_file_not_the_context(
+    client: TestClient, org_a_key: str
+) -> None:
+    data = chat_jsonl(40)
+    training = _upload(client, org_a_key, data)
+    longest = max(len(line) for line in data.splitlines())
+    report = client.get(f"/v1/files/{training}/validation", headers=_auth(org_a_key)).json()
+    assert report["longest_example_bytes"] == longest
+    from_file = _estimate(client, org_a_key, model="llama-8b", training_file=training).json()
+    blind = _estimate(client, org_a_key, model="llama-8b", n_examples=40).json()
+    assert from_file["hyperparameters"]["max_seq_length"] == 1024  # short chats: < 512 bytes + template slack
+    assert blind["hyperparameters"]["max_seq_length"] == 8192  # no file: Llama-3.1's context, capped
+    assert from_file["estimated_vram_mb"] < blind["estimated_vram_mb"]
+
+
 def test_estimate_without_a_reachable_registry_still_estimates(
     client: TestClient, settings: Settings, org_a_key: str
 ) -> None:
@@ -183,7 +198,9 @@ def test_estimate_refuses_a_file_of_the_wrong_format(
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "training_file"
     dpo = _estimate(client, org_a_key, model="llama-8b", training_file=preference, method={"type": "dpo"})
     assert dpo.status_code == 200, dpo.text
-    assert dpo.json()["tokens_per_micro_batch"] == 2 * dpo.json()["hyperparameters"]["batch_size"] * 8192
+    resolved = dpo.json()["hyperparameters"]
+    assert resolved["max_seq_length"] == 1024  # sized from the file's longest pair, not Llama-3.1's context
+    assert dpo.json()["tokens_per_micro_batch"] == 2 * resolved["batch_size"] * 1024  # chosen + rejected
 
 
 def test_estimates_need_a_key(client: TestClient) -> None:

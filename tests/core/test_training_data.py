@@ -90,6 +90,21 @@ def test_chat_accepted() -> None:
     assert report.summary().startswith("valid chat training file: 12 examples")
 
 
+def test_the_longest_valid_example_is_measured_in_bytes_whatever_the_chunking() -> None:
+    objs = chat_file(12)
+    objs[5] = {"messages": [{"role": "user", "content": "é" * 300}, {"role": "assistant", "content": "ok"}]}
+    objs[7] = b"{not json" + b"x" * 2000  # invalid lines do not count: they never train
+    data = jsonl(objs)
+    longest = len(orjson.dumps(objs[5]))
+    assert longest > 600  # 300 two-byte characters
+    report = validate_bytes(data)
+    assert report.longest_example_bytes == longest and report.to_dict()["longest_example_bytes"] == longest
+    v = StreamingValidator()
+    for i in range(0, len(data), 7):  # lines split across chunks measure the same
+        v.feed(data[i : i + 7])
+    assert v.finish().longest_example_bytes == longest
+
+
 def test_chat_rich_features_accepted() -> None:
     tools = [
         {

@@ -11,6 +11,8 @@ from core.hyperparameters import (
     auto_batch_size,
     auto_n_epochs,
     base_learning_rate,
+    data_sized_max_seq_length,
+    longest_example_bytes,
     resolve_hyperparameters,
 )
 
@@ -113,6 +115,38 @@ def test_max_seq_length_follows_the_model() -> None:
         == 8192
     )
     assert resolve_hyperparameters("supervised", None, n_examples=10).max_seq_length == 2048
+
+
+def test_auto_max_seq_length_is_sized_from_the_longest_example_not_the_context() -> None:
+    def auto(longest: int | None, context: int | None = 8192) -> int:
+        return resolve_hyperparameters(
+            "supervised", None, n_examples=10, base_model_max_length=context, longest_example_bytes=longest
+        ).max_seq_length
+
+    # A line of N bytes holds at most N tokens; 512 more cover what the template adds; then a power of two.
+    assert auto(265) == data_sized_max_seq_length(265) == 1024  # SmolLM2's 8,192 positions no longer count
+    assert auto(10) == 1024 and auto(513) == 2048
+    assert auto(3000) == 4096
+    assert auto(3000, context=2048) == 2048  # never more than the model's context
+    assert auto(100_000, context=131072) == 8192  # nor the cap
+    assert auto(None) == 8192  # files validated before the count existed: the model's context, as before
+    explicit = SupervisedHyperparameters(max_seq_length=300)
+    assert (
+        resolve_hyperparameters(
+            "supervised", explicit, n_examples=10, longest_example_bytes=265
+        ).max_seq_length
+        == 300
+    )
+
+
+def test_longest_example_bytes_over_a_jobs_files() -> None:
+    class Row:
+        def __init__(self, longest: int | None) -> None:
+            self.longest_example_bytes = longest
+
+    assert longest_example_bytes([Row(300), Row(900)]) == 900  # the validation file counts too
+    assert longest_example_bytes([Row(300), Row(None)]) is None  # one unknown: no bound at all
+    assert longest_example_bytes([]) is None
 
 
 def test_import_needs_no_torch() -> None:
