@@ -329,7 +329,8 @@ def test_five_adapters_in_turn_answer_correctly_through_eviction(
             loaded = loaded_adapters(vllm)
             assert model in loaded and len(loaded) <= 2, loaded
     replicas = json.loads(server.cli("inference", "list", "--json"))
-    (managed,) = [r for r in replicas if r["source"] == "managed"]
+    # `ftserve up` manages a vLLM per base model (demo-tiny and smollm2-135m-instruct): this is demo-tiny's.
+    (managed,) = [r for r in replicas if r["source"] == "managed" and r["base_model"] == "demo-tiny"]
     assert managed["adapters"] == sorted(loaded_adapters(vllm))
 
 
