@@ -1,7 +1,8 @@
 """OpenAI wire models: every request and response body that mirrors OpenAI's API lives here.
 
-Shapes follow `shared/reference/openai_api.md` and the OpenAPI spec. Our extensions are extra fields that the
-official SDK keeps in `model_extra` and otherwise ignores.
+Shapes follow OpenAI's published API reference and OpenAPI spec (the subset our responses are checked against is
+vendored as tests/support/openai_openapi_subset.yaml; docs/api.md lists the endpoints). Our extensions are extra
+fields that the official SDK keeps in `model_extra` and otherwise ignores.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Both train the same model, with the same LoRA (r 16, all linear layers), learning rate, batch size, seed, thread
 count and dtype, for one epoch on the same tokenised chat data. The data is synthetic chat with log-normal lengths
-(median 220 tokens, sigma 0.8, so mean ~300) clipped to 16-2048 tokens: the spread of
-shared/reference/training.md, where dynamic padding wastes ~61% of the tokens. Lengths are the distribution's
+(median 220 tokens, sigma 0.8, so mean ~300) clipped to 16-2048 tokens: a typical chat fine-tuning spread,
+where dynamic padding wastes ~61% of the tokens (docs/training.md, docs/benchmarks.md). Lengths are the distribution's
 quantiles in shuffled order, so every run sees exactly that spread.
 
 - baseline: `transformers.Trainer`, PEFT LoRA, `DataCollatorForSeq2Seq` padding to the longest in the batch,

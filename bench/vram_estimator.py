@@ -2,11 +2,12 @@
 
     python bench/vram_estimator.py            # prints one JSON line; exit code 1 when a target is missed
 
-The rows are services_scheduling.md Part B.5, each estimated with the flags its source documents, under the
+The rows are published peak-memory measurements (each row below names its source; docs/benchmarks.md summarises
+them), each estimated with the flags its source documents, under the
 profile of the stack that measured it (torchtune, Unsloth, HF + PEFT). Three kinds of row:
 - "peak": a published peak; the error is (estimate - peak) / peak, on the estimate before the 1.10 margin.
 - "capacity": Unsloth's max-context tables. The context is where the linear memory fit meets the card's
-  memory, so the card size is the peak at that context; B.5 adds the shape check
+  memory, so the card size is the peak at that context; the bench adds the shape check
   estimate(s_max) <= capacity < estimate(1.15 * s_max), reported as capacity_checks.
 - "fits" / "oom": only whether the job fits the card (elastic paged optimizers, undocumented configs).
 Rows 6-8 and 17 (multi-GPU FSDP), 14-15 (encoder-decoder, batch and length not stated) are left out: the

@@ -1,5 +1,5 @@
 """Measure the GPU memory of real LoRA training steps, the way ftserve's CUDA worker trains, to check the
-`ftserve-cuda` profile of the VRAM estimator (or to calibrate a new stack, Part B.3's two-point probe).
+`ftserve-cuda` profile of the VRAM estimator (or to calibrate a new stack: a two-point probe).
 
     python bench/vram_probe_cuda.py > probe.json          # on a CUDA machine; needs torch, transformers, peft
     python bench/vram_estimator.py --probe probe.json      # compare with the estimator (any machine)

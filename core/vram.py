@@ -8,7 +8,7 @@ Gradients and activations are counted as a max, not a sum: backward frees each l
 produces that layer's gradients, so for a full fine-tune the peak is whichever is larger (this is what makes
 torchtune's published full-fine-tune ladder come out right). For LoRA the gradients are tiny either way.
 
-The formula is services_scheduling.md Part B.3. Every constant lives in `vram_calibration.json`, per
+That is the whole formula (docs/scheduling.md says how it is held to published measurements). Every constant lives in `vram_calibration.json`, per
 training stack ("profile"): `ftserve-cuda` is what our GPU worker runs, `ftserve-cpu` what it runs without
 CUDA (checked against host RAM), and the others describe published measurements so that
 `bench/vram_estimator.py` can hold the formula to them.

@@ -1,4 +1,5 @@
-"""The layout's import rules (docs: /work/shared/ARCHITECTURE.md "Layout and arrows"), checked two ways.
+"""The layout's import rules (README "What is here": api, scheduler and gpu_worker import core, never each other;
+core imports none of them; nothing imports cli; the SDK stands alone), checked two ways.
 
 Dynamically: api, scheduler, core, the SDK and cli's server verbs import without torch and friends (a slim API
 image), in a fresh interpreter where every heavy import is both blocked and recorded, so a guarded

@@ -1,5 +1,5 @@
 """The VRAM estimator: parameter counts that match PEFT's on a real model, the published worked examples of
-Part B.3, the direction of every knob, constants read from the data file, and the B.5 bench's targets."""
+the formula in core/vram.py, the direction of every knob, constants read from the data file, and the vram_estimator bench's targets."""
 
 from __future__ import annotations
 

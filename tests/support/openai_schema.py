@@ -1,4 +1,4 @@
-"""OpenAI's published response schemas (shared/reference/openai_openapi_subset.yaml, vendored as
+"""OpenAI's published response schemas (a subset of OpenAI's OpenAPI spec, vendored as
 tests/support/openai_openapi_subset.yaml), as jsonschema validators. The spec mixes OpenAPI 3.0's
 `nullable: true` with 3.1's `type: 'null'`; the former is rewritten to the latter."""
 
