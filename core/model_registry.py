@@ -132,7 +132,7 @@ def register_model(
         entry.update({k: v for k, v in (info or {}).items() if k in INFO_KEYS and v is not None})
         raw[model_id] = entry
         write(raw)
-    return _entry_to_model(model_id, {**entry, "path": str(path.resolve())})
+    return _entry_to_model(model_id, entry)
 
 
 def unregister_model(settings: Settings, model_id: str) -> BaseModel:
