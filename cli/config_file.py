@@ -21,8 +21,9 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cli.files import upload_file
 from cli.follow import follow_job
-from cli.user import check_model, finish, upload_file
+from cli.jobs import check_model, finish
 from cli.user_common import (
     JSON_HELP,
     UserError,
@@ -47,6 +48,7 @@ Auto: TypeAlias = Literal["auto"]
 HYPERPARAMETER_KEYS = {
     "num_epochs": "n_epochs",
     "batch_size": "batch_size",
+    "micro_batch_size": "micro_batch_size",
     "learning_rate": "learning_rate",
     "learning_rate_multiplier": "learning_rate_multiplier",
     "warmup_ratio": "warmup_ratio",
@@ -97,6 +99,9 @@ class JobConfig(BaseModel):
     adapter: Literal["lora"] = "lora"
     num_epochs: Auto | int | None = None
     batch_size: Auto | int | None = None
+    # axolotl's pair: batch_size = micro_batch_size x gradient_accumulation_steps
+    micro_batch_size: Auto | int | None = None
+    gradient_accumulation_steps: int | None = Field(None, ge=1)
     learning_rate: Auto | float | None = None
     learning_rate_multiplier: Auto | float | None = None
     warmup_ratio: Auto | float | None = None
@@ -119,6 +124,25 @@ class JobConfig(BaseModel):
         if self.lora_target_linear:
             out["target_modules"] = "all-linear"
         return out
+
+    @model_validator(mode="after")
+    def _accumulation_makes_the_batch(self) -> JobConfig:
+        """axolotl's effective batch is micro_batch_size x gradient_accumulation_steps; ours is batch_size."""
+        accumulation = self.gradient_accumulation_steps
+        if accumulation is None:
+            return self
+        if not isinstance(self.micro_batch_size, int):
+            raise ValueError(
+                "gradient_accumulation_steps needs a micro_batch_size (a number) to make the batch"
+            )
+        batch = self.micro_batch_size * accumulation
+        if self.batch_size not in (None, "auto", batch):
+            raise ValueError(
+                f"batch_size {self.batch_size} is not micro_batch_size x gradient_accumulation_steps ({batch}); "
+                "give batch_size, or the other two"
+            )
+        self.batch_size = batch
+        return self
 
 
 class LoadedConfig:

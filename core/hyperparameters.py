@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Auto = Literal["auto"]
 Method = Literal["supervised", "dpo"]
@@ -32,6 +32,10 @@ SAMPLE_EFFICIENT_PARAMS = 1e9  # below this size a model needs more exposures to
 MAX_AUTO_EPOCHS = 50
 MIN_STEPS_PER_EPOCH = 8  # keep batches small enough for several optimizer steps per pass
 MAX_AUTO_BATCH = 32
+# Tokens one micro-batch may hold when micro_batch_size is "auto": 4 x 2048 or 1 x 8192 (Unsloth's default
+# setup, micro-batch 2 of 2048 tokens, holds 4096). The rest of the effective batch is gradient accumulation; the
+# scheduler lowers the micro-batch further where a device is too small for it.
+MICRO_BATCH_TOKEN_BUDGET = 8_192
 DEFAULT_MAX_SEQ_LENGTH = 2048  # when the model's context length is unknown
 MAX_AUTO_SEQ_LENGTH = 8192  # longer examples are rare in fine-tuning sets and cost memory quadratically
 # What a chat template adds that the JSON line does not hold: a default system prompt (Llama 3.1's dates, SmolLM2's
@@ -60,13 +64,19 @@ def data_sized_max_seq_length(longest_example_bytes: int) -> int:
     return 1 << (longest_example_bytes + TEMPLATE_SLACK_TOKENS - 1).bit_length()
 
 
+def token_sized_max_seq_length(longest_example_tokens: int) -> int:
+    """An "auto" max_seq_length from the files' exact longest example (counted with the model's tokenizer and
+    chat template, `core.token_counts`): that length plus a 5% allowance, rounded up to a multiple of 64."""
+    return 64 * math.ceil((longest_example_tokens * 1.05 + 1) / 64)
+
+
 class _Hyperparameters(BaseModel):
     """Fields shared by SFT and DPO. Every field may be omitted; omitted means "auto"."""
 
     model_config = ConfigDict(extra="forbid")
 
     # OpenAI's fields
-    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"  # the effective batch, OpenAI's meaning
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
     n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
 
@@ -76,6 +86,8 @@ class _Hyperparameters(BaseModel):
     lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = "auto"
     target_modules: Auto | Literal["all-linear"] | Annotated[list[str], Field(min_length=1)] = "auto"
     # ftserve extensions: training
+    # Examples per forward/backward pass; batch_size / micro_batch_size passes are accumulated per step.
+    micro_batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
     max_seq_length: Auto | Annotated[int, Field(ge=16, le=1_048_576)] = "auto"
     learning_rate: Auto | Annotated[float, Field(gt=0, le=1)] = "auto"  # absolute; overrides the multiplier
     warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
@@ -83,6 +95,16 @@ class _Hyperparameters(BaseModel):
     checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
     # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; workers with bitsandbytes)
     quantization: Auto | Quantization = "auto"
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_batch(self) -> _Hyperparameters:
+        if isinstance(self.batch_size, int) and isinstance(self.micro_batch_size, int):
+            if self.micro_batch_size > self.batch_size or self.batch_size % self.micro_batch_size:
+                raise ValueError(
+                    f"micro_batch_size {self.micro_batch_size} must divide batch_size {self.batch_size}: each "
+                    "optimizer step accumulates batch_size / micro_batch_size micro-batches"
+                )
+        return self
 
 
 class SupervisedHyperparameters(_Hyperparameters):
@@ -101,7 +123,7 @@ class ResolvedHyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Method
-    batch_size: int
+    batch_size: int  # the effective batch: examples per optimizer step
     learning_rate_multiplier: float
     learning_rate: float  # the absolute rate the optimizer uses
     n_epochs: int
@@ -115,6 +137,9 @@ class ResolvedHyperparameters(BaseModel):
     eval_every_steps: int
     checkpoint_every_steps: int
     quantization: Quantization = "none"  # defaulted: rows resolved before the field existed still load
+    # batch_size = micro_batch_size x gradient_accumulation_steps (defaulted for rows resolved before them)
+    micro_batch_size: int = 0
+    gradient_accumulation_steps: int = 1
     # Derived, for progress reporting and memory estimates
     n_examples: int
     steps_per_epoch: int
@@ -130,6 +155,11 @@ class ResolvedHyperparameters(BaseModel):
         if self.beta is not None:
             out["beta"] = self.beta
         return out
+
+    @property
+    def micro_batch(self) -> int:
+        """Examples per forward/backward pass (rows resolved before micro-batches existed: the whole batch)."""
+        return self.micro_batch_size or self.batch_size
 
 
 def base_learning_rate(method: str, base_model_params: int | None) -> float:
@@ -177,6 +207,16 @@ def auto_batch_size(n_examples: int) -> int:
     return min(MAX_AUTO_BATCH, 1 << (target.bit_length() - 1))
 
 
+def auto_micro_batch_size(
+    batch_size: int, max_seq_length: int, token_budget: int = MICRO_BATCH_TOKEN_BUDGET
+) -> int:
+    """The largest divisor of `batch_size` whose micro-batch of `max_seq_length`-token examples stays within
+    `token_budget` tokens (at least 1). A divisor, so that every optimizer step sees exactly `batch_size`
+    examples: 32 examples of 2048 tokens -> 4 x 8 accumulation steps; of 8192 -> 1 x 32; 8 of 512 -> 8 x 1."""
+    fits = max(1, token_budget // max(1, max_seq_length))
+    return max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= fits)
+
+
 def resolve_hyperparameters(
     method: str,
     hp: SupervisedHyperparameters | DpoHyperparameters | None,
@@ -185,6 +225,9 @@ def resolve_hyperparameters(
     base_model_params: int | None = None,
     base_model_max_length: int | None = None,
     longest_example_bytes: int | None = None,
+    longest_example_tokens: int | None = None,
+    micro_batch_tokens: int = MICRO_BATCH_TOKEN_BUDGET,
+    max_micro_batch: int | None = None,
 ) -> ResolvedHyperparameters:
     """Turn every "auto" into a number, the way OpenAI does, sized by the data and (where it matters) the model.
 
@@ -198,10 +241,17 @@ def resolve_hyperparameters(
     - `beta` (DPO): 0.1, the DPO paper's and TRL's default.
     - LoRA: rank 16, alpha = 2 x rank, dropout 0, all linear layers: the common QLoRA/"LoRA without regret"
       setting, which vLLM serves (rank <= its max_lora_rank).
-    - `max_seq_length`: sized from the data when the files' longest example is known
-      (`data_sized_max_seq_length(longest_example_bytes)`: a power of two that surely holds it), never more than
+    - `max_seq_length`: sized from the data when the files' longest example is known: from its exact token
+      count (`token_sized_max_seq_length`), else from its bytes (`data_sized_max_seq_length`: a power of two
+      that surely holds it), never more than
       the model's context length, capped at 8192; else the model's context length (capped), 2048 when unknown.
       Longer examples fail the job with their line numbers rather than being truncated.
+    - `micro_batch_size` (examples per forward/backward pass): the largest divisor of `batch_size` whose
+      micro-batch holds at most `micro_batch_tokens` tokens of `max_seq_length` (`auto_micro_batch_size`), and
+      at most `max_micro_batch` (what the scheduler found room for on the GPU it placed the job on). The rest
+      is gradient accumulation: `gradient_accumulation_steps` = batch_size / micro_batch_size, so the update
+      is the one a batch of `batch_size` would make. An explicit value must divide an explicit `batch_size`;
+      with an "auto" batch_size it is a ceiling (the largest divisor of the resolved batch not above it).
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
     - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on workers with bitsandbytes.
@@ -238,10 +288,21 @@ def resolve_hyperparameters(
         max_seq_length = hp.max_seq_length
     else:
         context = min(base_model_max_length or DEFAULT_MAX_SEQ_LENGTH, MAX_AUTO_SEQ_LENGTH)
-        if longest_example_bytes:
+        if longest_example_tokens:
+            max_seq_length = min(context, token_sized_max_seq_length(longest_example_tokens))
+        elif longest_example_bytes:
             max_seq_length = min(context, data_sized_max_seq_length(longest_example_bytes))
         else:
             max_seq_length = context
+
+    if hp.micro_batch_size == "auto":
+        micro = auto_micro_batch_size(batch_size, max_seq_length, micro_batch_tokens)
+        if max_micro_batch is not None:
+            micro = max(
+                d for d in range(1, micro + 1) if batch_size % d == 0 and d <= max(1, max_micro_batch)
+            )
+    else:  # explicit: at most that many (with an "auto" batch_size, the largest divisor of it not above)
+        micro = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= hp.micro_batch_size)
 
     steps_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = steps_per_epoch * n_epochs
@@ -270,6 +331,8 @@ def resolve_hyperparameters(
         if hp.checkpoint_every_steps == "auto"
         else hp.checkpoint_every_steps,
         quantization="none" if hp.quantization == "auto" else hp.quantization,
+        micro_batch_size=micro,
+        gradient_accumulation_steps=batch_size // micro,
         n_examples=n_examples,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,

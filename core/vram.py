@@ -442,11 +442,13 @@ def estimate(
 
 def spec_for_job(method_type: str, hp: ResolvedHyperparameters) -> TrainSpec:
     """What an ftserve job (LoRA or QLoRA, SFT or DPO) does, from its resolved hyperparameters. The worker
-    trains micro-batches of `batch_size` (no gradient accumulation), each at most `max_seq_length` tokens
-    long: the estimate is for the longest batches the job allows."""
+    runs micro-batches of `micro_batch_size` examples (accumulating `gradient_accumulation_steps` of them per
+    optimizer step, which costs no activation memory), each at most `max_seq_length` tokens long: the
+    estimate is for the longest micro-batch the job allows. Packed, padding-free batches hold at most that
+    many real tokens, so the same bound covers them."""
     targets = hp.target_modules if isinstance(hp.target_modules, str) else tuple(hp.target_modules)
     return TrainSpec(
-        micro_batch=hp.batch_size,
+        micro_batch=hp.micro_batch,
         seq_len=hp.max_seq_length,
         method="qlora" if getattr(hp, "quantization", "none") == "4bit" else "lora",
         dpo=method_type == "dpo",
@@ -478,16 +480,50 @@ class JobEstimates:
     gpu: Estimate
     cpu: Estimate
 
+    # Smaller micro-batches the job could fall back to where no device holds this one (same batch_size, more
+    # accumulation): (micro_batch_size, GPU reservation MiB, CPU reservation MiB), largest first.
+    fallbacks: list[tuple[int, int, int]] = field(default_factory=list)
+
     def record(self) -> dict[str, Any]:
         return {
             "gpu": self.gpu.as_dict(),
             "cpu": self.cpu.as_dict(),
             "total_steps": self.hyperparameters.total_steps,
             "batch_size": self.hyperparameters.batch_size,
+            "micro_batch_size": self.hyperparameters.micro_batch,
+            "gradient_accumulation_steps": self.hyperparameters.gradient_accumulation_steps,
+            "micro_batch_fallbacks": [list(f) for f in self.fallbacks],
             "max_seq_length": self.hyperparameters.max_seq_length,
             "lora_rank": self.hyperparameters.lora_rank,
             "quantization": getattr(self.hyperparameters, "quantization", "none"),
         }
+
+
+def micro_batch_for_fleet(
+    options: list[tuple[int, int | None, int | None]], gpu_room_mb: int | None, cpu_room_mb: int | None
+) -> tuple[int, int | None, int | None] | None:
+    """Which micro-batch a job runs with on a fleet whose largest GPU and CPU devices hold `gpu_room_mb` and
+    `cpu_room_mb` (None: no such device). `options` are (micro_batch_size, GPU MiB, CPU MiB): the job's own
+    first, then the smaller ones it may fall back to. The job's own when some device holds it (it then waits
+    for that device rather than train slower on a smaller one), else the largest that some device holds,
+    else None. The scheduler places with this rule; the estimate endpoint reports it."""
+
+    def held(gpu_mb: int | None, cpu_mb: int | None) -> bool:
+        return (gpu_room_mb is not None and (gpu_mb is None or gpu_mb <= gpu_room_mb)) or (
+            cpu_room_mb is not None and (cpu_mb is None or cpu_mb <= cpu_room_mb)
+        )
+
+    return next((option for option in options if held(option[1], option[2])), None)
+
+
+def micro_batch_options(
+    record: dict[str, Any], gpu_mb: int | None
+) -> list[tuple[int, int | None, int | None]]:
+    """A job's `vram_estimate` record as `micro_batch_for_fleet` options (`gpu_mb`: its own reservation)."""
+    cpu = record.get("cpu")
+    own = (int(record.get("micro_batch_size") or record.get("batch_size") or 1), gpu_mb,
+           cpu.get("reservation_mb") if isinstance(cpu, dict) else None)  # fmt: skip
+    return [own] + [(int(m), int(g), int(c)) for m, g, c in record.get("micro_batch_fallbacks") or []]
 
 
 def estimate_request(
@@ -498,9 +534,14 @@ def estimate_request(
     hyperparameters: dict[str, Any],
     n_examples: int,
     longest_example_bytes: int | None = None,
+    longest_example_tokens: int | None = None,
+    max_micro_batch: int | None = None,
 ) -> JobEstimates:
     """Resolve the job's "auto" hyperparameters the way the worker will (`longest_example_bytes`: of the job's
-    files, which sizes an "auto" max_seq_length), then estimate it for a GPU and for a CPU-only worker. Raises
+    files, which sizes an "auto" max_seq_length, or better `longest_example_tokens`, its exact token count;
+    `max_micro_batch`: the placement's ceiling on an "auto"
+    micro-batch), then estimate it for a GPU and for a CPU-only worker, and for each smaller micro-batch an
+    "auto" one could fall back to. Raises
     NotFoundError (unknown model) or EstimateError (unreadable config)."""
     from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
     from core.model_registry import get_base_model
@@ -517,10 +558,30 @@ def estimate_request(
         base_model_params=arch.params,
         base_model_max_length=arch.max_positions,
         longest_example_bytes=longest_example_bytes,
+        longest_example_tokens=longest_example_tokens,
+        max_micro_batch=max_micro_batch,
     )
+    fallbacks = []
+    if requested.micro_batch_size == "auto":
+        for micro in range(resolved.micro_batch - 1, 0, -1):
+            if resolved.batch_size % micro == 0:
+                smaller = resolved.model_copy(
+                    update={
+                        "micro_batch_size": micro,
+                        "gradient_accumulation_steps": resolved.batch_size // micro,
+                    }
+                )
+                fallbacks.append(
+                    (
+                        micro,
+                        estimate_job(arch, method_type, smaller, profile=DEFAULT_PROFILE).reservation_mb,
+                        estimate_job(arch, method_type, smaller, profile=CPU_PROFILE).reservation_mb,
+                    )
+                )
     return JobEstimates(
         arch=arch,
         hyperparameters=resolved,
         gpu=estimate_job(arch, method_type, resolved, profile=DEFAULT_PROFILE),
         cpu=estimate_job(arch, method_type, resolved, profile=CPU_PROFILE),
+        fallbacks=fallbacks,
     )

@@ -288,6 +288,8 @@ class Attempt:
             base_model_params=params,
             base_model_max_length=context,
             longest_example_bytes=longest_example_bytes,
+            # the micro-batch the scheduler reserved memory for (it may have lowered it to fit the device)
+            max_micro_batch=(job.vram_estimate or {}).get("micro_batch_size"),
         )
 
         def write() -> None:

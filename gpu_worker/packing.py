@@ -3,7 +3,7 @@
 An optimizer step still trains on exactly `batch_size` examples (OpenAI's meaning of the number), drawn by the same
 sampler as unpacked training. What changes is how those examples are laid out for the forward pass:
 
-- "padding_free": the step's examples are concatenated into one row with no padding at all. `position_ids` restart
+- "padding_free": a micro-batch's examples are concatenated into one row with no padding at all. `position_ids` restart
   at 0 for every example and `cu_seq_lens_*` mark the boundaries, so attention runs per example
   (`varlen_attention`: FlashAttention varlen on CUDA, one causal SDPA call per example elsewhere). Nothing attends
   across examples, and the first label of every example is masked, so no loss crosses a boundary either.
@@ -13,7 +13,7 @@ sampler as unpacked training. What changes is how those examples are laid out fo
 - "length_grouped": the fallback when packing is not provably exact for a model: batches of similar lengths
   (Trainer's `group_by_length`), padded to the longest.
 
-The loss is a mean over all label tokens of the step in every layout, so packed and unpacked training give the
+The loss is a mean over all label tokens of the step (all its accumulated micro-batches) in every layout, so packed and unpacked training give the
 same loss and gradients up to float rounding. `packing_is_exact` checks that on the real model before training.
 """
 

@@ -148,8 +148,10 @@ def _run(
     log_every = max(1, math.ceil(hp.total_steps / MAX_LOGGED_STEPS))
     common: dict[str, Any] = {
         "output_dir": str(config.output_dir / "checkpoints"),
-        "per_device_train_batch_size": hp.batch_size,
-        "per_device_eval_batch_size": hp.batch_size,
+        # batch_size is the effective batch: micro-batches of micro_batch_size, accumulated per optimizer step
+        "per_device_train_batch_size": hp.micro_batch,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "per_device_eval_batch_size": hp.micro_batch,
         "num_train_epochs": hp.n_epochs,
         "learning_rate": hp.learning_rate,
         "lr_scheduler_type": "linear",  # OpenAI-style linear decay after warmup
@@ -191,7 +193,7 @@ def _run(
 
         # Our rows already carry input_ids and labels (assistant-only / completion-only, weight 0 masked).
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True})
-        step_logits = hp.batch_size * max_len * int(model_config.get_text_config().vocab_size)
+        step_logits = hp.micro_batch * max_len * int(model_config.get_text_config().vocab_size)
         plain_head = not cuda and step_logits <= accel.PLAIN_HEAD_MAX_LOGITS
         trainer = accel.sft_trainer_class(plain_head)(
             model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -204,8 +206,16 @@ def _run(
 
     reporter.event(
         f"Fine-tuning started: {config.method}, {hp.n_examples} examples, {hp.n_epochs} epochs x "
-        f"{hp.steps_per_epoch} steps of batch {hp.batch_size} = {hp.total_steps} steps, lr {hp.learning_rate:.3g}",
+        f"{hp.steps_per_epoch} steps of batch {hp.batch_size} = {hp.total_steps} steps, lr {hp.learning_rate:.3g}"
+        + (
+            f" (micro-batches of {hp.micro_batch} x {hp.gradient_accumulation_steps} accumulation steps)"
+            if hp.gradient_accumulation_steps > 1
+            else ""
+        ),
         data={
+            "batch_size": hp.batch_size,
+            "micro_batch_size": hp.micro_batch,
+            "gradient_accumulation_steps": hp.gradient_accumulation_steps,
             "parameters": n_params,
             "trainable_parameters": n_trainable,
             "trainable_percent": round(100 * n_trainable / n_params, 3),

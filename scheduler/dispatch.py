@@ -33,7 +33,7 @@ from core.hyperparameters import longest_example_bytes
 from core.models import File, FineTuningJob, Organization, now_s
 from core.queue import TRAIN_TASK, WorkerInfo, arq_job_id, queue_name
 from core.settings import Settings
-from core.vram import EstimateError, estimate_request
+from core.vram import EstimateError, estimate_request, micro_batch_for_fleet, micro_batch_options
 from scheduler.forecast import forecast_starts
 from scheduler.placement import Device, Fleet, JobRequest, PlanResult, Waiting, gb, plan
 
@@ -84,6 +84,11 @@ def _estimate_message(fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         f"activations {gb(gpu['activations_mb'])} GB, logits {gb(gpu['logits_mb'])} GB, "
         f"{int(round(100 * (gpu['reservation_mb'] / max(1, gpu['peak_mb']) - 1)))}% margin)"
     )
+    if (record.get("gradient_accumulation_steps") or 1) > 1:
+        message += (
+            f"; batch {record['batch_size']} as {record['gradient_accumulation_steps']} micro-batches of "
+            f"{record['micro_batch_size']}"
+        )
     return message, {"estimated_vram_mb": gpu["reservation_mb"], "breakdown": gpu}
 
 
@@ -227,6 +232,31 @@ def job_request(job: FineTuningJob) -> JobRequest:
     )
 
 
+def fit_micro_batches(
+    requests: list[JobRequest], by_id: dict[str, FineTuningJob], workers: Sequence[WorkerInfo]
+) -> tuple[list[JobRequest], dict[str, int]]:
+    """A job whose micro-batch no live device could ever hold (by total memory) asks for the largest smaller
+    one that fits, with more gradient accumulation: the same optimizer steps, in less memory
+    (`core.vram.micro_batch_for_fleet`). Returns the requests to plan and, per lowered job, its new
+    micro-batch size."""
+    out: list[JobRequest] = []
+    lowered: dict[str, int] = {}
+    for request in requests:
+        record = by_id[request.id].vram_estimate or {}
+        capable = [w for w in workers if request.needs <= set(w.capabilities)]
+        gpu_room = max((d.total_mb for w in capable for d in w.gpus if d.name != "cpu"), default=None)
+        cpu_room = max((d.total_mb for w in capable for d in w.gpus if d.name == "cpu"), default=None)
+        options = micro_batch_options(record, request.gpu_mb)
+        chosen = micro_batch_for_fleet(options, gpu_room, cpu_room) if len(options) > 1 else None
+        if chosen is None or chosen == options[0]:
+            out.append(request)  # its own fits (or nothing does, and placement says why)
+            continue
+        micro, gpu_mb, cpu_mb = chosen
+        out.append(replace(request, gpu_mb=gpu_mb, cpu_mb=cpu_mb))
+        lowered[request.id] = micro
+    return out, lowered
+
+
 def _advisory_key(worker_id: str) -> int:
     return zlib.crc32(f"ftserve:worker:{worker_id}".encode()) & 0x7FFFFFFF
 
@@ -240,12 +270,24 @@ def claim(
     reserve_mb: int | None = None,
     capacity_mb: int | None = None,
     lease_ttl_s: float = 30.0,
+    micro_batch: int | None = None,
 ) -> int | None:
     """CAS queued→running with attempt+1 on `worker` (and `device`, reserving `reserve_mb` of its
     `capacity_mb`). Returns the new attempt, or None if another scheduler (or a cancel) got there first, or
-    if the worker or device no longer has room once every committed reservation is counted."""
+    if the worker or device no longer has room once every committed reservation is counted. `micro_batch`:
+    the smaller micro-batch `fit_micro_batches` chose for this job, recorded for the worker to train with."""
     attempt = job.attempt + 1
     now = now_s()
+    extra: dict[str, Any] = {}
+    record = dict(job.vram_estimate or {})
+    if micro_batch is not None and record.get("micro_batch_size") != micro_batch:
+        batch = int(record.get("batch_size") or micro_batch)
+        record |= {
+            "micro_batch_size": micro_batch,
+            "gradient_accumulation_steps": batch // micro_batch,
+            "lowered_from_micro_batch_size": record.get("micro_batch_size"),
+        }
+        extra = {"vram_estimate": record, "estimated_vram_mb": reserve_mb}
     held = aliased(FineTuningJob)
     with session_scope(engine) as session:
         if (
@@ -288,12 +330,24 @@ def claim(
                 estimated_start_at=None,
                 started_at=func.coalesce(FineTuningJob.started_at, now),
                 updated_at=now,
+                **extra,
             )
             .execution_options(synchronize_session=False)
         )
         if session.execute(statement).rowcount != 1:  # type: ignore[attr-defined]
             return None
         data: dict[str, Any] = {"worker_id": worker.id, "attempt": attempt}
+        if extra:
+            jobs.append_event(
+                session,
+                job_id=job.id,
+                message=(
+                    f"Micro-batch lowered from {record['lowered_from_micro_batch_size']} to {micro_batch} "
+                    f"({record['gradient_accumulation_steps']} accumulation steps, same batch_size) so that it "
+                    f"fits a device of this fleet"
+                ),
+                data={k: record[k] for k in ("micro_batch_size", "gradient_accumulation_steps")},
+            )
         if device is not None:
             data |= {"gpu_index": device.index, "gpu_name": device.name, "reserved_mb": reserve_mb}
             jobs.append_event(
@@ -439,8 +493,9 @@ async def place_queued(
     fleet = Fleet.from_registry(workers, reserved_mb=held.reserved_mb, held=held.jobs_by_worker)
     by_id = {job.id: job for job in queue}
     infos = {w.id: w for w in workers}
+    requests, lowered = fit_micro_batches([job_request(job) for job in queue], by_id, workers)
     result = plan(
-        [job_request(job) for job in queue],
+        requests,
         fleet,
         running_by_org=held.jobs_by_org,
         quota_for=Quotas(engine, settings),
@@ -472,7 +527,7 @@ async def place_queued(
             capacity = min(device.total_mb, reported.free_mb + reserved_before)
         attempt = claim(
             engine, job, info, device=device, reserve_mb=decision.reserve_mb, capacity_mb=capacity,
-            lease_ttl_s=settings.lease_ttl_s,
+            lease_ttl_s=settings.lease_ttl_s, micro_batch=lowered.get(job.id),
         )  # fmt: skip
         if attempt is None:
             continue  # someone else moved it, or the device filled up meanwhile: next tick sees the truth

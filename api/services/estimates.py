@@ -17,7 +17,7 @@ from core.model_registry import load_registry
 from core.models import FineTuningJob, Organization
 from core.queue import WorkerInfo, live_workers
 from core.settings import Settings
-from core.vram import EstimateError, estimate_request
+from core.vram import DEFAULT_PROFILE, EstimateError, estimate_job, estimate_request, micro_batch_for_fleet
 
 log = logging.getLogger("ftserve.api")
 
@@ -120,6 +120,7 @@ async def create_estimate(
             f"Cannot size the model '{request.model}': {exc}", param="model", code="model_not_sizable"
         ) from None
     gpu, cpu = estimates.gpu, estimates.cpu
+    hp = estimates.hyperparameters
     need = gpu.reservation_mb
 
     workers = await _fleet(settings)
@@ -137,6 +138,25 @@ async def create_estimate(
                 "4-bit quantization runs only on workers that report bnb_4bit (bitsandbytes >= 0.50)."
             )
         any_gpu = any(device.name != "cpu" for worker in workers for device in worker.gpus)
+        capable = [w for w in workers if not four_bit or "bnb_4bit" in w.capabilities]
+        gpu_room = max((d.total_mb for w in capable for d in w.gpus if d.name != "cpu"), default=None)
+        options = [(hp.micro_batch, need, cpu.reservation_mb), *estimates.fallbacks]
+        chosen = micro_batch_for_fleet(options, gpu_room, None)
+        if chosen is not None and chosen[0] != hp.micro_batch:
+            # As the scheduler would place it: no live GPU holds the job's own micro-batch, a smaller one fits.
+            notes.append(
+                f"No live GPU holds micro-batches of {hp.micro_batch} (~{need / 1024:.1f} GB): the scheduler "
+                f"would run micro-batches of {chosen[0]} x {hp.batch_size // chosen[0]} accumulation steps "
+                f"(the same batch_size {hp.batch_size}) in ~{(chosen[1] or 0) / 1024:.1f} GB."
+            )
+            hp = hp.model_copy(
+                update={
+                    "micro_batch_size": chosen[0],
+                    "gradient_accumulation_steps": hp.batch_size // chosen[0],
+                }
+            )
+            gpu = estimate_job(estimates.arch, method, hp, profile=DEFAULT_PROFILE)
+            need = gpu.reservation_mb
         for worker in workers:
             if four_bit and "bnb_4bit" not in worker.capabilities:
                 continue
@@ -159,7 +179,6 @@ async def create_estimate(
     classes = sorted(fits.values(), key=lambda f: (f["total_mb"], f["gpu_class"]))
     gpu_class = best[2] if best else (classes[0]["gpu_class"] if classes else None)
     placeable: bool | None = bool(classes) if any_gpu else None
-    hp = estimates.hyperparameters
     return EstimateObject(
         model=request.model,
         method=method,
@@ -175,6 +194,8 @@ async def create_estimate(
         tokens_per_micro_batch=gpu.tokens_per_micro_batch,
         hyperparameters={
             "batch_size": hp.batch_size,
+            "micro_batch_size": hp.micro_batch,
+            "gradient_accumulation_steps": hp.gradient_accumulation_steps,
             "max_seq_length": hp.max_seq_length,
             "lora_rank": hp.lora_rank,
             "lora_alpha": hp.lora_alpha,

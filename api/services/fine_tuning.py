@@ -313,9 +313,12 @@ def _hyperparameters_out(job: FineTuningJob) -> dict[str, Any]:
     if job.method_type == "dpo":
         out["beta"] = "auto"
     out.update(job.hyperparameters)
-    for name, value in (job.resolved_hyperparameters or {}).items():
+    resolved = job.resolved_hyperparameters or {}
+    for name, value in resolved.items():
         if out.get(name) == "auto":
             out[name] = value
+    if resolved.get("micro_batch_size"):  # how the effective batch was run: micro-batches x accumulation
+        out["gradient_accumulation_steps"] = resolved.get("gradient_accumulation_steps", 1)
     return out
 
 

@@ -4,6 +4,7 @@ estimate is the estimator's, the fits are the live GPUs big enough, and bad bodi
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,54 @@ def test_an_all_auto_estimate_sizes_max_seq_length_from_the_file_not_the_context
     assert from_file["hyperparameters"]["max_seq_length"] == 1024  # short chats: < 512 bytes + template slack
     assert blind["hyperparameters"]["max_seq_length"] == 8192  # no file: Llama-3.1's context, capped
     assert from_file["estimated_vram_mb"] < blind["estimated_vram_mb"]
+
+
+def _chats_of_about(n: int, words: int) -> bytes:
+    """`n` chat examples of about `words` x 1.3 tokens each (a 300-token chat is ~1,300 bytes of JSONL)."""
+    rows = []
+    for i in range(n):
+        text = " ".join(f"word{(i * 7 + j) % 97}" for j in range(words))
+        rows.append({"messages": [{"role": "user", "content": f"Summarise item {i}."},
+                                  {"role": "assistant", "content": text}]})  # fmt: skip
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def test_an_all_auto_8b_job_of_1000_examples_fits_an_80gb_gpu_with_lora_and_a_24gb_one_with_qlora(
+    client: TestClient, settings: Settings, org_a_key: str
+) -> None:
+    """All hyperparameters "auto" on Llama-3.1-8B's shape, 1,000 chats of ~300 tokens. The token budget
+    makes the effective batch of 32 micro-batches of 4 (2048-token bound from the bytes); where no GPU holds
+    that, the scheduler and this estimate lower the micro-batch and accumulate more."""
+    data = _chats_of_about(1000, 180)
+    assert 1100 < max(len(line) for line in data.splitlines()) < 1536
+    training = _upload(client, org_a_key, data)
+    h100 = WorkerInfo(id="h100", gpus=[_gpu("H100-80GB", 81559)])
+    a10 = WorkerInfo(id="a10", gpus=[_gpu("A10-24GB", 23028)], capabilities=["bnb_4bit"])
+
+    _publish(settings, h100)
+    lora = _estimate(client, org_a_key, model="llama-8b", training_file=training).json()
+    hp = lora["hyperparameters"]
+    assert (hp["n_examples"], hp["batch_size"], hp["max_seq_length"]) == (1000, 32, 2048)
+    assert (hp["micro_batch_size"], hp["gradient_accumulation_steps"]) == (4, 8)
+    assert lora["tokens_per_micro_batch"] == 4 * 2048
+    assert lora["estimated_vram_mb"] <= 81559 and lora["placeable"] is True
+    assert [f["gpu_class"] for f in lora["fits"]] == ["H100-80GB"]
+
+    redis.Redis.from_url(str(settings.redis_url)).flushall()
+    _publish(settings, a10)
+    qlora_body = {"type": "supervised", "supervised": {"hyperparameters": {"quantization": "4bit"}}}
+    qlora = _estimate(client, org_a_key, model="llama-8b", training_file=training, method=qlora_body).json()
+    hp = qlora["hyperparameters"]
+    assert (hp["batch_size"], hp["micro_batch_size"], hp["gradient_accumulation_steps"]) == (32, 2, 16)
+    assert qlora["estimated_vram_mb"] <= 23028 and qlora["placeable"] is True
+    assert [(f["gpu_class"], f["free_now"]) for f in qlora["fits"]] == [("A10-24GB", 1)]
+    assert any("micro-batches of 2 x 16 accumulation steps" in note for note in qlora["notes"])
+    # Without the fallback the job's own micro-batch would not fit that GPU.
+    own = estimate_request(
+        settings, model="llama-8b", method_type="supervised", hyperparameters={"quantization": "4bit"},
+        n_examples=1000, longest_example_bytes=max(len(line) for line in data.splitlines()),
+    )  # fmt: skip
+    assert own.gpu.reservation_mb > 23028 >= qlora["estimated_vram_mb"]
 
 
 def test_estimate_without_a_reachable_registry_still_estimates(

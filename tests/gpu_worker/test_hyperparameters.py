@@ -9,11 +9,13 @@ from core.hyperparameters import (
     DpoHyperparameters,
     SupervisedHyperparameters,
     auto_batch_size,
+    auto_micro_batch_size,
     auto_n_epochs,
     base_learning_rate,
     data_sized_max_seq_length,
     longest_example_bytes,
     resolve_hyperparameters,
+    token_sized_max_seq_length,
 )
 
 
@@ -137,6 +139,58 @@ def test_auto_max_seq_length_is_sized_from_the_longest_example_not_the_context()
         ).max_seq_length
         == 300
     )
+
+
+def test_an_exact_token_count_sizes_max_seq_length_tighter_than_bytes() -> None:
+    def auto(tokens: int | None, longest_bytes: int | None = 1300, context: int = 131072) -> int:
+        return resolve_hyperparameters(
+            "supervised", None, n_examples=10, base_model_max_length=context,
+            longest_example_bytes=longest_bytes, longest_example_tokens=tokens,
+        ).max_seq_length  # fmt: skip
+
+    assert auto(300) == token_sized_max_seq_length(300) == 320  # 300 + 5%, up to a multiple of 64
+    assert auto(None) == 2048  # only the bytes: the power-of-two bound
+    assert auto(60) == 64 and auto(61) == 128  # 61 * 1.05 + 1 > 64
+    assert auto(9000, context=8192) == 8192  # never more than the model's context
+
+
+def test_auto_micro_batch_is_the_largest_divisor_within_the_token_budget() -> None:
+    assert auto_micro_batch_size(32, 2048) == 4  # 8192 tokens per pass, 8 passes per step
+    assert auto_micro_batch_size(32, 8192) == 1
+    assert auto_micro_batch_size(32, 320) == 16  # 25 would fit the budget but does not divide 32
+    assert auto_micro_batch_size(8, 512) == 8  # short examples: no accumulation at all
+    assert auto_micro_batch_size(6, 2048) == 3  # a divisor, so every step sees the whole batch
+    assert auto_micro_batch_size(7, 4096) == 1
+    assert auto_micro_batch_size(32, 2048, token_budget=65536) == 32
+
+    r = resolve_hyperparameters(
+        "supervised", None, n_examples=1000, base_model_max_length=131072, longest_example_tokens=300
+    )
+    assert (r.batch_size, r.micro_batch_size, r.gradient_accumulation_steps) == (32, 16, 2)
+    assert r.steps_per_epoch == 32  # optimizer steps: the effective batch decides them, not the micro-batch
+    # The scheduler lowers the ceiling where a device is too small for the micro-batch.
+    low = resolve_hyperparameters(
+        "supervised", None, n_examples=1000, base_model_max_length=131072, longest_example_tokens=300,
+        max_micro_batch=5,
+    )  # fmt: skip
+    assert (low.micro_batch_size, low.gradient_accumulation_steps, low.total_steps) == (4, 8, r.total_steps)
+
+
+def test_an_explicit_micro_batch_must_divide_an_explicit_batch() -> None:
+    with pytest.raises(ValidationError) as exc:
+        SupervisedHyperparameters(batch_size=8, micro_batch_size=3)
+    assert "micro_batch_size 3 must divide batch_size 8" in str(exc.value)
+    with pytest.raises(ValidationError):
+        SupervisedHyperparameters(batch_size=4, micro_batch_size=8)
+    ok = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(batch_size=8, micro_batch_size=2), n_examples=100
+    )
+    assert (ok.micro_batch_size, ok.gradient_accumulation_steps) == (2, 4)
+    # With an "auto" batch_size, an explicit micro-batch is a ceiling: the largest divisor not above it.
+    ceiling = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(micro_batch_size=3), n_examples=100
+    )
+    assert (ceiling.batch_size, ceiling.micro_batch_size, ceiling.gradient_accumulation_steps) == (8, 2, 4)
 
 
 def test_longest_example_bytes_over_a_jobs_files() -> None:

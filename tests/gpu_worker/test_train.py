@@ -191,3 +191,41 @@ def test_cancel_stops_within_one_step_and_leaves_no_adapter(
     assert reporter.checkpoints == []
     assert not list((config.output_dir / "checkpoints").glob("checkpoint-*"))
     assert 0 < result.trained_tokens < 24 * 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["supervised", "dpo"])
+def test_gradient_accumulation_makes_the_steps_of_the_whole_batch(
+    make_config: Callable[..., Any], method: str
+) -> None:
+    """batch_size 8 as one micro-batch of 8, or as 4 micro-batches of 2: the same optimizer steps (the loss
+    is normalised over the whole step's tokens, not per micro-batch), so the same losses and adapter."""
+    import torch
+    from safetensors.torch import load_file
+
+    pairs = code_task(16, seed=11)
+    rows = preference_rows(pairs) if method == "dpo" else chat_rows(pairs)
+    fmt = "preference" if method == "dpo" else "chat"
+    hp = {"batch_size": 8, "n_epochs": 2, "learning_rate": 3e-3, "eval_every_steps": 100}
+    whole = run_training(
+        make_config(rows, method=method, data_format=fmt, hp={**hp, "micro_batch_size": 8}, name="whole"),
+        RecordingReporter(),
+    )
+    config = make_config(rows, method=method, data_format=fmt, hp={**hp, "micro_batch_size": 2}, name="acc")
+    assert (config.hyperparameters.micro_batch_size, config.hyperparameters.gradient_accumulation_steps) == (
+        2,
+        4,
+    )
+    reporter = RecordingReporter()
+    accumulated = run_training(config, reporter)
+
+    assert whole.global_step == accumulated.global_step == 4
+    assert losses(accumulated) == pytest.approx(losses(whole), rel=2e-3)
+    started = next(e for e in reporter.events if e["message"].startswith("Fine-tuning started"))
+    assert "(micro-batches of 2 x 4 accumulation steps)" in started["message"]
+    assert started["data"]["gradient_accumulation_steps"] == 4
+    assert whole.adapter_dir is not None and accumulated.adapter_dir is not None
+    a = load_file(str(whole.adapter_dir / "adapter_model.safetensors"))
+    b = load_file(str(accumulated.adapter_dir / "adapter_model.safetensors"))
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=2e-3, atol=2e-4)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis
@@ -15,6 +16,7 @@ from sqlmodel import select
 
 from core import jobs
 from core.db import session_scope
+from core.model_registry import register_model
 from core.models import File
 from core.queue import Device, WorkerInfo, publish_worker, queue_name
 from core.redis_embedded import EmbeddedRedis
@@ -23,6 +25,7 @@ from core.storage import Storage
 from scheduler.dispatch import claim, place_queued, validate_pending
 from scheduler.main import Scheduler, connect_redis
 from tests.scheduler.factories import chat_rows, get_job, make_file, make_job, make_org, messages
+from tests.support.model_configs import LLAMA_3_1_8B, write_config
 
 GPU_24 = Device(index=0, name="A10-24GB", total_mb=24576, free_mb=24576)
 
@@ -201,7 +204,8 @@ async def test_a_job_too_big_for_the_live_gpus_waits_while_a_bigger_worker_may_c
     org = make_org(engine)
     job_id = make_job(
         engine, org, make_file(engine, storage, org, chat_rows(12)),
-        hyperparameters={"batch_size": 8, "max_seq_length": 262144},  # ~32 GB even for demo-tiny's shape
+        # ~32 GB even for demo-tiny's shape; an explicit micro-batch, so none smaller is tried
+        hyperparameters={"batch_size": 8, "micro_batch_size": 8, "max_seq_length": 262144},
     )  # fmt: skip
     validate_pending(engine, settings)
     big = WorkerInfo(id="big", gpus=[Device(index=0, name="H100-80GB", total_mb=81920, free_mb=81920)])
@@ -223,3 +227,51 @@ async def test_a_job_too_big_for_the_live_gpus_waits_while_a_bigger_worker_may_c
     job = get_job(engine, job_id)
     assert job.status == jobs.FAILED and job.error and job.error["code"] == "insufficient_gpu_memory"
     assert "more than the largest GPU of this fleet holds (24 GB)" in job.error["message"]
+
+
+async def test_a_micro_batch_no_gpu_holds_is_lowered_to_one_that_fits_with_more_accumulation(
+    engine: Engine, storage: Storage, arq_redis: ArqRedis, settings: Settings, tmp_path: Path
+) -> None:
+    """Llama-3.1-8B's shape, batch 8 of 2048 tokens: the auto micro-batch of 4 needs ~39 GB, 2 needs ~29 GB and
+    1 needs ~23.5 GB. On a fleet of 24 GB GPUs the job runs as 1 x 8 accumulation steps, and the worker is told."""
+    register_model(
+        settings, "llama-8b", tmp_path / "llama-8b", config=write_config(tmp_path / "cfg", LLAMA_3_1_8B)
+    )
+    org = make_org(engine)
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, chat_rows(12)), model="llama-8b",
+        hyperparameters={"batch_size": 8, "max_seq_length": 2048},
+    )  # fmt: skip
+    validate_pending(engine, settings)
+    queued = get_job(engine, job_id)
+    record = queued.vram_estimate or {}
+    assert (record["batch_size"], record["micro_batch_size"], record["gradient_accumulation_steps"]) == (
+        8,
+        4,
+        2,
+    )
+    fallbacks = {micro: gpu_mb for micro, gpu_mb, _cpu in record["micro_batch_fallbacks"]}
+    assert set(fallbacks) == {2, 1} and queued.estimated_vram_mb
+    assert queued.estimated_vram_mb > GPU_24.total_mb and fallbacks[2] > GPU_24.total_mb >= fallbacks[1]
+
+    worker = await _worker(arq_redis, "w1")
+    placed = await place_queued(engine, arq_redis, [worker], settings=settings)
+
+    assert [(p.job_id, p.reserved_mb) for p in placed] == [(job_id, fallbacks[1])]
+    job = get_job(engine, job_id)
+    record = job.vram_estimate or {}
+    assert (record["micro_batch_size"], record["gradient_accumulation_steps"]) == (1, 8)
+    assert record["lowered_from_micro_batch_size"] == 4
+    assert job.reserved_mb == job.estimated_vram_mb == fallbacks[1]
+    assert any(
+        m.startswith("Micro-batch lowered from 4 to 1 (8 accumulation steps")
+        for m in messages(engine, job_id)
+    )
+    # What the worker will train with: the same batch, the micro-batch the memory was reserved for.
+    from core.hyperparameters import SupervisedHyperparameters, resolve_hyperparameters
+
+    resolved = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters.model_validate(job.hyperparameters), n_examples=12,
+        max_micro_batch=record["micro_batch_size"],
+    )  # fmt: skip
+    assert (resolved.batch_size, resolved.micro_batch_size, resolved.gradient_accumulation_steps) == (8, 1, 8)
