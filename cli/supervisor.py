@@ -69,7 +69,7 @@ class Supervisor:
 
     def _register_replicas(self) -> None:
         from core.db import make_engine, session_scope
-        from core.inference import MANAGED, list_replicas, remove_replica, upsert_replica
+        from core.inference.replicas import MANAGED, list_replicas, remove_replica, upsert_replica
 
         engine = make_engine(self.settings.resolved_database_url)
         try:

@@ -27,7 +27,7 @@ HTTP_REQUEST_DURATION = Histogram(
 )
 UNMATCHED_ROUTE = "unmatched"  # the route label of requests no route matched (404s on unknown paths)
 
-# -- adapters (API lazy loads, scheduler hot loads: core.inference.AdapterLoader) ----------------------------
+# -- adapters (API lazy loads, scheduler hot loads: core.inference.loader.AdapterLoader) ---------------------
 
 ADAPTER_LOADS = Counter(
     "ftserve_adapter_loads_total",

@@ -22,25 +22,21 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core import jobs
+from core.adapters import AdapterRejected
 from core.db import session_scope
-from core.inference import (
+from core.inference.loader import AdapterLoader
+from core.inference.replicas import (
     HEALTHY,
-    PENDING,
     STARTING,
     UNHEALTHY,
     UNKNOWN,
-    AdapterLoader,
-    AdapterRejected,
-    ReplicaError,
     drop_placements,
     list_replicas,
-    reject_adapter,
-    replica_headers,
-    resolve_adapter,
     set_replica_health,
     sync_configured_replicas,
-    vllm_models,
 )
+from core.inference.served import PENDING, reject_adapter, resolve_adapter
+from core.inference.vllm import ReplicaError, replica_headers, vllm_models
 from core.models import AdapterPlacement, FineTunedModel, InferenceReplica, ServedAdapter, now_s
 from core.settings import Settings
 from core.storage import Storage, make_storage_from_settings

@@ -18,6 +18,7 @@ from core.db import make_engine, migrate, session_scope
 from core.keys import create_key
 from core.settings import Settings
 from tests.support.ftserve_process import FtserveProcess
+from tests.support.postgres import postgres_reachable
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -39,21 +40,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-def _postgres_reachable() -> str | None:
-    """None if PostgreSQL answers at 127.0.0.1:5432, else the reason it doesn't."""
-    try:
-        import psycopg
-
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test", connect_timeout=3):
-            return None
-    except Exception as exc:  # noqa: BLE001 (any failure means: skip with the reason)
-        return f"PostgreSQL at 127.0.0.1:5432 (database 'test', trust auth) is not reachable: {exc}"
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     """The admin URL of the local PostgreSQL; skips (with the reason printed) where there is none."""
-    reason = _postgres_reachable()
+    reason = postgres_reachable()
     if reason:
         print(f"\nSKIP: {reason}")
         pytest.skip(reason)

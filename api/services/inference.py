@@ -39,22 +39,19 @@ from core.errors import (
     PayloadTooLargeError,
     ServiceUnavailableError,
 )
-from core.inference import (
+from core.inference.agent import agent_forget
+from core.inference.loader import AdapterLoader
+from core.inference.replicas import (
     STARTING,
     UNHEALTHY,
     UNKNOWN,
-    AdapterLoader,
-    ReplicaError,
-    agent_forget,
     drop_placements,
     list_replicas,
-    mark_deleted,
     placements_by_adapter,
-    reject_adapter,
-    replica_headers,
-    resolve_adapter,
     sync_configured_replicas,
 )
+from core.inference.served import mark_deleted, reject_adapter, resolve_adapter
+from core.inference.vllm import ReplicaError, replica_headers
 from core.keys import authenticate, hash_key
 from core.model_registry import load_registry
 from core.models import InferenceReplica, Organization, ServedAdapter

@@ -23,9 +23,9 @@ from api.services.idempotency import IDEMPOTENCY_KEY_TTL_S
 from core.db import make_engine
 from core.model_registry import register_model
 from core.models import File, now_s
-from core.s3_storage import S3Storage
 from core.settings import Settings
 from core.storage import make_storage_from_settings
+from core.storage.s3 import S3Storage
 from tests.conftest import make_key
 from tests.support.datasets import chat_jsonl, prompt_completion_jsonl
 from tests.support.moto_server import run_moto_server, s3_settings_kwargs

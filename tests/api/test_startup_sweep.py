@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 import api.main
 from api.main import create_app
-from core.s3_storage import S3Storage, S3Writer
 from core.settings import Settings
 from core.storage import LocalStorage, make_storage_from_settings
+from core.storage.s3 import S3Storage, S3Writer
 from tests.support.moto_server import run_moto_server, s3_settings_kwargs
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from minio import Minio
 
-from core.s3_storage import DEFAULT_PART_SIZE, S3Storage, S3Writer, _Multipart
 from core.storage import LocalStorage, ObjectNotFound, ObjectWriter, Storage, make_storage
+from core.storage.s3 import DEFAULT_PART_SIZE, Multipart, S3Storage, S3Writer
 from tests.support.moto_server import ACCESS_KEY, REGION, SECRET_KEY, run_moto_server
 
 MiB = 1024 * 1024
@@ -424,7 +424,7 @@ def test_s3_sweep_aborts_a_killed_writers_upload_and_keeps_the_rest(s3: S3Storag
 
 def test_s3_sweep_judges_an_upload_without_parts_by_its_initiation(s3: S3Storage) -> None:
     # A writer killed between CreateMultipartUpload and its first part leaves an upload with no parts.
-    _Multipart(s3.client, s3.bucket, s3.prefix + "files/file-no-parts")
+    Multipart(s3.client, s3.bucket, s3.prefix + "files/file-no-parts")
     [upload] = s3.client._list_multipart_uploads(s3.bucket).uploads
     assert upload.initiated_time is not None
     age = time.time() - upload.initiated_time.timestamp()

@@ -33,7 +33,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from core.inference import parse_replicas_setting
+from core.inference.replicas import parse_replicas_setting
 from core.settings import Settings
 from core.vram import ModelArch
 

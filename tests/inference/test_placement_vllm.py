@@ -20,7 +20,7 @@ from sqlmodel import Session, select
 
 from core.adapters import AdapterRejected, validate_adapter
 from core.db import session_scope
-from core.inference import FROM_CLI, upsert_replica
+from core.inference.replicas import FROM_CLI, upsert_replica
 from core.models import AdapterPlacement, InferenceReplica, JobEvent, ServedAdapter
 from core.redis_embedded import free_port
 from core.settings import Settings

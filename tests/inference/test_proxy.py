@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from core.db import session_scope
-from core.inference import FROM_CLI, upsert_replica
+from core.inference.replicas import FROM_CLI, upsert_replica
 from core.model_registry import register_model
 from core.models import JobEvent, ServedAdapter
 from core.redis_embedded import free_port

@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from cli.supervisor import vllm_children
 from core.db import session_scope
 from core.errors import InvalidRequestError
-from core.inference import parse_replicas_setting, sync_configured_replicas, upsert_replica
+from core.inference.replicas import parse_replicas_setting, sync_configured_replicas, upsert_replica
 from core.model_registry import register_model
 from core.models import AdapterPlacement, InferenceReplica
 from core.settings import Settings

@@ -20,10 +20,10 @@ from core.db import make_engine, migrate, session_scope
 from core.keys import create_key, revoke_key
 from core.redis_embedded import free_port
 from core.settings import Settings
-from tests.conftest import _postgres_reachable
 from tests.reliability.conftest import auth
 from tests.support.datasets import chat_jsonl
 from tests.support.moto_server import run_moto_server
+from tests.support.postgres import postgres_reachable
 
 
 def _dump(settings: Settings) -> str:
@@ -106,7 +106,7 @@ def test_no_secret_in_the_logs_of_a_real_api_process(tmp_path: Path, request: py
     encryption_key = "whkey-" + secrets.token_hex(16)
     agent_token = "agent-" + secrets.token_hex(12)
     database_url = None
-    if _postgres_reachable() is None:
+    if postgres_reachable() is None:
         # Trust auth ignores the password, but it is in the URL every connection is made with.
         database_url = request.getfixturevalue("postgres_url").replace(
             "postgres@", f"postgres:{db_password}@"

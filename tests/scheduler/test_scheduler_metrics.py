@@ -28,8 +28,8 @@ from core.settings import Settings
 from core.storage import Storage
 from scheduler.main import Scheduler
 from tests.scheduler.factories import chat_rows, get_job, make_file, make_job
-from tests.scheduler.test_webhook_delivery import add_endpoint, make_org_with_key
 from tests.support.prometheus import value
+from tests.support.webhook_endpoints import add_endpoint, make_org_with_key
 from tests.support.webhook_receiver import WebhookReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -24,16 +24,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from api.protocol import CreateWebhookEndpointRequest
 from api.services import webhooks as endpoint_service
 from core import jobs, netguard, webhooks
 from core.db import make_engine, migrate, session_scope
-from core.keys import create_key
 from core.models import Organization, WebhookDelivery, WebhookDeliveryAttempt, WebhookEndpoint, WebhookEvent
 from core.settings import Settings
 from core.storage import Storage
 from scheduler.webhooks import WebhookDispatcher
 from tests.scheduler.factories import chat_rows, make_file, make_job
+from tests.support.webhook_endpoints import add_endpoint, make_org_with_key
 from tests.support.webhook_receiver import WebhookReceiver
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -75,28 +74,6 @@ def any_db(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as r:
         yield r
-
-
-def make_org_with_key(settings: Settings, engine: Engine, name: str = "hooks") -> tuple[Organization, str]:
-    with session_scope(engine) as session:
-        key_row, key = create_key(session, org_name=name)
-        org = session.exec(select(Organization).where(Organization.id == key_row.organization_id)).one()
-        session.expunge(org)
-    return org, key
-
-
-def add_endpoint(
-    settings: Settings, engine: Engine, org: Organization, url: str, events: list[str] | str = "all"
-) -> tuple[str, str]:
-    """(endpoint id, signing secret), created through the API's service (URL checks included)."""
-    with Session(engine, expire_on_commit=False) as session:
-        created = endpoint_service.create_endpoint(
-            session=session,
-            settings=settings,
-            org=org,
-            request=CreateWebhookEndpointRequest(url=url, events=events),
-        )
-    return created.id, created.signing_secret
 
 
 def finish_job(engine: Engine, storage: Storage, org: Organization, to_status: str = jobs.SUCCEEDED) -> str:

@@ -12,7 +12,7 @@ multipart API directly: `Minio._create_multipart_upload`, `_upload_part`, `_comp
 `_abort_multipart_upload`. `sweep_temporaries()` also uses `_list_multipart_uploads` and `_list_parts` to find
 the uploads of writers killed mid-write (kill -9, OOM, a lost node), which S3 keeps, and bills, until they
 are aborted. These calls are private but have kept their signatures through minio 7.x; they are wrapped in
-`_Multipart` so that only one small class depends on them.
+`Multipart` so that only one small class depends on them.
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from minio.datatypes import Part, Upload
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from core.storage import (
+from core.storage.base import (
     CHUNK_SIZE,
     ObjectNotFound,
     ObjectWriter,
-    _check_key,
-    _check_prefix,
-    _download_dir,
-    _upload_dir,
+    check_key,
+    check_prefix,
+    download_dir_from,
+    upload_dir_to,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def _is_missing(exc: S3Error) -> bool:
     return exc.code in _MISSING_CODES
 
 
-class _Multipart:
+class Multipart:
     """One S3 multipart upload, and the listing of a bucket's incomplete ones.
 
     The only place that uses minio's private multipart calls.
@@ -140,7 +140,7 @@ class S3Writer:
         self._name = name
         self._part_size = part_size
         self._buf = bytearray()
-        self._upload: _Multipart | None = None
+        self._upload: Multipart | None = None
         self._closed = False
         self.bytes_written = 0
 
@@ -170,7 +170,7 @@ class S3Writer:
         payload = bytes(self._buf)
         self._buf.clear()
         if self._upload is None:
-            self._upload = _Multipart(self._client, self._bucket, self._name)
+            self._upload = Multipart(self._client, self._bucket, self._name)
         self._upload.upload_part(payload)
 
     def commit(self) -> None:
@@ -215,7 +215,7 @@ class S3Storage:
         self.client = client
         self.bucket = bucket
         prefix = prefix.strip("/")
-        self.prefix = f"{_check_key(prefix)}/" if prefix else ""
+        self.prefix = f"{check_key(prefix)}/" if prefix else ""
         self.part_size = part_size
 
     @classmethod
@@ -275,7 +275,7 @@ class S3Storage:
                 raise
 
     def _name(self, key: str) -> str:
-        return self.prefix + _check_key(key)
+        return self.prefix + check_key(key)
 
     def open_writer(self, key: str) -> ObjectWriter:
         return S3Writer(self.client, self.bucket, self._name(key), self.part_size)
@@ -352,7 +352,7 @@ class S3Storage:
 
     def list_keys(self, prefix: str) -> list[str]:
         """Keys equal to `prefix` or under `prefix/` (path components, as on local disk), sorted."""
-        wanted = _check_prefix(prefix)
+        wanted = check_prefix(prefix)
         objects: Iterator[Any] = self.client.list_objects(
             self.bucket, prefix=self.prefix + wanted, recursive=True
         )
@@ -367,10 +367,10 @@ class S3Storage:
         return sorted(keys)
 
     def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
-        return _upload_dir(self, local_dir, prefix)
+        return upload_dir_to(self, local_dir, prefix)
 
     def download_dir(self, prefix: str, local_dir: Path) -> list[Path]:
-        return _download_dir(self, prefix, local_dir)
+        return download_dir_from(self, prefix, local_dir)
 
     def sweep_temporaries(self, prefix: str, *, older_than_s: float) -> int:
         """Abort the incomplete multipart uploads under `prefix` that nothing has touched for `older_than_s`
@@ -379,18 +379,18 @@ class S3Storage:
         they are aborted. A write in progress sends a part every `part_size` bytes, so only one slower than
         `part_size` per `older_than_s` (8 MiB an hour by default) could look this idle. An upload whose
         initiation time the server does not report is kept."""
-        wanted = _check_prefix(prefix)
+        wanted = check_prefix(prefix)
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         swept = 0
-        for upload in _Multipart.incomplete(self.client, self.bucket, self.prefix + wanted):
+        for upload in Multipart.incomplete(self.client, self.bucket, self.prefix + wanted):
             key = upload.object_name[len(self.prefix) :]
             if wanted and key != wanted and not key.startswith(wanted + "/"):
                 continue  # "files" must not reach "filesystem/..."
             if upload.upload_id is None or upload.initiated_time is None or upload.initiated_time >= cutoff:
                 continue
-            if _Multipart.has_part_since(self.client, self.bucket, upload, cutoff):
+            if Multipart.has_part_since(self.client, self.bucket, upload, cutoff):
                 continue
-            if _Multipart.abort_upload(self.client, self.bucket, upload):
+            if Multipart.abort_upload(self.client, self.bucket, upload):
                 log.info("aborted stale multipart upload of %s/%s", self.bucket, upload.object_name)
                 swept += 1
         return swept

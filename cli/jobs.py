@@ -1,22 +1,15 @@
-"""User verbs on the SDK: `ftserve files|jobs|chat ...` and the API side of `ftserve models`."""
+"""`ftserve jobs ...`: create, follow and control fine-tuning jobs through the API (the SDK), as
+api/routes/fine_tuning.py serves them. `check_model` and `finish` are shared with `ftserve config run`."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.text import Text
 
+from cli.files import upload_file
 from cli.follow import follow_job
 from cli.user_common import (
     HYPERPARAMETER_NAMES,
@@ -25,7 +18,6 @@ from cli.user_common import (
     cli_errors,
     console,
     fail,
-    human_bytes,
     make_client,
     out,
     print_json,
@@ -34,10 +26,9 @@ from cli.user_common import (
     suggest,
     when,
 )
-from ftserve_client import BadRequestError, Client
-from ftserve_client.types import ChatCompletion, FileObject, FineTuningJob
+from ftserve_client import Client
+from ftserve_client.types import FineTuningJob
 
-files_app = typer.Typer(no_args_is_help=True, help="Upload and manage training files (through the API).")
 jobs_app = typer.Typer(no_args_is_help=True, help="Create, follow and control fine-tuning jobs.")
 
 JOB_FLAGS = {
@@ -51,169 +42,6 @@ JOB_FLAGS = {
     "hyperparameters": "-H {}=VALUE",
 }
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}
-
-
-# --- files ---------------------------------------------------------------------------------------------------
-
-
-def upload_file(client: Client, path: Path, *, as_json: bool = False, what: str = "") -> FileObject:
-    """Upload with a progress bar on stderr. A rejected file prints each bad line and why, then exits 1."""
-    if not path.is_file():
-        hint = what or "Check the path"
-        raise UserError(f"no such file: {path}. {hint}.")
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        disable=as_json,
-    ) as progress:
-        task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
-        try:
-            uploaded = client.files.create(
-                file=path, on_progress=lambda sent, total: progress.update(task, completed=sent)
-            )
-        except BadRequestError as exc:
-            if exc.file_id is None:
-                raise
-            progress.stop()
-            report_rejection(client, path, exc.file_id, as_json=as_json)
-    if not as_json:
-        console.print(
-            f"[green]✓[/green] {path.name} → {uploaded.id}: {uploaded.status}, "
-            f"{uploaded.example_count} {uploaded.data_format} examples",
-            highlight=False,
-        )
-    return uploaded
-
-
-def report_rejection(client: Client, path: Path, file_id: str, *, as_json: bool) -> None:
-    report = client.files.validation_report(file_id)
-    if as_json:
-        print_json(report)
-        raise typer.Exit(1)
-    shown = len(report.errors)
-    more = f" (the first {shown} shown)" if report.error_count > shown else ""
-    print(
-        f"error: {path} was rejected: {report.error_count} problem(s){more}. Fix these lines and upload again:",
-        file=sys.stderr,
-    )
-    for error in report.errors:
-        print(f"  {error.message}", file=sys.stderr)
-    raise typer.Exit(1)
-
-
-@files_app.command("upload")
-def files_upload(
-    path: Path = typer.Argument(..., help="A JSONL training file (chat, prompt/completion, DPO, ...)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """Upload a training file; it is validated line by line while it streams. Prints the file id."""
-    with cli_errors():
-        client = make_client()
-        uploaded = upload_file(client, path, as_json=as_json)
-        if as_json:
-            print_json(uploaded)
-        else:
-            print(uploaded.id)
-
-
-@files_app.command("list")
-def files_list(
-    purpose: str = typer.Option(None, help="Only files with this purpose (fine-tune, fine-tune-results)."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """List your files, newest first."""
-    with cli_errors():
-        files = list(make_client().files.list(purpose=purpose))
-        if as_json:
-            print_json(files)
-            return
-        if not files:
-            console.print("No files yet: `ftserve files upload train.jsonl`.")
-            return
-        rows = [
-            [
-                f.id,
-                f.filename,
-                human_bytes(f.bytes),
-                f.status,
-                f.data_format or "-",
-                str(f.example_count if f.example_count is not None else "-"),
-                when(f.created_at),
-            ]
-            for f in files
-        ]
-        print_table(["id", "filename", "size", "status", "format", "examples", "created"], rows)
-
-
-@files_app.command("get")
-def files_get(
-    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
-) -> None:
-    """Show one file."""
-    with cli_errors():
-        f = make_client().files.retrieve(file_id)
-        if as_json:
-            print_json(f)
-            return
-        for key, value in f.to_dict().items():
-            out.print(f"{key:15} {value}", markup=False)
-
-
-@files_app.command("report")
-def files_report(
-    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
-) -> None:
-    """Show the validation report of an upload: every bad line (the first 100) and why."""
-    with cli_errors():
-        report = make_client().files.validation_report(file_id)
-        if as_json:
-            print_json(report)
-            return
-        out.print(
-            f"{report.file_id}: {report.status}, {report.data_format or 'unknown format'}, "
-            f"{report.example_count} examples, {report.error_count} errors",
-            markup=False,
-        )
-        for error in report.errors:
-            out.print(f"  {error.message}", markup=False)
-
-
-@files_app.command("download")
-def files_download(
-    file_id: str = typer.Argument(...),
-    output: Path = typer.Option(None, "--output", "-o", help="Where to write it (default: stdout)."),
-) -> None:
-    """Download a file's content (e.g. a job's results.csv)."""
-    with cli_errors():
-        content = make_client().files.content(file_id)
-        if output is None:
-            for chunk in content.iter_bytes():
-                sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
-        else:
-            content.write_to_file(output)
-            console.print(f"Wrote {output}")
-
-
-@files_app.command("delete")
-def files_delete(
-    file_id: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help=JSON_HELP)
-) -> None:
-    """Delete a file."""
-    with cli_errors():
-        deleted = make_client().files.delete(file_id)
-        if as_json:
-            print_json(deleted)
-        else:
-            print(f"Deleted {deleted.id}")
-
-
-# --- jobs ----------------------------------------------------------------------------------------------------
 
 
 def parse_value(raw: str) -> Any:
@@ -509,102 +337,3 @@ def jobs_checkpoints(job_id: str, as_json: bool = typer.Option(False, "--json", 
             for c in checkpoints
         ]
         print_table(["step", "model", "train loss", "created"], rows)
-
-
-# --- models (API side) ---------------------------------------------------------------------------------------
-
-
-def models_list_api(as_json: bool) -> None:
-    with cli_errors():
-        models = list(make_client().models.list())
-        if as_json:
-            print_json(models)
-            return
-        print_table(["id", "owned by", "created"], [[m.id, m.owned_by, when(m.created)] for m in models])
-
-
-def register_model_commands(models_app: typer.Typer) -> None:
-    @models_app.command("get")
-    def models_get(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-        """Show one model (through the API)."""
-        with cli_errors():
-            m = make_client().models.retrieve(model)
-            if as_json:
-                print_json(m)
-            else:
-                out.print(f"{m.id}  owned by {m.owned_by}  {when(m.created)}")
-
-    @models_app.command("delete")
-    def models_delete(model: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-        """Delete one of your fine-tuned models (through the API)."""
-        with cli_errors():
-            deleted = make_client().models.delete(model)
-            if as_json:
-                print_json(deleted)
-            else:
-                print(f"Deleted {deleted.id}")
-
-
-# --- chat ----------------------------------------------------------------------------------------------------
-
-
-def chat(
-    model: str = typer.Option(..., "--model", "-m", help="A base model or one of your ft: models."),
-    prompt: str = typer.Option(None, "--prompt", "-p", help="One shot: answer this and exit."),
-    system: str = typer.Option(None, "--system", "-s", help="A system message."),
-    max_tokens: int = typer.Option(256, "--max-tokens"),
-    temperature: float = typer.Option(None, "--temperature"),
-    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come."),
-    as_json: bool = typer.Option(False, "--json", help="With -p: the whole completion as JSON."),
-) -> None:
-    """Chat with a model: an interactive REPL (/reset, /exit), or one answer with -p."""
-    with cli_errors({"model": "--model"}):
-        client = make_client()
-        messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-        options: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "temperature": temperature}
-        if prompt is not None:
-            messages.append({"role": "user", "content": prompt})
-            if as_json:
-                print_json(client.chat.completions.create(messages=messages, **options))
-                return
-            _answer(client, messages, options, stream=stream)
-            return
-        if as_json:
-            raise UserError("--json needs a one-shot prompt: add -p 'your question'.")
-        console.print(
-            f"Chatting with {model}. /reset clears the history, /exit (or Ctrl-D) quits.", soft_wrap=True
-        )
-        while True:
-            try:
-                line = console.input("[bold]you>[/bold] ")
-            except EOFError:
-                console.print()
-                return
-            if line.strip() in ("/exit", "/quit"):
-                return
-            if line.strip() == "/reset":
-                messages = messages[:1] if system else []
-                console.print("[dim](history cleared)[/dim]")
-                continue
-            if not line.strip():
-                continue
-            messages.append({"role": "user", "content": line})
-            messages.append(
-                {"role": "assistant", "content": _answer(client, messages, options, stream=stream)}
-            )
-
-
-def _answer(client: Client, messages: list[dict[str, str]], options: dict[str, Any], *, stream: bool) -> str:
-    if not stream:
-        completion: ChatCompletion = client.chat.completions.create(messages=messages, **options)
-        print(completion.text, flush=True)
-        return completion.text
-    parts: list[str] = []
-    with client.chat.completions.create(messages=messages, stream=True, **options) as chunks:
-        for chunk in chunks:
-            if chunk.choices and chunk.choices[0].delta.content:
-                parts.append(chunk.choices[0].delta.content)
-                sys.stdout.write(parts[-1])
-                sys.stdout.flush()
-    print(flush=True)
-    return "".join(parts)
