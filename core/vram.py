@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -500,7 +501,7 @@ class JobEstimates:
 
 
 def micro_batch_for_fleet(
-    options: list[tuple[int, int | None, int | None]], gpu_room_mb: int | None, cpu_room_mb: int | None
+    options: Sequence[tuple[int, int | None, int | None]], gpu_room_mb: int | None, cpu_room_mb: int | None
 ) -> tuple[int, int | None, int | None] | None:
     """Which micro-batch a job runs with on a fleet whose largest GPU and CPU devices hold `gpu_room_mb` and
     `cpu_room_mb` (None: no such device). `options` are (micro_batch_size, GPU MiB, CPU MiB): the job's own
