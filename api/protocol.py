@@ -84,6 +84,23 @@ class ValidationLineError(OpenAIBaseModel):
     message: str
 
 
+class FileTokenCounts(OpenAIBaseModel):
+    """Extension: a file's tokens with one base model's tokenizer and chat template, counted as the worker
+    tokenises it (core/token_counts.py). Preference examples count prompt+chosen and prompt+rejected: an example's
+    length is the longer pair, `total_tokens` adds both."""
+
+    model: str
+    examples: int
+    total_tokens: int
+    trained_tokens: int  # the loss-bearing tokens among them (assistant replies, completions)
+    longest_example_tokens: int
+    longest_example_line: int  # 1-based line of the (first) longest example
+    max_seq_length: int | None = None  # what over_limit counts against: the request's, or the context
+    over_limit: int = 0  # examples longer than max_seq_length (a job would fail on them)
+    over_limit_lines: list[int] = Field(default_factory=list)  # the first 20 of them
+    exact: bool = True  # false where transformers rebuilds the tokenizer from its class: close, not exact
+
+
 class FileValidationReport(OpenAIBaseModel):
     """Extension: the full validation report of an upload (the first 100 errors)."""
 
@@ -96,6 +113,9 @@ class FileValidationReport(OpenAIBaseModel):
     longest_example_bytes: int | None = None
     error_count: int = 0
     errors: list[ValidationLineError] = Field(default_factory=list)
+    # With ?model=: the file's tokens for that base model (null without it, or for a file that failed validation,
+    # whose content is not kept).
+    tokens: FileTokenCounts | None = None
 
 
 def file_object(row: Any) -> FileObject:

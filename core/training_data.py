@@ -872,7 +872,7 @@ def normalize_example(obj: dict[str, Any], data_format: str) -> dict[str, Any]:
 
     - chat: ``{"messages": [...], "tools"?: [...]}``; content becomes the string vLLM's chat completions give a
       template (text parts joined with "\\n", see :func:`_flatten`), assistant content is "" when it has only
-      tool_calls, developer stays developer (``gpu_worker.data.served_messages`` renders it as vLLM does),
+      tool_calls, developer stays developer (``core.chat_messages.served_messages`` renders it as vLLM does),
       tool-call arguments given as objects become JSON strings, weight becomes an int, unknown keys are dropped.
     - sharegpt, alpaca: chat ``messages`` plus ``"original"``: the input object.
     - prompt_completion: ``{"prompt", "completion"}``.

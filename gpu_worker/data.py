@@ -33,21 +33,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The pure parts (messages as vLLM serves them, finding replies by diffing renderings) live in core, so the
+# token counter (core.token_counts) renders exactly what the worker trains on. The error and the two message
+# functions are this module's API too.
+from core.chat_messages import (
+    GENERATION_TAG,
+    assistant_span,
+    check_nothing_dropped,
+    mask_runs,
+)
+from core.chat_messages import TrainingDataError as TrainingDataError
+from core.chat_messages import served_messages as served_messages
+from core.chat_messages import served_tools as served_tools
 from core.training_data import normalize_example
 
 IGNORE_INDEX = -100
-_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 MAX_LISTED = 20  # error messages list at most this many offending lines
-
-
-class TrainingDataError(ValueError):
-    """The training file cannot be trained on as it is; the message names the lines."""
 
 
 class ExamplesTooLongError(TrainingDataError):
@@ -107,117 +113,6 @@ def training_chat_template(tokenizer: Any, tools: list[dict[str, Any]] | None = 
         raise TrainingDataError(f"the base model's chat template cannot be chosen: {e}") from e
 
 
-def served_messages(messages: list[dict[str, Any]], chat_template: str | None = None) -> list[dict[str, Any]]:
-    """Normalised messages as vLLM's chat completions hand them to `chat_template` (the one the conversation is
-    rendered with, see `training_chat_template`), so a model trains on the text it is served.
-
-    vLLM json-decodes every tool call's `arguments` (templates expect a mapping: Qwen, Llama 3.1 and Mistral
-    write it out with `tojson`), so we do too; rendered as the JSON string the file holds, the model would learn
-    to emit escaped JSON. Keys come in the order vLLM's request model gives them, which templates that `tojson`
-    a whole tool call (Mistral's) write out: a tool call is {id, function: {arguments, name}, type}. `weight` is
-    ours, not the template's.
-
-    `developer` messages go as vLLM's `safe_apply_chat_template` (vllm/renderers/hf.py) sends them: kept, with
-    `tools: None`, for a template that names the role (`_detect_developer_role_support`: the text holds
-    "developer" in quotes); otherwise turned into system messages (`_convert_developer_to_system`) and every
-    system message merged into one at the start, joined with blank lines (`_consolidate_system_messages`).
-    """
-    out = []
-    for m in messages:
-        msg: dict[str, Any] = {"role": m["role"], "content": m["content"]}
-        if m.get("tool_calls"):
-            msg["tool_calls"] = [
-                {
-                    "id": call["id"],
-                    "function": {
-                        "arguments": _tool_arguments(call["function"]),
-                        "name": call["function"]["name"],
-                    },
-                    "type": call.get("type", "function"),
-                }
-                for call in m["tool_calls"]
-            ]
-        for key in ("tool_call_id", "name"):
-            if key in m:
-                msg[key] = m[key]
-        out.append(msg)
-    if any(m["role"] == "developer" for m in out):
-        if chat_template is not None and _names_developer(chat_template):
-            for msg in out:
-                if msg["role"] == "developer":
-                    msg["tools"] = None  # vLLM passes a developer message's own tools; a file has none
-        else:
-            for msg in out:
-                if msg["role"] == "developer":
-                    msg["role"] = "system"
-            out = _consolidate_system_messages(out)
-    return out
-
-
-def _names_developer(chat_template: str) -> bool:
-    """vLLM's `_detect_developer_role_support`: the template mentions the role as a string."""
-    return '"developer"' in chat_template or "'developer'" in chat_template
-
-
-def _consolidate_system_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """vLLM's `_consolidate_system_messages`: once developer messages became system ones, every system message
-    is merged into one at the start (non-empty contents joined with a blank line), unless the only one is
-    already first."""
-    contents: list[str] = []
-    rest: list[dict[str, Any]] = []
-    needed = False
-    for i, m in enumerate(messages):
-        if m["role"] == "system":
-            if i > 0 or contents:
-                needed = True
-            if m["content"]:
-                contents.append(m["content"])
-        else:
-            rest.append(m)
-    if not needed:
-        return messages
-    return [{"role": "system", "content": "\n\n".join(contents)}, *rest]
-
-
-def _tool_arguments(function: dict[str, Any]) -> dict[str, Any]:
-    args = function.get("arguments")
-    if isinstance(args, dict):
-        return args
-    if not args:
-        return {}  # as vLLM: missing or empty arguments render as {}
-    try:
-        parsed = json.loads(args)
-    except ValueError:
-        parsed = None
-    if not isinstance(parsed, dict):
-        # vLLM would serve {} in its place; training on {} would teach the call without its arguments.
-        shown = args if len(args) <= 60 else args[:57] + "..."
-        raise TrainingDataError(
-            f"tool call {function.get('name')!r} has arguments that are not a JSON object: {shown!r}"
-        )
-    return parsed
-
-
-def served_tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    """`tools` as vLLM hands them to the template: each one passed through vLLM's request model, so a missing
-    description or parameters renders as null, unknown keys are dropped, and keys come in vLLM's order."""
-    if tools is None:
-        return None
-    out = []
-    for tool in tools:
-        fn = tool["function"]
-        function = {
-            "name": fn["name"],
-            "description": fn.get("description"),
-            "parameters": fn.get("parameters"),
-        }
-        for key in ("strict", "defer_loading"):
-            if fn.get(key) is not None:
-                function[key] = fn[key]
-        out.append({"type": "function", "function": function})
-    return out
-
-
 def _describe(messages: list[dict[str, Any]], tools: Any) -> str:
     roles = [m["role"] + (" with tool calls" if m.get("tool_calls") else "") for m in messages]
     return f"a conversation of ({', '.join(roles)}){' with tools' if tools else ''}"
@@ -260,136 +155,15 @@ def _special_strings(tokenizer: Any) -> list[str]:
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
-def _reply(text: str, specials: list[str]) -> tuple[str, str | None]:
-    """A reply as rendered after its prompt, cut after its end-of-turn token, and that token.
-
-    What a template writes after the end of turn (a newline, or Phi-3's <|endoftext|> closing the conversation)
-    isn't generated, so isn't trained. The end of turn is the first special token after the content, once
-    trailing whitespace and special tokens are set aside; without one, the reply is kept whole.
-    """
-    core = text
-    while True:
-        core = core.rstrip()
-        closing = next((s for s in specials if core.endswith(s)), None)
-        if closing is None:
-            break
-        core = core[: -len(closing)]
-    rest = text[len(core) :]
-    hits = [(rest.find(s), s) for s in specials if s in rest]
-    if not hits:
-        return text, None
-    at, eot = min(hits, key=lambda h: (h[0], -len(h[1])))
-    return text[: len(core) + at + len(eot)], eot
-
-
-def _reply_start(render: Any, conversation: list[dict[str, Any]], i: int, alone: str) -> int:
-    """Where assistant message i's reply starts in `alone` (messages[: i + 1] rendered)."""
-    prompt = render(conversation[:i], True)
-    if alone.startswith(prompt):
-        return len(prompt)  # the reply is what it adds to the prompt vLLM would serve for it
-    # The template renders the prompt differently once a reply follows it: Mistral's write the system prompt into
-    # the last user turn only while that turn ends the conversation. The reply then starts where rendering it
-    # and rendering an empty reply in its place part, provided everything before the reply is in that shared head.
-    try:
-        empty = render([*conversation[:i], {"role": "assistant", "content": ""}], False)
-    except TrainingDataError:
-        empty = ""
-    start = len(os.path.commonprefix([alone, empty]))
-    before = conversation[i - 1].get("content") if i else None
-    if empty and isinstance(before, str) and before.strip() and before.strip() in alone[:start]:
-        return start
-    raise TrainingDataError(
-        f"message {i + 1} (assistant): the chat template renders the conversation before this reply "
-        "differently once the reply is added, so its tokens cannot be told apart from the prompt's"
-    )
-
-
-def _assistant_span(
-    render: Any, conversation: list[dict[str, Any]], i: int, full: str, cursor: int, specials: list[str]
-) -> tuple[int, int]:
-    """Where assistant message i sits in `full` (the whole conversation rendered): [start, end) in characters,
-    found at or after `cursor` (the end of the previous reply).
-
-    The reply is what rendering messages[: i + 1] adds to the prompt vLLM would serve for it (messages[:i] with
-    the generation prompt), cut after its end of turn. Some templates render a reply in the middle of a
-    conversation differently from a last one (Qwen3 gives the replies after the last user turn an empty
-    <think></think> block only while they are last), so the reply as followed by the next message is looked
-    for first.
-    """
-    alone = render(conversation[: i + 1], False)
-    head = alone[: _reply_start(render, conversation, i, alone)]
-    reply, eot = _reply(alone[len(head) :], specials)
-    candidates = [reply]
-    if i + 1 < len(conversation):
-        try:
-            followed = render(conversation[: i + 2], False)
-        except TrainingDataError:
-            followed = ""  # the template refuses the cut conversation; the reply as last will have to do
-        if followed.startswith(head):
-            tail = followed[len(head) :]
-            cut = tail.find(eot) + len(eot) if eot and eot in tail else 0
-            middle = tail[:cut] if cut else os.path.commonprefix([tail, reply])
-            if middle and middle != reply:
-                candidates.insert(0, middle)
-    for text in candidates:
-        start = full.find(text, cursor)
-        if start >= 0:
-            return start, start + len(text)
-    raise TrainingDataError(
-        f"message {i + 1} (assistant): the chat template renders this reply as {reply!r}, but the whole "
-        "conversation does not contain it after the previous reply, so its tokens cannot be found"
-    )
-
-
 def _check_nothing_dropped(
     tokenizer: Any, conversation: list[dict[str, Any]], tools: Any, chat_template: str, full: str | None
 ) -> None:
-    """Refuse a conversation whose tools, tool calls or tool results the template silently leaves out (SmolLM2,
-    Gemma and Phi-3 render no tool calls): the model would be trained on a conversation that isn't there."""
-    variants: list[tuple[str, list[dict[str, Any]], Any]] = []
-    if tools:
-        variants.append(("the `tools` list", conversation, None))
-    for i, m in enumerate(conversation):
-        if m.get("tool_calls"):
-            without = {k: v for k, v in m.items() if k != "tool_calls"}
-            variants.append(
-                (
-                    f"the tool calls of message {i + 1}",
-                    [*conversation[:i], without, *conversation[i + 1 :]],
-                    tools,
-                )
-            )
-        elif m["role"] == "tool":
-            variants.append(
-                (f"the tool result in message {i + 1}", conversation[:i] + conversation[i + 1 :], tools)
-            )
-    if not variants:
-        return
-    if full is None:
-        full = render_chat(tokenizer, conversation, tools=tools, chat_template=chat_template)
-    for what, messages, with_tools in variants:
-        try:
-            other = render_chat(tokenizer, messages, tools=with_tools, chat_template=chat_template)
-        except TrainingDataError:
-            continue  # refused without it: the template does use it
-        if other == full:
-            raise TrainingDataError(
-                f"the chat template does not render {what}, so training would never show them to the model; use "
-                "a model (or a custom chat_template in the model registry) whose template renders tool use, or "
-                "remove the tool use from the file"
-            )
+    """`core.chat_messages.check_nothing_dropped`, rendering with this tokenizer and template."""
 
+    def render(messages: list[dict[str, Any]], with_tools: Any) -> str:
+        return render_chat(tokenizer, messages, tools=with_tools, chat_template=chat_template)
 
-def _runs(mask: list[int]) -> list[tuple[int, int]]:
-    """[start, end) spans of consecutive 1s."""
-    spans, start = [], None
-    for i, m in enumerate([*mask, 0]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            spans.append((start, i))
-            start = None
-    return spans
+    check_nothing_dropped(render, conversation, tools, full)
 
 
 def _marked_mask(
@@ -402,7 +176,7 @@ def _marked_mask(
     )  # fmt: skip
     ids: list[int] = list(rendered["input_ids"])
     mask: list[int] = list(rendered["assistant_masks"])
-    spans = _runs(mask)
+    spans = mask_runs(mask)
     if len(spans) == len(weights):
         # The k-th marked span is the k-th assistant message: mask out the weight-0 ones.
         for (start, end), w in zip(spans, weights, strict=True):
@@ -420,7 +194,8 @@ def _marked_mask(
 def _diffed_mask(
     tokenizer: Any, conversation: list[dict[str, Any]], tools: Any, chat_template: str, weights: list[int]
 ) -> tuple[list[int], list[int]]:
-    """Ids and assistant mask for a template without markers, from prefix renderings (see `_assistant_span`)."""
+    """Ids and assistant mask for a template without markers, from prefix renderings (see
+    `core.chat_messages.assistant_span`)."""
     if not getattr(tokenizer, "is_fast", False):
         raise TrainingDataError(
             "the base model's chat template has no {% generation %} markers, and finding the assistant's tokens "
@@ -442,7 +217,7 @@ def _diffed_mask(
     spans, cursor = [], 0
     for i, m in enumerate(conversation):
         if m["role"] == "assistant":
-            spans.append(_assistant_span(render, conversation, i, full, cursor, specials))
+            spans.append(assistant_span(render, conversation, i, full, cursor, specials))
             cursor = spans[-1][1]
     # Tokenised exactly as apply_chat_template(tokenize=True) and vLLM do: the template writes any BOS itself.
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -472,7 +247,7 @@ def tokenize_chat(
     template = chat_template if chat_template is not None else training_chat_template(tokenizer, served)
     conversation = served_messages(messages, template)
     weights = [int(m.get("weight", 1)) for m in messages if m["role"] == "assistant"]
-    if _GENERATION_TAG.search(template):
+    if GENERATION_TAG.search(template):
         _check_nothing_dropped(tokenizer, conversation, served, template, None)
         ids, mask = _marked_mask(tokenizer, conversation, served, template, weights)
     else:

@@ -93,9 +93,30 @@ def retrieve_file(file_id: str, org: CurrentOrg, session: SessionDep) -> FileObj
 
 
 @router.get("/{file_id}/validation", response_model=FileValidationReport)
-def file_validation_report(file_id: str, org: CurrentOrg, session: SessionDep) -> FileValidationReport:
-    """Extension: every validation error found in the upload (the first 100), with line numbers."""
-    return service.validation_report(session=session, org=org, file_id=file_id)
+def file_validation_report(
+    file_id: str,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    model: str | None = Query(
+        None, description="A base model: the report then counts the file's tokens with its tokenizer."
+    ),
+    max_seq_length: int | None = Query(
+        None, ge=1, description="With model: count the examples longer than this (default: its context)."
+    ),
+) -> FileValidationReport:
+    """Extension: every validation error found in the upload (the first 100), with line numbers; with `model`,
+    also the file's tokens as a job on that model would tokenise them."""
+    return service.validation_report(
+        session=session,
+        org=org,
+        file_id=file_id,
+        settings=settings,
+        storage=storage,
+        model=model,
+        max_seq_length=max_seq_length,
+    )
 
 
 @router.get(

@@ -17,6 +17,7 @@ from api.protocol import (
     CursorListResponse,
     FileDeleted,
     FileObject,
+    FileTokenCounts,
     FileValidationReport,
     ValidationLineError,
     file_object,
@@ -33,9 +34,18 @@ from core.errors import (
     PayloadTooLargeError,
     QuotaExceededError,
 )
+from core.model_registry import BaseModel, load_registry
 from core.models import File, Organization, now_s
 from core.settings import Settings
 from core.storage import Storage
+from core.token_counts import (
+    TokenizerUnavailableError,
+    TrainingDataError,
+    cached_tokenizer,
+    count_tokens,
+    text_lines,
+)
+from core.vram import EstimateError, ModelArch
 
 EXPIRES_MIN_S, EXPIRES_MAX_S = 3600, 2_592_000
 
@@ -330,9 +340,32 @@ def retrieve_file(*, session: Session, org: Organization, file_id: str) -> FileO
     return file_object(_live_file(session, org=org, file_id=file_id))
 
 
-def validation_report(*, session: Session, org: Organization, file_id: str) -> FileValidationReport:
+def validation_report(
+    *,
+    session: Session,
+    org: Organization,
+    file_id: str,
+    settings: Settings | None = None,
+    storage: Storage | None = None,
+    model: str | None = None,
+    max_seq_length: int | None = None,
+) -> FileValidationReport:
+    """The stored report; with `model` (a registered base model), also the file's tokens for that model, counted
+    against `max_seq_length` (default: the model's context length). Counting reads the whole file, so `settings`
+    and `storage` are needed then."""
+    if model is None and max_seq_length is not None:
+        raise InvalidRequestError(
+            "max_seq_length needs model: tokens are counted with a base model's tokenizer.",
+            param="max_seq_length",
+        )
     row = _live_file(session, org=org, file_id=file_id)
     errors = [ValidationLineError(**e) for e in (row.validation_errors or [])]
+    tokens = None
+    if model is not None:
+        assert settings is not None and storage is not None
+        tokens = _token_counts(
+            row, settings=settings, storage=storage, model=model, max_seq_length=max_seq_length
+        )
     return FileValidationReport(
         file_id=row.id,
         status=row.status,
@@ -341,7 +374,52 @@ def validation_report(*, session: Session, org: Organization, file_id: str) -> F
         longest_example_bytes=row.longest_example_bytes,
         error_count=row.validation_error_count,
         errors=errors,
+        tokens=tokens,
     )
+
+
+def _context_length(base: BaseModel) -> int | None:
+    """The model's context length: its config.json's, else what `models add` recorded."""
+    try:
+        positions = ModelArch.from_config_file(base.config_file).max_positions
+    except (EstimateError, ValueError, KeyError, TypeError):  # no or odd config.json: what `models add` found
+        positions = None
+    if positions is None and isinstance(base.info.get("context_length"), int):
+        positions = base.info["context_length"]
+    return int(positions) if positions else None
+
+
+def _token_counts(
+    row: File, *, settings: Settings, storage: Storage, model: str, max_seq_length: int | None
+) -> FileTokenCounts | None:
+    """The file's tokens with `model`'s tokenizer and chat template (the registry's custom one, if it has one),
+    as the worker will tokenise them. None for a file that failed validation: its content is not kept."""
+    base = load_registry(settings).get(model)
+    if base is None:
+        known = ", ".join(sorted(load_registry(settings))) or "none registered"
+        raise InvalidRequestError(
+            f"The model '{model}' does not exist (base models: {known}).",
+            param="model",
+            code="model_not_found",
+        )
+    if row.status != "processed" or not row.data_format:
+        return None
+    limit = max_seq_length if max_seq_length is not None else _context_length(base)
+    try:
+        tokenizer = cached_tokenizer(base.path, chat_template=base.chat_template)
+        with text_lines(storage.iter_chunks(row.storage_key)) as lines:
+            counts = count_tokens(lines, row.data_format, tokenizer, max_seq_length=limit)
+    except TokenizerUnavailableError as e:
+        raise InvalidRequestError(
+            f"Cannot count tokens with the model '{model}': {e}", param="model", code="tokenizer_unavailable"
+        ) from e
+    except TrainingDataError as e:
+        raise InvalidRequestError(
+            f"The file {row.id} cannot be tokenised for the model '{model}' (a job would fail the same way): {e}",
+            param="file_id",
+            code="untokenizable_file",
+        ) from e
+    return FileTokenCounts(model=model, **counts.as_dict())
 
 
 def file_content(*, session: Session, storage: Storage, org: Organization, file_id: str) -> Iterator[bytes]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from core.model_registry import register_model
+from core.settings import Settings
+from core.token_counts import count_file_tokens
 from tests.support.datasets import chat_jsonl, preference_jsonl, prompt_completion_jsonl
 
 
@@ -138,3 +143,86 @@ def test_unknown_route_and_method_use_envelope(client: TestClient, org_a_key: st
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_url"
     resp = client.put("/v1/files", headers=_auth(org_a_key))
     assert resp.status_code == 405 and "error" in resp.json()
+
+
+def test_validation_report_counts_tokens_with_a_base_models_tokenizer(
+    client: TestClient, org_a_key: str, settings: Settings, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    """?model= adds the file's tokens as a job on that model would tokenise them (core.token_counts, itself
+    checked against the worker), against its context length or the given max_seq_length."""
+    register_model(settings, "demo-tiny", demo_model_dir)
+    for data, fmt in [(chat_jsonl(12), "chat"), (preference_jsonl(), "preference")]:
+        file_id = _upload(client, org_a_key, data).json()["id"]
+        url = f"/v1/files/{file_id}/validation"
+        assert client.get(url, headers=_auth(org_a_key)).json()["tokens"] is None  # not asked for
+        local = tmp_path / f"{fmt}.jsonl"
+        local.write_bytes(data)
+        context = json.loads((demo_model_dir / "config.json").read_text())["max_position_embeddings"]
+
+        resp = client.get(url, params={"model": "demo-tiny"}, headers=_auth(org_a_key))
+        assert resp.status_code == 200, resp.text
+        expected = count_file_tokens(local, fmt, demo_model_dir, max_seq_length=context).as_dict()
+        assert resp.json()["tokens"] == {"model": "demo-tiny", **expected}
+        assert expected["examples"] == 12 and expected["over_limit"] == 0
+
+        limit = expected["longest_example_tokens"] - 1
+        resp = client.get(
+            url, params={"model": "demo-tiny", "max_seq_length": limit}, headers=_auth(org_a_key)
+        )
+        assert resp.status_code == 200, resp.text
+        tokens = resp.json()["tokens"]
+        assert tokens == {
+            "model": "demo-tiny",
+            **count_file_tokens(local, fmt, demo_model_dir, max_seq_length=limit).as_dict(),
+        }
+        assert tokens["max_seq_length"] == limit and tokens["over_limit"] >= 1
+        assert tokens["longest_example_line"] in tokens["over_limit_lines"]
+
+
+def test_validation_report_token_errors_are_400_envelopes(
+    client: TestClient, org_a_key: str, settings: Settings, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    register_model(settings, "demo-tiny", demo_model_dir)
+    (tmp_path / "no-tokenizer").mkdir()
+    register_model(
+        settings, "weights-elsewhere", tmp_path / "no-tokenizer"
+    )  # a control plane without the files
+    file_id = _upload(client, org_a_key, chat_jsonl(12)).json()["id"]
+    url = f"/v1/files/{file_id}/validation"
+
+    def error(params: dict[str, object]) -> dict[str, object]:
+        resp = client.get(url, params=params, headers=_auth(org_a_key))
+        assert resp.status_code == 400, resp.text
+        return dict(resp.json()["error"])
+
+    unknown = error({"model": "no-such-model"})
+    assert (unknown["param"], unknown["code"], unknown["type"]) == (
+        "model",
+        "model_not_found",
+        "invalid_request_error",
+    )
+    assert "demo-tiny" in str(unknown["message"])  # the base models it could have been
+    missing = error({"model": "weights-elsewhere"})
+    assert (missing["param"], missing["code"]) == ("model", "tokenizer_unavailable")
+    assert str(tmp_path) not in str(missing["message"])  # no server path in the answer
+    assert error({"max_seq_length": 100})["param"] == "max_seq_length"  # a limit needs a model
+    assert "max_seq_length" in str(error({"model": "demo-tiny", "max_seq_length": 0})["param"])
+
+    # A template that refuses the file: the job would fail the same way, so the count does too.
+    register_model(
+        settings, "refuses", demo_model_dir, chat_template="{{ raise_exception('no chats here') }}"
+    )
+    refused = error({"model": "refuses"})
+    assert (refused["param"], refused["code"]) == ("file_id", "untokenizable_file")
+    assert "line 1: the chat template refused" in str(refused["message"]) and "no chats here" in str(
+        refused["message"]
+    )
+
+    # A file that failed validation kept no content: there is nothing to count.
+    bad = _upload(client, org_a_key, b'{"messages": []}\n')
+    assert bad.status_code == 400
+    bad_id = bad.json()["error"]["file_id"]
+    resp = client.get(
+        f"/v1/files/{bad_id}/validation", params={"model": "demo-tiny"}, headers=_auth(org_a_key)
+    )
+    assert resp.status_code == 200 and resp.json()["status"] == "error" and resp.json()["tokens"] is None
