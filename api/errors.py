@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from core import errors
 
@@ -32,6 +35,43 @@ def error_body(
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def render_error(exc: errors.FtserveError) -> tuple[int, dict[str, str], dict[str, object]]:
+    """A domain error as (status, headers, body): the one place an error reply is made, for the exception
+    handlers below and for the pure-ASGI middlewares that answer before (or outside) FastAPI's routing."""
+    status = status_for(exc)
+    headers = {}
+    if isinstance(exc, errors.RateLimitError):
+        headers["retry-after"] = str(exc.retry_after_s)
+    if status in (400, 422) or isinstance(exc, errors.QuotaExceededError):
+        # Final until the caller changes something; tell the SDK not to retry them.
+        headers["x-should-retry"] = "false"
+    body = error_body(exc.message, exc.type, exc.param, exc.code)
+    extra = getattr(exc, "extra", None)
+    if extra:
+        body["error"].update(extra)  # type: ignore[attr-defined]
+    return status, headers, body
+
+
+SERVER_ERROR_MESSAGE = "The server had an error processing your request"
+
+
+def server_error_body(request_id: str | None = None) -> dict[str, object]:
+    """The 500 body: nothing about the failure itself, which goes to the log under the request id."""
+    where = f" (request id {request_id})" if request_id else ""
+    return error_body(f"{SERVER_ERROR_MESSAGE}{where}.", "server_error")
+
+
+async def send_error(
+    send: Send, status: int, body: dict[str, object], headers: Iterable[tuple[str, str]] = ()
+) -> None:
+    """Answer from a pure-ASGI middleware with an error envelope."""
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def status_for(exc: errors.FtserveError) -> int:
     for cls, status in STATUS_BY_ERROR:
         if isinstance(exc, cls):
@@ -52,17 +92,7 @@ def _loc_to_param(loc: tuple[object, ...]) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.FtserveError)
     async def _domain(request: Request, exc: errors.FtserveError) -> JSONResponse:
-        status = status_for(exc)
-        headers = {}
-        if isinstance(exc, errors.RateLimitError):
-            headers["retry-after"] = str(exc.retry_after_s)
-        if status in (400, 422) or isinstance(exc, errors.QuotaExceededError):
-            # Final until the caller changes something; tell the SDK not to retry them.
-            headers["x-should-retry"] = "false"
-        body = error_body(exc.message, exc.type, exc.param, exc.code)
-        extra = getattr(exc, "extra", None)
-        if extra:
-            body["error"].update(extra)  # type: ignore[attr-defined]
+        status, headers, body = render_error(exc)
         return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -97,7 +127,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("The server had an error processing your request.", "server_error", None, None),
-            status_code=500,
-        )
+        return JSONResponse(server_error_body(), status_code=500)

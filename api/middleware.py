@@ -6,11 +6,11 @@ stamps the request id on the reply.
 
 from __future__ import annotations
 
-import json
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import send_error, server_error_body
 from core.ids import request_id
 
 logger = logging.getLogger("ftserve.api")
@@ -42,24 +42,4 @@ class RequestIdMiddleware:
             logger.exception("unhandled error (request %s) on %s %s", rid, scope["method"], scope["path"])
             if started:
                 raise
-            body = json.dumps(
-                {
-                    "error": {
-                        "message": f"The server had an error processing your request (request id {rid}).",
-                        "type": "server_error",
-                        "param": None,
-                        "code": None,
-                    }
-                }
-            ).encode()
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send_with_id, 500, server_error_body(rid))

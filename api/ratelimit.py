@@ -7,11 +7,11 @@ brute-force guesser gets 429s, not a free oracle). Requests without a token are 
 from __future__ import annotations
 
 import hashlib
-import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_body
+from api.errors import render_error, send_error
+from core.errors import RateLimitError
 from core.ratelimit import Decision, RateLimiter
 
 
@@ -57,28 +57,15 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if not decision.allowed:
-            body = json.dumps(
-                error_body(
+            status, headers, body = render_error(
+                RateLimitError(
                     f"Rate limit reached for this API key: {decision.limit} requests per minute. "
                     f"Retry in {decision.retry_after_s} s.",
-                    "requests",
-                    None,
-                    "rate_limit_exceeded",
+                    retry_after_s=decision.retry_after_s,
                 )
-            ).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 429,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", str(decision.retry_after_s).encode()),
-                        *_headers(decision),
-                    ],
-                }
             )
-            await send({"type": "http.response.body", "body": body})
+            limits = [(name.decode(), value.decode()) for name, value in _headers(decision)]
+            await send_error(send, status, body, [*headers.items(), *limits])
             return
 
         async def send_with_headers(message: Message) -> None:

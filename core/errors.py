@@ -53,9 +53,9 @@ class PayloadTooLargeError(FtserveError):
 
 
 class RateLimitError(FtserveError):
-    """Too many requests (429)."""
+    """Too many requests (429). OpenAI names the limited quantity as the type: "requests" per minute here."""
 
-    type = "rate_limit_error"
+    type = "requests"
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after_s: int = 1, param: str | None = None) -> None:

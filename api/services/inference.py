@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.errors import error_body
 from api.protocol import ChatCompletionCreate, CompletionCreate
 from core.adapters import AdapterRejected, remove_local_copy
 from core.errors import (
@@ -507,13 +508,12 @@ class InferenceService:
             # connection and a traceback in our log.
             log.warning("replica %s failed mid-stream: %r", replica.url, exc)
             self._mark_down(replica)
-            error = {
-                "message": "The inference server failed mid-stream; the response is incomplete. Retry.",
-                "type": "server_error",
-                "param": None,
-                "code": "upstream_error",
-            }
-            yield b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+            error = error_body(
+                "The inference server failed mid-stream; the response is incomplete. Retry.",
+                "server_error",
+                code="upstream_error",
+            )
+            yield b"data: " + orjson.dumps(error) + b"\n\n"
         finally:
             self._inflight[replica.id] -= 1
             await response.aclose()
