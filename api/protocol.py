@@ -197,6 +197,9 @@ class FineTuningJobObject(OpenAIBaseModel):
     attempt: int = 0
     step: int | None = None
     total_steps: int | None = None
+    # The job's files counted with its model's tokenizer when it was queued: {"model", "max_seq_length",
+    # "training": {...}, "validation": {...}}, each as FileTokenCounts; None when the model's tokenizer can't be.
+    token_counts: dict[str, Any] | None = None
     # Scheduling extensions: what the job reserves on a GPU, where it runs, and, while queued, its place,
     # a start-time forecast and why it waits.
     priority: int = 0
@@ -465,6 +468,10 @@ class EstimateObject(OpenAIBaseModel):
     parameters: int
     trainable_parameters: int
     tokens_per_micro_batch: int
+    # From the training file, counted with the model's tokenizer (FileTokenCounts), when both are at hand.
+    tokens: FileTokenCounts | None = None
+    # What the job would train on: trained (loss-bearing) tokens per epoch x n_epochs; None without `tokens`.
+    trained_tokens: int | None = None
     hyperparameters: dict[str, Any]  # resolved: what the job would train with
     profile: str
     notes: list[str] = Field(default_factory=list)

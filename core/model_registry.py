@@ -49,6 +49,18 @@ class BaseModel:
     def config_file(self) -> Path:
         return self.config or self.path / "config.json"
 
+    def context_length(self) -> int | None:
+        """The model's context length: its config.json's, else what `models add` recorded."""
+        from core.vram import EstimateError, ModelArch
+
+        try:
+            positions = ModelArch.from_config_file(self.config_file).max_positions
+        except (EstimateError, ValueError, KeyError, TypeError):  # no or odd config.json
+            positions = None
+        if positions is None and isinstance(self.info.get("context_length"), int):
+            positions = self.info["context_length"]
+        return int(positions) if positions else None
+
 
 def _entry_to_model(model_id: str, entry: dict[str, Any]) -> BaseModel:
     return BaseModel(

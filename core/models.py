@@ -121,6 +121,9 @@ class FineTuningJob(SQLModel, table=True):
     # ({"gpu": ..., "cpu": ..., "total_steps": ...} or {"error": ...}): set when the job is queued.
     estimated_vram_mb: int | None = None
     vram_estimate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # The job's files counted with its model's tokenizer when it was queued (core.token_counts):
+    # {"model", "max_seq_length", "training": TokenCounts.as_dict(), "validation": ...}; None when not countable.
+    token_counts: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     # Where the current (or last) attempt was placed, and how much it holds there.
     gpu_index: int | None = None
     gpu_name: str | None = Field(default=None, max_length=128)

@@ -64,8 +64,10 @@ __all__ = [
     "cached_tokenizer",
     "count_example_tokens",
     "count_file_tokens",
+    "count_stored_file",
     "count_tokens",
     "load_tokenizer",
+    "longest_exact_tokens",
     "text_lines",
 ]
 
@@ -685,3 +687,23 @@ def text_lines(chunks: Iterable[bytes]) -> io.TextIOWrapper:
     """Byte chunks as the text lines the worker reads from a file of those bytes (UTF-8, optional BOM,
     universal newlines), for `count_tokens`. Closing it closes `chunks` if it can be closed."""
     return io.TextIOWrapper(io.BufferedReader(_ChunkReader(chunks)), encoding="utf-8-sig")
+
+
+def count_stored_file(
+    storage: Any, storage_key: str, data_format: str, base: Any, *, max_seq_length: int | None = None
+) -> TokenCounts:
+    """`count_tokens` over an uploaded file in `storage` (a `core.storage.Storage`), with the registry model
+    `base`'s tokenizer and its custom chat template if it has one, as the worker will tokenise the file.
+    Raises TokenizerUnavailableError or TrainingDataError."""
+    tokenizer = cached_tokenizer(Path(base.path), chat_template=base.chat_template)
+    with text_lines(storage.iter_chunks(storage_key)) as lines:
+        return count_tokens(lines, data_format, tokenizer, max_seq_length=max_seq_length)
+
+
+def longest_exact_tokens(token_counts: dict[str, Any] | None) -> int | None:
+    """The longest example over a job's files, in tokens, where every count is exact; else None."""
+    files = [(token_counts or {}).get(kind) for kind in ("training", "validation")]
+    counted = [f for f in files if isinstance(f, dict)]
+    if not counted or not all(f.get("exact") for f in counted):
+        return None
+    return max(int(f["longest_example_tokens"]) for f in counted)

@@ -29,10 +29,18 @@ from sqlmodel import Session, col, select
 from core import jobs, metrics, webhooks
 from core.db import session_scope
 from core.errors import FtserveError
-from core.hyperparameters import longest_example_bytes
+from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, longest_example_bytes
+from core.model_registry import get_base_model
 from core.models import File, FineTuningJob, Organization, now_s
 from core.queue import TRAIN_TASK, WorkerInfo, arq_job_id, queue_name
 from core.settings import Settings
+from core.storage import Storage, make_storage_from_settings
+from core.token_counts import (
+    TokenizerUnavailableError,
+    TrainingDataError,
+    count_stored_file,
+    longest_exact_tokens,
+)
 from core.vram import EstimateError, estimate_request, micro_batch_for_fleet, micro_batch_options
 from scheduler.forecast import forecast_starts
 from scheduler.placement import Device, Fleet, JobRequest, PlanResult, Waiting, gb, plan
@@ -55,8 +63,56 @@ def _file_problem(
     return None, row
 
 
+def count_job_tokens(
+    settings: Settings, storage: Storage, job: FineTuningJob, rows: list[tuple[str, File]]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """Count the job's files with its model's tokenizer: (the `token_counts` record or None, a problem that
+    fails the job or None, a note for the event log or None). Examples longer than the job can hold fail it
+    now, naming their lines, rather than minutes later on a worker. A model without a countable tokenizer (or a
+    file the counter cannot render) leaves the sizing to the bytes bound and the checks to the worker."""
+    base = get_base_model(settings, job.model)
+    explicit = job.hyperparameters.get("max_seq_length")
+    context = base.context_length()
+    limit = (
+        explicit if isinstance(explicit, int) else min(context or MAX_AUTO_SEQ_LENGTH, MAX_AUTO_SEQ_LENGTH)
+    )
+    record: dict[str, Any] = {"model": job.model, "max_seq_length": limit}
+    try:
+        for kind, row in rows:
+            counts = count_stored_file(
+                storage, row.storage_key, row.data_format or "chat", base, max_seq_length=limit
+            )
+            record[kind] = counts.as_dict()
+    except (TokenizerUnavailableError, TrainingDataError) as exc:
+        return None, None, f"Tokens not counted ({exc}); max_seq_length is sized from the file's bytes"
+    for kind, _row in rows:
+        counts_of = record[kind]
+        if counts_of["over_limit"] and counts_of["exact"]:
+            lines = ", ".join(str(n) for n in counts_of["over_limit_lines"])
+            more = counts_of["over_limit"] - len(counts_of["over_limit_lines"])
+            return (
+                record,
+                {
+                    "code": "examples_too_long",
+                    "param": f"{kind}_file",
+                    "message": (
+                        f"{counts_of['over_limit']} examples of the {kind} file are longer than max_seq_length "
+                        f"{limit} tokens with {job.model}'s tokenizer (lines {lines}{f' and {more} more' if more else ''}; "
+                        f"the longest, line {counts_of['longest_example_line']}, has "
+                        f"{counts_of['longest_example_tokens']}). Shorten or split them, or raise max_seq_length."
+                    ),
+                },
+                None,
+            )
+    return record, None, None
+
+
 def estimate_fields(
-    settings: Settings, job: FineTuningJob, n_examples: int, longest_example_bytes: int | None = None
+    settings: Settings,
+    job: FineTuningJob,
+    n_examples: int,
+    longest_example_bytes: int | None = None,
+    longest_example_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The job's memory estimate as columns. An estimate that can't be made (unreadable config) is recorded
     with its reason; the job then waits for an entirely free device. An unknown model raises."""
@@ -68,6 +124,7 @@ def estimate_fields(
             hyperparameters=job.hyperparameters,
             n_examples=n_examples,
             longest_example_bytes=longest_example_bytes,
+            longest_example_tokens=longest_example_tokens,
         )
     except EstimateError as exc:
         return {"estimated_vram_mb": None, "vram_estimate": {"error": str(exc)}}
@@ -110,14 +167,22 @@ def validate_job(engine: Engine, job_id: str, settings: Settings | None = None) 
             problem = {"code": f"invalid_{kind}_file", "message": why, "param": f"{kind}_file"}
             break
     estimate: dict[str, Any] = {}
+    token_record: dict[str, Any] | None = None
+    token_note: str | None = None
     if problem is None:
         training = results[0][3]
         assert training is not None
         try:
             rows = [row for _kind, _file_id, _why, row in results if row is not None]
-            estimate = estimate_fields(
-                settings, job, training.example_count or 0, longest_example_bytes(rows)
+            kinds = [(kind, row) for kind, _file_id, _why, row in results if row is not None]
+            token_record, problem, token_note = count_job_tokens(
+                settings, make_storage_from_settings(settings), job, kinds
             )
+            if problem is None:
+                estimate = estimate_fields(
+                    settings, job, training.example_count or 0, longest_example_bytes(rows),
+                    longest_exact_tokens(token_record),
+                )  # fmt: skip
         except FtserveError as exc:  # the model left the registry since the job was created
             problem = {"code": exc.code or "model_not_found", "message": exc.message, "param": "model"}
 
@@ -125,22 +190,33 @@ def validate_job(engine: Engine, job_id: str, settings: Settings | None = None) 
         if problem is not None:
             moved = jobs.transition(
                 session, job_id=job_id, from_status=[jobs.VALIDATING], to_status=jobs.FAILED, error=problem,
-                finished_at=now_s(), message=problem["message"], level="error",
+                finished_at=now_s(), message=problem["message"], level="error", token_counts=token_record,
             )  # fmt: skip
             return jobs.FAILED if moved else None
         if not jobs.transition(
-            session, job_id=job_id, from_status=[jobs.VALIDATING], to_status=jobs.QUEUED, **estimate
-        ):
+            session, job_id=job_id, from_status=[jobs.VALIDATING], to_status=jobs.QUEUED,
+            token_counts=token_record, **estimate,
+        ):  # fmt: skip
             return None
         # Appended only by the process whose CAS won, in the same transaction: no duplicates.
         for kind, file_id, _problem, row in results:
             assert row is not None
+            counted = (token_record or {}).get(kind)
+            tokens = ""
+            if counted:
+                tokens = (
+                    f", {counted['total_tokens']:,} tokens ({counted['trained_tokens']:,} trained), longest "
+                    f"{counted['longest_example_tokens']:,} (line {counted['longest_example_line']})"
+                )
             jobs.append_event(
                 session,
                 job_id=job_id,
-                message=f"Validated {kind} file: {row.example_count} examples",
-                data={"file_id": file_id, "examples": row.example_count},
+                message=f"Validated {kind} file: {row.example_count} examples{tokens}",
+                data={"file_id": file_id, "examples": row.example_count}
+                | ({"tokens": counted} if counted else {}),
             )
+        if token_note:
+            jobs.append_event(session, job_id=job_id, message=token_note, level="warn")
         message, data = _estimate_message(estimate)
         jobs.append_event(session, job_id=job_id, message=message, data=data)
         jobs.append_event(session, job_id=job_id, message="Job queued")
@@ -571,7 +647,10 @@ def _fill_missing_estimates(engine: Engine, settings: Settings, queue: list[Fine
         with Session(engine) as session:
             row = session.exec(select(File).where(File.id == job.training_file)).first()
         try:
-            fields = estimate_fields(settings, job, (row.example_count if row else 0) or 0)
+            fields = estimate_fields(
+                settings, job, (row.example_count if row else 0) or 0,
+                longest_example_tokens=longest_exact_tokens(job.token_counts),
+            )  # fmt: skip
         except FtserveError as exc:
             fields = {"estimated_vram_mb": None, "vram_estimate": {"error": exc.message}}
         with session_scope(engine) as session:

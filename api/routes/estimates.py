@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import CurrentOrg, SessionDep, SettingsDep
+from api.deps import CurrentOrg, SessionDep, SettingsDep, StorageDep
 from api.protocol import CreateEstimateRequest, ErrorResponse, EstimateObject
 from api.services import estimates as service
 
@@ -17,8 +17,14 @@ router = APIRouter(
 
 @router.post("", response_model=EstimateObject)
 async def create_estimate(
-    body: CreateEstimateRequest, org: CurrentOrg, session: SessionDep, settings: SettingsDep
+    body: CreateEstimateRequest,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
+    storage: StorageDep,
 ) -> EstimateObject:
     """How much GPU memory the job this body describes would reserve, itemised, and which live GPU classes
     could run it. Nothing is created."""
-    return await service.create_estimate(session=session, settings=settings, org=org, request=body)
+    return await service.create_estimate(
+        session=session, settings=settings, storage=storage, org=org, request=body
+    )

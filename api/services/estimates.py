@@ -9,14 +9,21 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from api.protocol import CreateEstimateRequest, EstimateObject, GpuFit
+from api.protocol import CreateEstimateRequest, EstimateObject, FileTokenCounts, GpuFit
 from api.services.fine_tuning import FORMATS_FOR_METHOD, _method_and_hyperparameters, _training_file
 from core.errors import InvalidRequestError
-from core.hyperparameters import longest_example_bytes
-from core.model_registry import load_registry
-from core.models import FineTuningJob, Organization
+from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, longest_example_bytes
+from core.model_registry import get_base_model, load_registry
+from core.models import File, FineTuningJob, Organization
 from core.queue import WorkerInfo, live_workers
 from core.settings import Settings
+from core.storage import Storage
+from core.token_counts import (
+    TokenCounts,
+    TokenizerUnavailableError,
+    TrainingDataError,
+    count_stored_file,
+)
 from core.vram import DEFAULT_PROFILE, EstimateError, estimate_job, estimate_request, micro_batch_for_fleet
 
 log = logging.getLogger("ftserve.api")
@@ -61,14 +68,14 @@ def _holdings(session: Session) -> tuple[dict[tuple[str, int], int], dict[str, i
 
 def _n_examples(
     session: Session, org: Organization, request: CreateEstimateRequest, method: str
-) -> tuple[int, int | None]:
-    """The training file's example count, and its longest example in bytes (None without a file)."""
+) -> tuple[int, int | None, File | None]:
+    """The training file's example count, its longest example in bytes (None without a file), and its row."""
     if request.training_file and request.n_examples:
         raise InvalidRequestError(
             "Give either training_file or n_examples, not both.", param="n_examples", code="invalid_value"
         )
     if request.n_examples:
-        return request.n_examples, None
+        return request.n_examples, None, None
     if not request.training_file:
         raise InvalidRequestError(
             "An estimate needs training_file (a processed file) or n_examples (how many examples it will hold).",
@@ -83,11 +90,36 @@ def _n_examples(
             param="training_file",
             code="invalid_file_format",
         )
-    return row.example_count or 0, longest_example_bytes([row])
+    return row.example_count or 0, longest_example_bytes([row]), row
+
+
+def _tokens(
+    settings: Settings, storage: Storage, model: str, row: File | None, max_seq_length: Any, notes: list[str]
+) -> TokenCounts | None:
+    """The training file counted with the model's tokenizer, or None (with a note) where it can't be."""
+    if row is None or not row.data_format:
+        return None
+    base = get_base_model(settings, model)
+    context = base.context_length()
+    limit = (
+        max_seq_length
+        if isinstance(max_seq_length, int)
+        else min(context or MAX_AUTO_SEQ_LENGTH, MAX_AUTO_SEQ_LENGTH)
+    )
+    try:
+        return count_stored_file(storage, row.storage_key, row.data_format, base, max_seq_length=limit)
+    except (TokenizerUnavailableError, TrainingDataError) as exc:
+        notes.append(f"Tokens not counted ({exc}); max_seq_length is sized from the file's bytes.")
+        return None
 
 
 async def create_estimate(
-    *, session: Session, settings: Settings, org: Organization, request: CreateEstimateRequest
+    *,
+    session: Session,
+    settings: Settings,
+    storage: Storage,
+    org: Organization,
+    request: CreateEstimateRequest,
 ) -> EstimateObject:
     method, hyperparameters, param = _method_and_hyperparameters(request)
     if request.max_seq_length is not None:
@@ -105,7 +137,11 @@ async def create_estimate(
             param="model",
             code="model_not_found",
         )
-    n_examples, longest = _n_examples(session, org, request, method)
+    n_examples, longest, row = _n_examples(session, org, request, method)
+    token_notes: list[str] = []
+    tokens = _tokens(
+        settings, storage, request.model, row, hyperparameters.get("max_seq_length"), token_notes
+    )
     try:
         estimates = estimate_request(
             settings,
@@ -114,6 +150,7 @@ async def create_estimate(
             hyperparameters=hyperparameters,
             n_examples=n_examples,
             longest_example_bytes=longest,
+            longest_example_tokens=tokens.longest_example_tokens if tokens and tokens.exact else None,
         )
     except EstimateError as exc:
         raise InvalidRequestError(
@@ -124,7 +161,12 @@ async def create_estimate(
     need = gpu.reservation_mb
 
     workers = await _fleet(settings)
-    notes = list(gpu.notes)
+    notes = list(gpu.notes) + token_notes
+    if tokens is not None and tokens.over_limit:
+        notes.append(
+            f"{tokens.over_limit} examples are longer than {tokens.max_seq_length} tokens (lines "
+            f"{', '.join(map(str, tokens.over_limit_lines))}): a job would fail on them."
+        )
     fits: dict[tuple[str, int], dict[str, Any]] = {}
     best: tuple[int, int, str] | None = None  # (free, total, class) of the best fit now
     any_gpu = False
@@ -192,6 +234,8 @@ async def create_estimate(
         parameters=gpu.parameters,
         trainable_parameters=gpu.trainable_parameters,
         tokens_per_micro_batch=gpu.tokens_per_micro_batch,
+        tokens=FileTokenCounts(model=request.model, **tokens.as_dict()) if tokens else None,
+        trained_tokens=tokens.trained_tokens * hp.n_epochs if tokens else None,
         hyperparameters={
             "batch_size": hp.batch_size,
             "micro_batch_size": hp.micro_batch,

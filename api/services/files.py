@@ -34,18 +34,15 @@ from core.errors import (
     PayloadTooLargeError,
     QuotaExceededError,
 )
-from core.model_registry import BaseModel, load_registry
+from core.model_registry import load_registry
 from core.models import File, Organization, now_s
 from core.settings import Settings
 from core.storage import Storage
 from core.token_counts import (
     TokenizerUnavailableError,
     TrainingDataError,
-    cached_tokenizer,
-    count_tokens,
-    text_lines,
+    count_stored_file,
 )
-from core.vram import EstimateError, ModelArch
 
 EXPIRES_MIN_S, EXPIRES_MAX_S = 3600, 2_592_000
 
@@ -378,17 +375,6 @@ def validation_report(
     )
 
 
-def _context_length(base: BaseModel) -> int | None:
-    """The model's context length: its config.json's, else what `models add` recorded."""
-    try:
-        positions = ModelArch.from_config_file(base.config_file).max_positions
-    except (EstimateError, ValueError, KeyError, TypeError):  # no or odd config.json: what `models add` found
-        positions = None
-    if positions is None and isinstance(base.info.get("context_length"), int):
-        positions = base.info["context_length"]
-    return int(positions) if positions else None
-
-
 def _token_counts(
     row: File, *, settings: Settings, storage: Storage, model: str, max_seq_length: int | None
 ) -> FileTokenCounts | None:
@@ -404,11 +390,9 @@ def _token_counts(
         )
     if row.status != "processed" or not row.data_format:
         return None
-    limit = max_seq_length if max_seq_length is not None else _context_length(base)
+    limit = max_seq_length if max_seq_length is not None else base.context_length()
     try:
-        tokenizer = cached_tokenizer(base.path, chat_template=base.chat_template)
-        with text_lines(storage.iter_chunks(row.storage_key)) as lines:
-            counts = count_tokens(lines, row.data_format, tokenizer, max_seq_length=limit)
+        counts = count_stored_file(storage, row.storage_key, row.data_format, base, max_seq_length=limit)
     except TokenizerUnavailableError as e:
         raise InvalidRequestError(
             f"Cannot count tokens with the model '{model}': {e}", param="model", code="tokenizer_unavailable"

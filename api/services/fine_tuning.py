@@ -348,6 +348,7 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         attempt=job.attempt,
         step=job.step,
         total_steps=job.total_steps,
+        token_counts=job.token_counts,
         **_scheduling_view(job),
     )
 

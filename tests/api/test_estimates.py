@@ -189,6 +189,29 @@ def test_an_all_auto_8b_job_of_1000_examples_fits_an_80gb_gpu_with_lora_and_a_24
     assert own.gpu.reservation_mb > 23028 >= qlora["estimated_vram_mb"]
 
 
+def test_an_estimate_from_a_file_counts_its_tokens_with_the_models_tokenizer(
+    client: TestClient, settings: Settings, org_a_key: str, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    """Trained tokens (loss-bearing tokens per epoch x epochs) next to the memory, counted as the worker will
+    tokenise the file; a model with only a config.json says why it can't count."""
+    from core.token_counts import count_file_tokens
+
+    register_model(settings, "demo-tiny", demo_model_dir)
+    data = chat_jsonl(40)
+    training = _upload(client, org_a_key, data)
+    est = _estimate(client, org_a_key, model="demo-tiny", training_file=training).json()
+    (tmp_path / "t.jsonl").write_bytes(data)
+    expected = count_file_tokens(tmp_path / "t.jsonl", "chat", demo_model_dir, max_seq_length=1024)
+    assert est["tokens"]["total_tokens"] == expected.total_tokens
+    assert est["tokens"]["longest_example_tokens"] == expected.longest_example_tokens
+    assert est["trained_tokens"] == expected.trained_tokens * est["hyperparameters"]["n_epochs"]
+    assert est["hyperparameters"]["max_seq_length"] < 1024  # sized from the tokens, not the byte bound
+
+    blind = _estimate(client, org_a_key, model="llama-8b", training_file=training).json()
+    assert blind["tokens"] is None and blind["trained_tokens"] is None
+    assert any(note.startswith("Tokens not counted") for note in blind["notes"])
+
+
 def test_estimate_without_a_reachable_registry_still_estimates(
     client: TestClient, settings: Settings, org_a_key: str
 ) -> None:

@@ -64,8 +64,10 @@ async def test_validating_to_queued_to_running_enqueues_json_train_task(
         "Validated training file: 12 examples",
         "Validated validation file: 4 examples",
     ]
-    assert texts[3].startswith("Estimated GPU memory: ~")
-    assert texts[4:] == [
+    # These tests register demo-tiny's config.json only: no tokenizer to count with, and the job says so.
+    assert texts[3].startswith("Tokens not counted (the model directory 'demo-tiny' has no tokenizer.json")
+    assert texts[4].startswith("Estimated GPU memory: ~")
+    assert texts[5:] == [
         "Job queued",
         f"Placed on A10-24GB #0 of worker w1: ~{job.reserved_mb / 1024:.1f} GB reserved of 24 GB",
         "Fine-tuning job started",
@@ -275,3 +277,54 @@ async def test_a_micro_batch_no_gpu_holds_is_lowered_to_one_that_fits_with_more_
         max_micro_batch=record["micro_batch_size"],
     )  # fmt: skip
     assert (resolved.batch_size, resolved.micro_batch_size, resolved.gradient_accumulation_steps) == (8, 1, 8)
+
+
+async def test_a_model_with_a_tokenizer_gets_its_files_counted_and_sized_by_tokens(
+    engine: Engine, storage: Storage, settings: Settings, demo_model_dir: Path, tmp_path: Path
+) -> None:
+    """With the real demo-tiny registered, validation counts the files with its tokenizer and template: the
+    counts go on the job and in its events, and an "auto" max_seq_length comes from the longest example's
+    tokens (+5%, to a multiple of 64) instead of the byte bound."""
+    from api.services.fine_tuning import job_object
+    from core.hyperparameters import data_sized_max_seq_length, token_sized_max_seq_length
+    from core.token_counts import count_file_tokens
+
+    register_model(settings, "demo-tiny", demo_model_dir)
+    org = make_org(engine)
+    rows = chat_rows(12)
+    training = make_file(engine, storage, org, rows)
+    job_id = make_job(engine, org, training)
+    validate_pending(engine, settings)
+
+    job = get_job(engine, job_id)
+    assert job.status == jobs.QUEUED and job.token_counts is not None
+    local = tmp_path / "check.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = count_file_tokens(local, "chat", demo_model_dir, max_seq_length=1024)
+    assert job.token_counts["training"] == expected.as_dict()
+    assert job_object(job).token_counts == job.token_counts
+    record = job.vram_estimate or {}
+    sized = token_sized_max_seq_length(expected.longest_example_tokens)
+    assert record["max_seq_length"] == sized < data_sized_max_seq_length(max(len(json.dumps(r)) for r in rows))
+    texts = messages(engine, job_id)
+    assert f"{expected.total_tokens:,} tokens ({expected.trained_tokens:,} trained)" in texts[1]
+
+
+async def test_examples_longer_than_max_seq_length_fail_the_job_at_validation_naming_their_lines(
+    engine: Engine, storage: Storage, settings: Settings, demo_model_dir: Path
+) -> None:
+    register_model(settings, "demo-tiny", demo_model_dir)
+    org = make_org(engine)
+    rows = chat_rows(12)
+    long_reply = " ".join(f"w{i}" for i in range(80))
+    for index in (3, 7):
+        rows[index]["messages"][1]["content"] = long_reply
+    job_id = make_job(
+        engine, org, make_file(engine, storage, org, rows), hyperparameters={"max_seq_length": 64}
+    )
+    assert validate_pending(engine, settings) == 1
+    job = get_job(engine, job_id)
+    assert job.status == jobs.FAILED and job.error is not None
+    assert job.error["code"] == "examples_too_long" and job.error["param"] == "training_file"
+    assert "2 examples of the training file are longer than max_seq_length 64 tokens" in job.error["message"]
+    assert "(lines 4, 8;" in job.error["message"]
