@@ -1,8 +1,11 @@
 """OpenAI wire models: every request and response body that mirrors OpenAI's API lives here.
 
-Shapes follow OpenAI's published API reference and OpenAPI spec (the subset our responses are checked against is
-vendored as tests/support/openai_openapi_subset.yaml; docs/api.md lists the endpoints). Our extensions are extra
-fields that the official SDK keeps in `model_extra` and otherwise ignores.
+Shapes follow OpenAI's published API reference and OpenAPI spec to the letter: our responses are checked
+against the subset vendored as tests/support/openai_openapi_subset.yaml by
+tests/contract/test_openai_schemas.py (docs/api.md lists the endpoints). A field the spec has as optional and
+not nullable is omitted when there is no value (`omitted_if_none`), never sent as null; a required one is
+always sent. Our extensions are extra fields that the official SDK keeps in `model_extra` and otherwise
+ignores.
 """
 
 from __future__ import annotations
@@ -17,6 +20,24 @@ T = TypeVar("T")
 class OpenAIBaseModel(BaseModel):
     # Newer SDKs may send fields we do not know yet; ignore them rather than 422.
     model_config = ConfigDict(extra="ignore")
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    """Our OpenAPI document says what is sent: the value's type, without the null that is never sent."""
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
+def omitted_if_none(description: str | None = None) -> Any:
+    """A field that OpenAI's spec has as optional and not nullable: None leaves it out of the body."""
+    return Field(None, exclude_if=_is_none, description=description, json_schema_extra=_not_null)
 
 
 class ErrorDetail(OpenAIBaseModel):
@@ -59,14 +80,14 @@ class FileObject(OpenAIBaseModel):
     object: Literal["file"] = "file"
     bytes: int
     created_at: int
-    expires_at: int | None = None
+    expires_at: int | None = omitted_if_none("Only for a file uploaded with `expires_after`.")
     filename: str
     purpose: str
     status: Literal["uploaded", "processed", "error"]
-    status_details: str | None = None
+    status_details: str | None = omitted_if_none("Only for a file that failed validation: why.")
     # Extensions: what the validator found.
     data_format: str | None = Field(
-        None, description="chat, prompt_completion, preference, sharegpt or alpaca"
+        None, description="chat, prompt_completion, preference, sharegpt, alpaca or kto (docs/data.md)"
     )
     example_count: int | None = None
 
@@ -81,6 +102,16 @@ class ValidationLineError(OpenAIBaseModel):
     line: int
     field: str | None = None
     code: str
+    message: str
+
+
+class ValidationWarning(OpenAIBaseModel):
+    """A known field that training ignores (an id, metadata, ...), once per field for the whole file."""
+
+    field: str
+    code: str
+    line: int  # the first line (or JSON array element) that has it
+    count: int  # how many examples have it
     message: str
 
 
@@ -113,6 +144,10 @@ class FileValidationReport(OpenAIBaseModel):
     longest_example_bytes: int | None = None
     error_count: int = 0
     errors: list[ValidationLineError] = Field(default_factory=list)
+    # The layout the examples came in (core.training_data.LAYOUTS, docs/data.md), and the known fields that
+    # training ignores. Null / empty for files validated before ftserve kept them.
+    layout: str | None = None
+    warnings: list[ValidationWarning] = Field(default_factory=list)
     # With ?model=: the file's tokens for that base model (null without it, or for a file that failed validation,
     # whose content is not kept).
     tokens: FileTokenCounts | None = None
@@ -179,7 +214,7 @@ class FineTuningJobObject(OpenAIBaseModel):
     error: FineTuningJobError | None = None
     fine_tuned_model: str | None = None
     finished_at: int | None = None
-    hyperparameters: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any]  # required by the spec (not nullable): every method's, as in `method`
     model: str
     organization_id: str
     result_files: list[str] = Field(default_factory=list)
@@ -218,7 +253,7 @@ class FineTuningJobEventObject(OpenAIBaseModel):
     level: Literal["info", "warn", "error"]
     message: str
     type: Literal["message", "metrics"] = "message"
-    data: dict[str, Any] | None = None
+    data: dict[str, Any] = Field(default_factory=dict)  # an object, never null: {} when there is nothing
 
 
 class FineTuningJobCheckpointObject(OpenAIBaseModel):
@@ -227,7 +262,7 @@ class FineTuningJobCheckpointObject(OpenAIBaseModel):
     created_at: int
     fine_tuned_model_checkpoint: str
     fine_tuning_job_id: str
-    metrics: dict[str, float | int | None]
+    metrics: dict[str, float | int]  # numbers only: a metric the step did not have is left out
     step_number: int
 
 

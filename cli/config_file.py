@@ -68,7 +68,8 @@ YAML_PROBLEMS = {
     "mapping values are not allowed": "a ':' YAML did not expect: check this line's indentation, or quote a value that contains ': '",
     "could not find expected ':'": "a line that is not `key: value`",
 }
-METHOD_FORMATS = {"sft": {"chat", "prompt_completion", "sharegpt", "alpaca"}, "dpo": {"preference"}}
+# The job file's method names, as the API's.
+API_METHOD = {"sft": "supervised", "dpo": "dpo"}
 
 
 class Dataset(BaseModel):
@@ -285,7 +286,7 @@ def load_config(path: Path) -> LoadedConfig:
 
 def check_datasets_locally(loaded: LoadedConfig) -> list[dict[str, Any]]:
     """Run the server's own validator on local datasets, so `validate` finds bad lines without uploading."""
-    from core.training_data import StreamingValidator
+    from core.training_data import StreamingValidator, format_refusal
 
     summaries: list[dict[str, Any]] = []
     for which in ("datasets", "validation_datasets"):
@@ -294,7 +295,7 @@ def check_datasets_locally(loaded: LoadedConfig) -> list[dict[str, Any]]:
                 summaries.append({"where": where, "file_id": source})
                 continue
             # min_examples=1: the server's minimum is its own setting; only line errors are certain here.
-            validator = StreamingValidator(min_examples=1)
+            validator = StreamingValidator(min_examples=1, filename=source.name)
             with source.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
                     validator.feed(chunk)
@@ -306,11 +307,11 @@ def check_datasets_locally(loaded: LoadedConfig) -> list[dict[str, Any]]:
                     f"{loaded.path}: {where}: {source} is not valid training data: {first}{more}. Fix the file "
                     f"(`ftserve files upload {source}` lists every bad line)."
                 )
-            if report.data_format not in METHOD_FORMATS[loaded.config.method]:
-                need = "preference (DPO) data" if loaded.config.method == "dpo" else "chat or completion data"
+            refusal = format_refusal(report.data_format, report.layout, API_METHOD[loaded.config.method])
+            if refusal is not None:
                 raise UserError(
-                    f"{loaded.path}: {where}: {source} holds {report.data_format} data, but method "
-                    f"{loaded.config.method} needs {need}. Change method or the dataset."
+                    f"{loaded.path}: {where}: {source} cannot train method {loaded.config.method}: {refusal} "
+                    "Change method or the dataset."
                 )
             summaries.append(
                 {
@@ -337,10 +338,24 @@ def upload_datasets(client: Client, loaded: LoadedConfig, which: str, *, as_json
         with joined.open("wb") as out:
             for _, source in sources:
                 data = (
-                    source.read_bytes() if isinstance(source, Path) else client.files.content(source).content
+                    _json_lines(source) if isinstance(source, Path) else client.files.content(source).content
                 )
                 out.write(data if data.endswith(b"\n") else data + b"\n")
         return upload_file(client, joined, as_json=as_json).id
+
+
+def _json_lines(path: Path) -> bytes:
+    """A local dataset as JSON Lines: a .json file holding a JSON array becomes one example per line, as the
+    server stores it (a file uploaded alone is converted by the server)."""
+    from core.training_data import StreamingValidator
+
+    validator = StreamingValidator(min_examples=1, filename=path.name)
+    out = bytearray()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            out += validator.feed(chunk)
+    validator.finish()
+    return bytes(out)
 
 
 def job_body(loaded: LoadedConfig, training_file: str, validation_file: str | None) -> dict[str, Any]:

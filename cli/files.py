@@ -153,13 +153,16 @@ def files_report(
         if as_json:
             print_json(report)
             return
+        layout = f" ({report.layout})" if report.layout else ""
         out.print(
-            f"{report.file_id}: {report.status}, {report.data_format or 'unknown format'}, "
+            f"{report.file_id}: {report.status}, {report.data_format or 'unknown format'}{layout}, "
             f"{report.example_count} examples, {report.error_count} errors",
             markup=False,
         )
         for error in report.errors:
             out.print(f"  {error.message}", markup=False)
+        for warning in report.warnings:
+            out.print(f"  warning: {warning.message}", markup=False)
 
 
 @files_app.command("download")

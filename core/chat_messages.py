@@ -53,7 +53,8 @@ def served_messages(messages: list[dict[str, Any]], chat_template: str | None = 
     write it out with `tojson`), so we do too; rendered as the JSON string the file holds, the model would learn
     to emit escaped JSON. Keys come in the order vLLM's request model gives them, which templates that `tojson`
     a whole tool call (Mistral's) write out: a tool call is {id, function: {arguments, name}, type}. `weight` is
-    ours, not the template's.
+    ours, not the template's. An assistant message's `reasoning_content` goes to the template as vLLM passes it
+    (Qwen3's and DeepSeek-R1's render it, as a <think> block, inside the reply, so it is trained).
 
     `developer` messages go as vLLM's `safe_apply_chat_template` (vllm/renderers/hf.py) sends them: kept, with
     `tools: None`, for a template that names the role (`_detect_developer_role_support`: the text holds
@@ -75,7 +76,7 @@ def served_messages(messages: list[dict[str, Any]], chat_template: str | None = 
                 }
                 for call in m["tool_calls"]
             ]
-        for key in ("tool_call_id", "name"):
+        for key in ("tool_call_id", "name", "reasoning_content"):
             if key in m:
                 msg[key] = m[key]
         out.append(msg)
@@ -250,7 +251,9 @@ def check_nothing_dropped(
     full: str | None,
 ) -> None:
     """Refuse a conversation whose tools, tool calls or tool results the template silently leaves out (SmolLM2,
-    Gemma and Phi-3 render no tool calls): the model would be trained on a conversation that isn't there.
+    Gemma and Phi-3 render no tool calls): the model would be trained on a conversation that isn't there. Likewise
+    a conversation with `reasoning_content` that the template renders none of (one that renders only the latest
+    replies' reasoning, as Qwen3's does, is rendering it as it is served).
 
     `render(messages, tools)` renders without the generation prompt, raising TrainingDataError when the template
     refuses; `full` is the whole conversation as rendered, or None to render it here."""
@@ -271,6 +274,14 @@ def check_nothing_dropped(
             variants.append(
                 (f"the tool result in message {i + 1}", conversation[:i] + conversation[i + 1 :], tools)
             )
+    if any(m.get("reasoning_content") for m in conversation):
+        variants.append(
+            (
+                "the reasoning_content of the assistant messages",
+                [{k: v for k, v in m.items() if k != "reasoning_content"} for m in conversation],
+                tools,
+            )
+        )
     if not variants:
         return
     if full is None:
@@ -281,10 +292,11 @@ def check_nothing_dropped(
         except TrainingDataError:
             continue  # refused without it: the template does use it
         if other == full:
+            use = "reasoning" if what.startswith("the reasoning") else "tool use"
             raise TrainingDataError(
                 f"the chat template does not render {what}, so training would never show them to the model; use "
-                "a model (or a custom chat_template in the model registry) whose template renders tool use, or "
-                "remove the tool use from the file"
+                f"a model (or a custom chat_template in the model registry) whose template renders {use}, or "
+                f"remove the {use} from the file"
             )
 
 

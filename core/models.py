@@ -60,8 +60,11 @@ class File(SQLModel, table=True):
     # uploaded → processed | error. Only `processed` files can be trained on.
     status: str = Field(default="uploaded", max_length=16)
     status_details: str | None = Field(default=None, sa_column=Column(Text))
-    # Detected training-data format: chat | prompt_completion | preference | sharegpt | alpaca.
+    # Detected training-data format: chat | prompt_completion | preference | sharegpt | alpaca | kto.
     data_format: str | None = Field(default=None, max_length=32)
+    # The layout the first valid example came in (core.training_data.LAYOUTS: trl_preference, text, ...). None:
+    # validated before 0012.
+    data_layout: str | None = Field(default=None, max_length=64)
     example_count: int | None = None
     # Bytes of the longest valid example line: no tokenizer makes more tokens than bytes, so this bounds the
     # longest example's tokens (an "auto" max_seq_length is sized from it). None: validated before 0010.
@@ -69,6 +72,8 @@ class File(SQLModel, table=True):
     # The first 100 validation errors: [{line, field, message, code}], kept for the report endpoint.
     validation_errors: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     validation_error_count: int = 0
+    # Known fields that training ignores: [{field, code, line, count, message}], one per field. None: before 0012.
+    validation_warnings: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
     storage_key: str = Field(max_length=512)
     sha256: str | None = Field(default=None, max_length=64)
     deleted_at: int | None = Field(default=None, index=True)

@@ -13,7 +13,8 @@ What is counted, per example (the length of the row the worker would train on):
   the worker finds them (`{% generation %}` markers, or prefix diffing). A conversation the worker would refuse
   (the template raises, drops tool use, or renders replies that cannot be found) raises TrainingDataError.
 - prompt_completion: prompt + completion tokenised with the tokenizer's special tokens, plus eos unless it ends
-  with one. Trained: the completion's tokens and eos.
+  with one. Trained: the completion's tokens and eos. (Plain text, `{"text"}`, is a completion with an empty
+  prompt: `core.training_data.normalize_example` maps every layout to its format's canonical form first.)
 - preference: prompt + chosen and prompt + rejected, each rendered and tokenised as a chat; an example's length
   is the longer pair (what `max_seq_length` must hold), `total_tokens` adds both pairs (both run through the
   model), trained tokens are the two completions (as TRL splits them).
@@ -601,6 +602,10 @@ def count_tokens(
     encoding="utf-8-sig" gives them): blank lines are skipped, line numbers are physical. Raises
     TrainingDataError naming the line of an example the worker could not tokenise either, and
     TokenizerUnavailableError when chat data meets a model without a chat template."""
+    if data_format == "kto":  # recognised, not trained: no row to count (core.training_data.format_refusal)
+        raise TrainingDataError(
+            "KTO data is not trained by ftserve yet, so it has no training tokens to count"
+        )
     if data_format not in ("prompt_completion", "preference"):
         tokenizer.template_for(None)  # no chat template at all: one error, not one per line
     examples = total = trained = longest = longest_line = over = 0

@@ -12,7 +12,12 @@ adding a BOS the template already writes. A model trains on the text it will be 
 a conversation (a role it doesn't know, Mistral's 9-character tool call ids) or silently leaves out its tools,
 tool calls or tool results fails the job, naming the line.
 
+Every layout of a format (core.training_data.LAYOUTS: TRL, LLaMA-Factory and axolotl layouts, OpenAI's legacy
+function calls, plain text) is normalised to that format's canonical form first, so only the three below exist
+here. A JSON array upload was stored as JSON Lines, element N on line N.
+
 Loss masking (labels = -100 where no loss is taken):
+
 - chat (and sharegpt/alpaca, which normalise to chat): loss only on each assistant reply plus the end-of-turn
   token that closes it (not the newline after it); assistant turns with `weight: 0` are masked too. A template
   with `{% generation %}` markers (demo-tiny's) marks the replies itself. Any other template is diffed: for
@@ -21,7 +26,8 @@ Loss masking (labels = -100 where no loss is taken):
   order, in the rendering of the whole conversation (as followed by the next message first, for templates that
   render a last reply differently, like Qwen3), and mapped to tokens through the tokenizer's character offsets.
   What a template renders that prefixes can't explain fails with a TrainingDataError. See docs/chat_templates.md.
-- prompt_completion: loss only on the completion plus eos.
+- prompt_completion: loss only on the completion plus eos. Plain text ({"text"}, continued pretraining) is a
+  completion with an empty prompt: every token is trained (a BOS the tokenizer adds is not).
 - preference (DPO): TRL tokenises prompt/chosen/rejected itself (from the served messages); we only check lengths
   and reshape.
 
@@ -370,7 +376,7 @@ def count_trainable_tokens(rows: list[dict[str, Any]]) -> int:
 
 # -- the tokenised-dataset cache ------------------------------------------------------------------------------
 
-TOKENIZATION_VERSION = 3  # bump when anything above changes the ids or labels a file tokenises to
+TOKENIZATION_VERSION = 4  # bump when anything above changes the ids or labels a file tokenises to
 CACHE_KEEP = 16  # newest entries kept per cache dir; older ones are deleted
 
 

@@ -63,6 +63,7 @@ from core.model_registry import get_base_model
 from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings, get_settings
 from core.storage import Storage, make_storage_from_settings
+from core.token_counts import longest_exact_tokens
 from gpu_worker.db_reporter import DbReporter, checkpoint_is_complete, ride_out_db_outage
 from gpu_worker.reporting import StopRequest
 
@@ -288,6 +289,7 @@ class Attempt:
             base_model_params=params,
             base_model_max_length=context,
             longest_example_bytes=longest_example_bytes,
+            longest_example_tokens=longest_exact_tokens(job.token_counts),  # as the scheduler sized it
             # the micro-batch the scheduler reserved memory for (it may have lowered it to fit the device)
             max_micro_batch=(job.vram_estimate or {}).get("micro_batch_size"),
         )

@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from api.protocol import CreateEstimateRequest, EstimateObject, FileTokenCounts, GpuFit
-from api.services.fine_tuning import FORMATS_FOR_METHOD, _method_and_hyperparameters, _training_file
+from api.services.fine_tuning import _method_and_hyperparameters, _training_file
 from core.errors import InvalidRequestError
 from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, longest_example_bytes
 from core.model_registry import get_base_model, load_registry
@@ -24,6 +24,7 @@ from core.token_counts import (
     TrainingDataError,
     count_stored_file,
 )
+from core.training_data import format_refusal
 from core.vram import DEFAULT_PROFILE, EstimateError, estimate_job, estimate_request, micro_batch_for_fleet
 
 log = logging.getLogger("ftserve.api")
@@ -84,9 +85,10 @@ def _n_examples(
         )
     row = _training_file(session, org=org, file_id=request.training_file, param="training_file")
     assert row is not None
-    if row.data_format not in FORMATS_FOR_METHOD[method]:
+    refusal = format_refusal(row.data_format, row.data_layout, method)
+    if refusal is not None:
         raise InvalidRequestError(
-            f"File {row.id} holds {row.data_format} data, which a {method} job cannot train on.",
+            f"File {row.id} cannot train a {method} job: {refusal}",
             param="training_file",
             code="invalid_file_format",
         )

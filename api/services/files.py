@@ -20,6 +20,7 @@ from api.protocol import (
     FileTokenCounts,
     FileValidationReport,
     ValidationLineError,
+    ValidationWarning,
     file_object,
 )
 from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
@@ -263,10 +264,12 @@ def _keep(
         status="processed" if report.ok else "error",
         status_details=None if report.ok else report.summary(),
         data_format=report.data_format,
+        data_layout=report.layout,
         example_count=report.example_count,
         longest_example_bytes=report.longest_example_bytes or None,
         validation_errors=[e.to_dict() for e in report.errors],
         validation_error_count=report.error_count,
+        validation_warnings=[w.to_dict() for w in report.warnings],
         storage_key=storage_key,
         sha256=result.sha256,
         idempotency_key=key if report.ok else None,
@@ -293,9 +296,9 @@ def _keep(
         storage.delete(storage_key)
         raise
     if not report.ok:
-        more = f" {report.error_count} errors in total;" if report.error_count > 1 else ""
+        more = f" {report.error_count} errors in total." if report.error_count > 1 else ""
         raise FileValidationError(
-            f"Invalid training file: {report.summary()}{more} full report: GET /v1/files/{file_id}/validation",
+            f"Invalid training file: {report.summary()}.{more} Full report: GET /v1/files/{file_id}/validation",
             file_id=file_id,
         )
     return file_object(row), False
@@ -371,6 +374,8 @@ def validation_report(
         longest_example_bytes=row.longest_example_bytes,
         error_count=row.validation_error_count,
         errors=errors,
+        layout=row.data_layout,
+        warnings=[ValidationWarning(**w) for w in (row.validation_warnings or [])],
         tokens=tokens,
     )
 

@@ -30,12 +30,8 @@ from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
 from core.model_registry import load_registry
 from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings
+from core.training_data import format_refusal
 
-# Which training-data formats each method can train on.
-FORMATS_FOR_METHOD = {
-    "supervised": {"chat", "prompt_completion", "sharegpt", "alpaca"},
-    "dpo": {"preference"},
-}
 OPENAI_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 VRAM_BREAKDOWN = (
     "weights_mb", "trainable_state_mb", "gradients_mb", "activations_mb", "logits_mb",
@@ -240,14 +236,10 @@ def create_job(
         ),
     ]
     for row, param in files:
-        if row is not None and row.data_format not in FORMATS_FOR_METHOD[method_type]:
-            needs = (
-                "preference data (input, preferred_output, non_preferred_output)"
-                if method_type == "dpo"
-                else ("chat, prompt/completion, ShareGPT or Alpaca data")
-            )
+        refusal = None if row is None else format_refusal(row.data_format, row.data_layout, method_type)
+        if row is not None and refusal is not None:
             raise InvalidRequestError(
-                f"File {row.id} holds {row.data_format} data, but a {method_type} job needs {needs}.",
+                f"File {row.id} cannot train a {method_type} job: {refusal}",
                 param=param,
                 code="invalid_file_format",
             )
@@ -330,8 +322,8 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         error=FineTuningJobError(**job.error) if job.error else None,
         fine_tuned_model=job.fine_tuned_model,
         finished_at=job.finished_at,
-        # OpenAI fills the top-level field for supervised jobs only.
-        hyperparameters=hyperparameters if job.method_type == "supervised" else None,
+        # The spec requires this (deprecated) object of every job, never null: a DPO job's is its method's.
+        hyperparameters=hyperparameters,
         model=job.model,
         organization_id=job.organization_id,
         result_files=job.result_files,
@@ -483,7 +475,7 @@ def list_events(
             level=r.level,
             message=r.message,
             type=r.type,
-            data=r.data,
+            data=r.data or {},  # rows may hold null; the spec's `data` is an object
         )
         for r in rows
     ]
@@ -502,7 +494,8 @@ def list_checkpoints(
             created_at=r.created_at,
             fine_tuned_model_checkpoint=r.fine_tuned_model_checkpoint,
             fine_tuning_job_id=r.job_id,
-            metrics=r.metrics,
+            # The spec's metrics are numbers: one the step did not have is left out, not sent as null.
+            metrics={k: v for k, v in (r.metrics or {}).items() if v is not None},
             step_number=r.step_number,
         )
         for r in rows

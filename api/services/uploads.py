@@ -1,5 +1,8 @@
 """Streaming multipart upload: bytes go to storage and through the JSONL validator as they arrive.
 
+A .json upload holding a JSON array is stored as JSON Lines (element N on line N, as the validator converts it), so
+the worker and the token counter only ever read JSON Lines; its `bytes` and SHA-256 are those of the upload.
+
 Neither the request nor the file is ever held whole: the parser sees the body in ~1 MiB batches, which run
 in a worker thread so validation never stalls the event loop.
 """
@@ -101,6 +104,7 @@ class _StreamingForm:
                 raise InvalidRequestError("Send exactly one 'file' part.", param="file")
             self.file_seen = True
             self.filename = clean_filename(self._part.filename)
+            self.validator.set_filename(self._part.filename)  # a .json file may be a JSON array
             self.writer = self.storage.open_writer(self.key)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -112,9 +116,12 @@ class _StreamingForm:
                     f"File is larger than the {self.max_bytes:,}-byte upload limit.", param="file"
                 )
             self.sha.update(chunk)
-            self.validator.feed(chunk)
+            # What is stored: the chunk itself, or for a JSON array its elements as JSON lines, so everything
+            # downstream reads JSON Lines.
+            stored = self.validator.feed(chunk)
             assert self.writer is not None
-            self.writer.write(chunk)
+            if stored:
+                self.writer.write(stored)
         else:
             self._field_value += chunk
             if len(self._field_value) > MAX_FIELD_BYTES:

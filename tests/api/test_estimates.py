@@ -268,6 +268,15 @@ def test_estimate_refuses_a_file_of_the_wrong_format(
     preference = _upload(client, org_a_key, preference_jsonl(12))
     resp = _estimate(client, org_a_key, model="llama-8b", training_file=preference)
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "training_file"
+    # The message names the layout seen and the method that would use the file.
+    assert "OpenAI preference" in resp.json()["error"]["message"]
+    assert "'dpo'" in resp.json()["error"]["message"]
+    kto_rows = [{"prompt": f"Say {i}", "completion": f"{i}", "label": i % 2 == 0} for i in range(12)]
+    kto = _upload(client, org_a_key, b"".join(json.dumps(r).encode() + b"\n" for r in kto_rows))
+    for method in ({"type": "supervised"}, {"type": "dpo"}):
+        refused = _estimate(client, org_a_key, model="llama-8b", training_file=kto, method=method)
+        assert refused.status_code == 400, refused.text
+        assert "does not train kto yet" in refused.json()["error"]["message"]
     dpo = _estimate(client, org_a_key, model="llama-8b", training_file=preference, method={"type": "dpo"})
     assert dpo.status_code == 200, dpo.text
     resolved = dpo.json()["hyperparameters"]

@@ -98,7 +98,8 @@ def test_dpo_job_on_preference_data(
     assert resp.status_code == 200, resp.text
     job = resp.json()
     assert job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
-    assert job["hyperparameters"] is None  # OpenAI fills the top-level field for supervised jobs only
+    # OpenAI's spec requires the top-level object of every job: a DPO job's shows its method's.
+    assert job["hyperparameters"] == job["method"]["dpo"]["hyperparameters"]
 
 
 @pytest.mark.parametrize(

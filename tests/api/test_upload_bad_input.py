@@ -199,9 +199,29 @@ REJECTED = [
     _bad("mixed-chat-then-prompt-completion", 4, None, "mixed_formats",
          _insert(CHAT, 4, _line({"prompt": "a", "completion": "b"}))),
     _bad("mixed-chat-then-preference", 8, None, "mixed_formats", _insert(CHAT, 8, _line(PREF_ROW))),
-    _bad("unknown-format-on-first-line", 1, None, "unknown_format", _insert(CHAT, 1, _line({"text": "hi"}))),
+    _bad("unknown-format-on-first-line", 1, None, "unknown_format", _insert(CHAT, 1, _line({"txt": "hi"}))),
     _bad("no-known-keys-after-format-is-set", 5, "messages", "missing_field",
-         _insert(CHAT, 5, _line({"text": "hi"}))),
+         _insert(CHAT, 5, _line({"txt": "hi"}))),
+    _bad("mixed-chat-then-text", 5, None, "mixed_formats", _insert(CHAT, 5, _line({"text": "hi"}))),
+    # -- never a silent drop: fields ftserve cannot use, images
+    _bad("unknown-top-level-field", 3, "category", "unknown_field",
+         _insert(CHAT, 3, _chat(U, A, category="chitchat"))),
+    _bad("unknown-message-field", 3, "messages[1].score", "unknown_field",
+         _insert(CHAT, 3, _chat(U, {**A, "score": 5}))),
+    _bad("llamafactory-images", 2, "images", "unsupported_modality",
+         _insert(CHAT, 2, _chat({"role": "user", "content": "<image>What is it?"}, A, images=["cat.png"]))),
+    _bad("image-url-content-part", 2, "messages[0].content[1].type", "unsupported_modality",
+         _insert(CHAT, 2, _chat({"role": "user", "content": [
+             {"type": "text", "text": "What is it?"},
+             {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}, A))),
+    _bad("sharegpt-function-call-not-json", 4, "conversations[1].value", "invalid_value",
+         _insert(SHAREGPT, 4, _line({"conversations": [
+             {"from": "human", "value": "hi"}, {"from": "function_call", "value": "weather(Paris)"}]}))),
+    # -- a JSON array in a file that is not named .json: one error, not one per line
+    _bad("json-array-in-a-jsonl-file", 1, None, "json_array",
+         b"[\n" + b",\n".join(x.rstrip(b"\n") for x in _lines(CHAT)) + b"\n]\n"),
+    _bad("one-line-json-array-in-a-jsonl-file", 1, None, "json_array",
+         b"[" + b",".join(x.rstrip(b"\n") for x in _lines(CHAT)) + b"]"),
     # -- assistant turns
     _bad("no-assistant-turn", 3, "messages", "missing_assistant_message", _insert(CHAT, 3, _chat(S, U))),
     _bad("all-assistant-turns-weight-0", 3, "messages", "missing_assistant_message",
@@ -243,7 +263,7 @@ REJECTED = [
     _bad("numbering-counts-blank-lines", 6, None, "not_an_object",
          _insert(CHAT, 4, b"\n", b"   \t\r\n", b"[1, 2]")),
     _bad("numbering-crlf-file", 5, None, "not_an_object", _insert(CHAT, 5, b"[]").replace(b"\n", b"\r\n")),
-    _bad("numbering-bom-then-bad-first-line", 1, None, "not_an_object", BOM + _insert(CHAT, 1, b"[]")),
+    _bad("numbering-bom-then-bad-first-line", 1, None, "not_an_object", BOM + _insert(CHAT, 1, b"42")),
     _bad("numbering-bad-last-line-no-newline", 13, None, "invalid_json", CHAT + b'{"messages": ['),
     _bad("numbering-first-of-several-bad-lines", 2, "messages", "missing_assistant_message",
          _insert(_insert(CHAT, 2, _chat(U)), 9, b"7")),
@@ -383,6 +403,83 @@ def test_accepted_edge_case(client: TestClient, org_a_key: str, data: bytes, cou
     assert body["bytes"] == len(data)
     content = client.get(f"/v1/files/{body['id']}/content", headers=_auth(org_a_key))
     assert content.status_code == 200 and content.content == data
+
+
+def _json_array(data: bytes, indent: bool = True) -> bytes:
+    """The JSON Lines `data` as one JSON array, pretty-printed (as LLaMA-Factory and axolotl ship data) or not."""
+    objs = [json.loads(x) for x in _lines(data)]
+    return json.dumps(objs, indent=2 if indent else None, ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize("indent", [True, False], ids=["pretty", "one-line"])
+def test_json_array_in_a_json_file_is_stored_as_json_lines(
+    client: TestClient, org_a_key: str, indent: bool
+) -> None:
+    data = BOM + _json_array(CHAT, indent)
+    resp = client.post(
+        "/v1/files",
+        headers=_auth(org_a_key),
+        data={"purpose": "fine-tune"},
+        files={"file": ("train.json", data)},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["status"], body["data_format"], body["example_count"]) == ("processed", "chat", 12)
+    assert body["filename"] == "train.json" and body["bytes"] == len(data)
+    # Stored as JSON Lines, element N on line N: what the worker and the token counter read.
+    content = client.get(f"/v1/files/{body['id']}/content", headers=_auth(org_a_key))
+    assert content.status_code == 200
+    assert [json.loads(x) for x in content.content.splitlines()] == [json.loads(x) for x in _lines(CHAT)]
+
+
+def test_bad_element_of_a_json_array_is_named_by_its_number(client: TestClient, org_a_key: str) -> None:
+    objs = [json.loads(x) for x in _lines(CHAT)]
+    objs[4] = {"messages": [U, {**A, "weight": 2}]}
+    data = json.dumps(objs, indent=1).encode()
+    resp = client.post(
+        "/v1/files", headers=_auth(org_a_key), data={"purpose": "fine-tune"}, files={"file": ("d.json", data)}
+    )
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert message.startswith(
+        "Invalid training file: element 5: messages[1].weight: weight must be 0 or 1, got 2."
+    )
+    report = client.get(
+        f"/v1/files/{resp.json()['error']['file_id']}/validation", headers=_auth(org_a_key)
+    ).json()
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(5, "invalid_weight")]
+
+
+def test_validation_report_has_the_layout_and_the_ignored_fields(client: TestClient, org_a_key: str) -> None:
+    rows = [
+        {
+            "id": f"row-{i}",
+            "prompt": f"Say {i}",
+            "chosen": f"{i}",
+            "rejected": f"not {i}",
+            "score_chosen": 9.5,
+        }
+        for i in range(12)
+    ]
+    resp = _upload(client, org_a_key, b"".join(_line(r) for r in rows))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["data_format"] == "preference"
+    report = client.get(f"/v1/files/{resp.json()['id']}/validation", headers=_auth(org_a_key)).json()
+    assert report["layout"] == "trl_preference" and report["errors"] == []
+    assert [(w["field"], w["code"], w["line"], w["count"]) for w in report["warnings"]] == [
+        ("id", "ignored_field", 1, 12),
+        ("score_chosen", "ignored_field", 1, 12),
+    ]
+    assert report["warnings"][0]["message"].startswith("id: ignored, training does not use it")
+
+
+def test_too_few_examples_says_how_many_and_why(client: TestClient, org_a_key: str) -> None:
+    resp = _upload(client, org_a_key, chat_jsonl(3))
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"]["message"]
+    assert "the file has 3 valid examples; at least 10 are required, because" in message
+    # The report's address is its own sentence, not glued to the error.
+    assert ". Full report: GET /v1/files/" in message
 
 
 # ---------------------------------------------------------------------------------- request-level input

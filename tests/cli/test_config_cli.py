@@ -112,7 +112,7 @@ BROKEN = {
     "wrong-format": (
         "base_model: demo-tiny\nmethod: dpo\ndatasets: [{path: data.jsonl}]\n",
         "",
-        "holds chat data, but method dpo needs preference",
+        "cannot train method dpo: it holds chat data (OpenAI chat: messages), which method 'supervised' trains on",
     ),
     "unknown-model": (
         "base_model: demo-tiyn\ndatasets: [{path: data.jsonl}]\n",

@@ -4,7 +4,8 @@ Each count is checked against the worker itself (gpu_worker.data with the transf
 AutoTokenizer loads from the same directory, as train.py loads it): every family's real chat template
 (tests/support/chat_templates, with the small tokenizers of tests/gpu_worker/test_chat_templates.py saved to disk),
 demo-tiny and SmolLM2-135M-Instruct, on chat (system, developer, multi-turn, weight 0, tool calls and results,
-content parts), prompt_completion, alpaca, sharegpt and preference files. A fresh interpreter with torch and
+content parts), prompt_completion (plain text too), alpaca, sharegpt and preference files (TRL's and
+LLaMA-Factory's layouts too). A fresh interpreter with torch and
 transformers blocked counts the same.
 """
 
@@ -83,6 +84,7 @@ def datasets(*, conversation: dict[str, Any], system: bool, tools: bool) -> dict
         {"prompt": "Translate 'chat':", "completion": " cat, and a much longer completion than the prompt."},
         {"prompt": "", "completion": "no prompt at all"},
         {"prompt": "no completion", "completion": ""},
+        {"text": "Plain text for continued pretraining: every token trained. Ça va ?"},  # an empty prompt
     ]
     alpaca = [
         {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
@@ -127,6 +129,19 @@ def datasets(*, conversation: dict[str, Any], system: bool, tools: bool) -> dict
             "non_preferred_output": [{"role": "assistant", "content": "No."}],
         },
     ]
+    preference += [  # other layouts of the same format: TRL's (system included) and LLaMA-Factory's
+        {"prompt": "Say a colour.", "chosen": "Blue.", "rejected": "I would rather not.", **(
+            {"system": "You are terse."} if system else {})},
+        {
+            "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+            "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away, please."}],
+        },
+        {
+            "conversations": [{"from": "human", "value": "Count to three."}],
+            "chosen": {"from": "gpt", "value": "1, 2, 3."},
+            "rejected": {"from": "gpt", "value": "No."},
+        },
+    ]  # fmt: skip
     if tools:
         messages = conversation["messages"][:-1]  # the prompt: up to the tool result
         preference.append(
@@ -486,7 +501,7 @@ def test_a_model_without_tokenizer_json_or_chat_template(demo_model_dir: Path, t
     with pytest.raises(TokenizerUnavailableError, match="has no chat template"):
         count_file_tokens(path, "chat", bare)
     pc = write_jsonl(tmp_path / "pc.jsonl", _model_datasets(False)["prompt_completion"])
-    assert count_file_tokens(pc, "prompt_completion", bare).examples == 4  # needs no template
+    assert count_file_tokens(pc, "prompt_completion", bare).examples == 5  # needs no template
 
 
 def test_a_line_that_is_not_an_example_is_named(demo_model_dir: Path, tmp_path: Path) -> None:
@@ -528,3 +543,9 @@ def test_counts_are_marked_inexact_where_transformers_would_rebuild_the_tokenize
     config["tokenizer_class"] = "LlamaTokenizer"
     config_path.write_text(json.dumps(config))
     assert not count_file_tokens(path, "chat", relabelled).exact
+
+
+def test_kto_data_has_no_training_tokens_to_count() -> None:
+    line = json.dumps({"prompt": "Hi", "completion": "Hello", "label": True})
+    with pytest.raises(TrainingDataError, match="KTO data is not trained by ftserve yet"):
+        count_tokens([line], "kto", None)  # type: ignore[arg-type]

@@ -137,7 +137,7 @@ def test_chat_rich_features_accepted() -> None:
             },
             {"role": "tool", "tool_call_id": "call_1", "content": "12C"},
             {"role": "assistant", "content": "It is 12C.", "weight": 1, "name": "bot", "refusal": None},
-            {"role": "user", "content": "Thanks", "some_extra_key": [1, 2]},
+            {"role": "user", "content": "Thanks", "refusal": None},
             {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
         ],
         "tools": tools,
@@ -146,7 +146,14 @@ def test_chat_rich_features_accepted() -> None:
     }
     report = validate_bytes(jsonl([line] * 10))
     assert report.ok, report.errors
-    assert report.data_format == "chat"
+    assert (report.data_format, report.layout) == ("chat", "openai_chat")
+    # Known fields that training does not use are accepted, and listed once each as ignored.
+    assert [(w.field, w.code, w.line, w.count) for w in report.warnings] == [
+        ("parallel_tool_calls", "ignored_field", 1, 10),
+        ("metadata", "ignored_field", 1, 10),
+    ]
+    assert report.warnings[1].message.startswith("metadata: ignored, training does not use it")
+    assert report.to_dict()["warnings"][0]["field"] == "parallel_tool_calls"
 
 
 def test_prompt_completion_accepted() -> None:
@@ -378,6 +385,11 @@ def test_unknown_role_with_extra_keys_still_reported() -> None:
         ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages[0].content[0].type",
+            "unsupported_modality",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "audio_clip", "x": 1}]}]},
             "messages[0].content[0].type",
             "invalid_content_part",
         ),
@@ -805,6 +817,11 @@ def test_fuzz_random_bytes(data: bytes, cuts: list[int], limit: int) -> None:
 def test_fuzz_json_lines(objs: list[Any], sep: bytes, bom: bool, cuts: list[int], limit: int) -> None:
     data = (b"\xef\xbb\xbf" if bom else b"") + jsonl(objs, sep=sep)
     report = check_everywhere(data, [c for c in cuts if c <= len(data)], max_line_bytes=limit, min_examples=1)
+    if (
+        report.errors and report.errors[0].code == "json_array"
+    ):  # the first line is a list: the rest is not read
+        assert report.error_count == 1 and isinstance(objs[0], list)
+        return
     assert report.line_count == len(objs)
     # every valid example must normalise without raising
     for obj in objs:
@@ -843,7 +860,8 @@ def test_fuzz_line_mixtures(objs: list[bytes], cuts: list[int]) -> None:
         ({"instruction": "i", "input": "x", "output": "o"}, "alpaca"),
         ({"input": "x", "output": "o"}, "alpaca"),
         ({"output": "o"}, "alpaca"),
-        ({"text": "raw"}, None),
+        ({"text": "raw"}, "prompt_completion"),
+        ({"txt": "raw"}, None),
         ({}, None),
     ],
 )
@@ -985,3 +1003,534 @@ def test_normalize_sharegpt_and_alpaca_keep_original() -> None:
 def test_normalize_unknown_format_raises() -> None:
     with pytest.raises(ValueError):
         normalize_example({}, "csv")
+
+
+# ------------------------------------------------------------------------ every peer's layout (issue #17)
+
+U = {"role": "user", "content": "Weather in Paris?"}
+A = {"role": "assistant", "content": "Sunny."}
+CALL = {"name": "weather", "arguments": '{"city": "Paris"}'}
+TOOL_CALL = {"id": "call_0", "type": "function", "function": CALL}
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+OPENAI_PREFERENCE = {
+    "input": {"messages": [{"role": "user", "content": "Pick one"}]},
+    "preferred_output": [{"role": "assistant", "content": "good"}],
+    "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+}
+TOOL_CHAT = {
+    "messages": [
+        U,
+        {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]},
+        {"role": "tool", "content": "22 C", "tool_call_id": "call_0"},
+        A,
+    ],
+    "tools": TOOLS,
+}
+
+# (id, line, format, layout, normalised)
+LAYOUT_CASES = [
+    pytest.param(
+        {"prompt": "Pick one", "chosen": "good", "rejected": "bad"},
+        "preference",
+        "trl_preference",
+        OPENAI_PREFERENCE,
+        id="trl-standard-preference",
+    ),
+    pytest.param(
+        {"system": "Be kind.", "prompt": "Pick one", "chosen": "good", "rejected": "bad"},
+        "preference",
+        "trl_preference",
+        {
+            **OPENAI_PREFERENCE,
+            "input": {
+                "messages": [
+                    {"role": "system", "content": "Be kind."},
+                    {"role": "user", "content": "Pick one"},
+                ]
+            },
+        },
+        id="trl-standard-preference-with-system",
+    ),
+    pytest.param(
+        {
+            "prompt": [{"role": "user", "content": "Pick one"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "bad"}]}],
+        },
+        "preference",
+        "trl_conversational_preference",
+        OPENAI_PREFERENCE,
+        id="trl-conversational-preference",
+    ),
+    pytest.param(
+        {
+            "chosen": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "bad"}],
+        },
+        "preference",
+        "trl_conversational_preference",
+        OPENAI_PREFERENCE,
+        id="trl-implicit-prompt",
+    ),
+    pytest.param(
+        {
+            "prompt": "Pick one",  # UltraFeedback: the answers repeat the prompt
+            "chosen": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "bad"}],
+        },
+        "preference",
+        "trl_conversational_preference",
+        OPENAI_PREFERENCE,
+        id="trl-answers-repeat-the-prompt",
+    ),
+    pytest.param(
+        {
+            "conversations": [{"from": "human", "value": "Pick one"}],
+            "chosen": {"from": "gpt", "value": "good"},
+            "rejected": {"from": "gpt", "value": "bad"},
+        },
+        "preference",
+        "sharegpt_preference",
+        OPENAI_PREFERENCE,
+        id="llamafactory-sharegpt-preference",
+    ),
+    pytest.param(
+        {"instruction": "Pick", "input": "one", "chosen": "good", "rejected": "bad"},
+        "preference",
+        "alpaca_preference",
+        {**OPENAI_PREFERENCE, "input": {"messages": [{"role": "user", "content": "Pick\n\none"}]}},
+        id="llamafactory-alpaca-preference",
+    ),
+    pytest.param(
+        {
+            "messages": [{"role": "user", "content": "Pick one"}],
+            "chosen": {"role": "assistant", "content": "good"},
+            "rejected": {"role": "assistant", "content": "bad"},
+        },
+        "preference",
+        "messages_preference",
+        OPENAI_PREFERENCE,
+        id="axolotl-chat-template-preference",
+    ),
+    pytest.param(
+        {"prompt": "Pick one", "completion": "bad", "label": False},
+        "kto",
+        "trl_kto",
+        {
+            "prompt": [{"role": "user", "content": "Pick one"}],
+            "completion": [{"role": "assistant", "content": "bad"}],
+            "label": False,
+        },
+        id="trl-kto",
+    ),
+    pytest.param(
+        {
+            "messages": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "good"}],
+            "kto_tag": True,
+        },
+        "kto",
+        "messages_kto",
+        {
+            "prompt": [{"role": "user", "content": "Pick one"}],
+            "completion": [{"role": "assistant", "content": "good"}],
+            "label": True,
+        },
+        id="llamafactory-kto-messages",
+    ),
+    pytest.param(
+        {
+            "conversations": [{"from": "human", "value": "Pick one"}, {"from": "gpt", "value": "bad"}],
+            "kto_tag": False,
+        },
+        "kto",
+        "sharegpt_kto",
+        {
+            "prompt": [{"role": "user", "content": "Pick one"}],
+            "completion": [{"role": "assistant", "content": "bad"}],
+            "label": False,
+        },
+        id="llamafactory-kto-sharegpt",
+    ),
+    pytest.param(
+        {"text": "Once upon a time."},
+        "prompt_completion",
+        "text",
+        {"prompt": "", "completion": "Once upon a time."},
+        id="text",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                U,
+                {"role": "assistant", "content": None, "function_call": CALL},
+                {"role": "function", "name": "weather", "content": "22 C"},
+                A,
+            ],
+            "functions": [TOOLS[0]["function"]],
+        },
+        "chat",
+        "openai_chat",
+        {
+            "messages": [
+                U,
+                {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]},
+                {"role": "tool", "content": "22 C", "name": "weather", "tool_call_id": "call_0"},
+                A,
+            ],
+            "tools": TOOLS,
+        },
+        id="openai-legacy-functions",
+    ),
+    pytest.param(
+        {
+            "messages": [
+                U,
+                {**A, "train": False},
+                U,
+                {**A, "train": True},
+                {"role": "user", "content": "x", "train": False},
+            ]
+        },
+        "chat",
+        "openai_chat",
+        {"messages": [U, {**A, "weight": 0}, U, {**A, "weight": 1}, {"role": "user", "content": "x"}]},
+        id="axolotl-train-flags",
+    ),
+    pytest.param(
+        {"messages": [U, {**A, "reasoning_content": "Paris is sunny today."}]},
+        "chat",
+        "openai_chat",
+        {"messages": [U, {**A, "reasoning_content": "Paris is sunny today."}]},
+        id="reasoning-content",
+    ),
+    pytest.param(
+        {"prompt": [U, A, U], "completion": [A]},
+        "chat",
+        "trl_conversational_prompt_completion",
+        {"messages": [U, {**A, "weight": 0}, U, A]},
+        id="trl-conversational-prompt-completion",
+    ),
+    pytest.param(
+        {"instruction": "Add one", "input": "1", "response": "2"},
+        "alpaca",
+        "alpaca",
+        {
+            "messages": [{"role": "user", "content": "Add one\n\n1"}, {"role": "assistant", "content": "2"}],
+            "original": {"instruction": "Add one", "input": "1", "response": "2"},
+        },
+        id="axolotl-alpaca-response",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "fmt", "layout", "normalised"), LAYOUT_CASES)
+def test_every_layout_is_detected_validated_and_normalised(
+    line: dict[str, Any], fmt: str, layout: str, normalised: dict[str, Any]
+) -> None:
+    from core.training_data import LAYOUTS, detect_layout
+
+    assert (detect_layout(line), detect_format(line)) == (layout, fmt)
+    assert LAYOUTS[layout][0] == fmt
+    report = validate_bytes(jsonl([line] * 10))
+    assert report.ok, report.errors
+    assert (report.data_format, report.layout, report.warnings) == (fmt, layout, [])
+    assert normalize_example(line, fmt) == normalised
+
+
+def test_sharegpt_tool_calls_are_tool_calls_not_text() -> None:
+    line = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+            {"from": "observation", "value": "22 C"},
+            {"from": "gpt", "value": "Sunny."},
+        ],
+        "tools": '[{"name": "weather", "parameters": {"type": "object"}}]',  # LLaMA-Factory: a JSON string
+    }
+    assert validate_bytes(jsonl([line] * 10)).ok
+    out = normalize_example(line, "sharegpt")
+    compact = {**TOOL_CALL, "function": {**CALL, "arguments": '{"city":"Paris"}'}}  # an object, dumped
+    assert {k: v for k, v in out.items() if k != "original"} == {
+        **TOOL_CHAT,
+        "messages": [
+            U,
+            {"role": "assistant", "content": "", "tool_calls": [compact]},
+            *TOOL_CHAT["messages"][2:],
+        ],
+    }
+    # axolotl's role/content turns with train flags, and parallel calls answered in order
+    parallel = {
+        "conversations": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {
+                "role": "function_call",
+                "content": '[{"name": "weather", "arguments": {"city": "Paris"}}, '
+                '{"name": "weather", "arguments": {"city": "Rome"}}]',
+                "train": False,
+            },
+            {"role": "tool", "content": "22 C"},
+            {"role": "tool", "content": "25 C"},
+            {"role": "assistant", "content": "Both sunny."},
+        ]
+    }
+    assert validate_bytes(jsonl([parallel] * 10)).ok
+    msgs = normalize_example(parallel, "sharegpt")["messages"]
+    assert [c["id"] for c in msgs[1]["tool_calls"]] == ["call_0", "call_1"] and msgs[1]["weight"] == 0
+    assert [m.get("tool_call_id") for m in msgs[2:4]] == ["call_0", "call_1"]
+
+
+def test_a_format_may_mix_its_layouts_but_not_formats() -> None:
+    data = jsonl([{"prompt": "p", "completion": "c"}, {"text": "t"}] * 5)
+    report = validate_bytes(data)
+    assert report.ok and (report.data_format, report.layout) == ("prompt_completion", "prompt_completion")
+    err = assert_bad(
+        jsonl([{"prompt": "p", "chosen": "c", "rejected": "r"}] * 10 + [chat()]), 11, None, "mixed_formats"
+    )
+    assert "chat format (OpenAI chat: messages) but the file is in preference format" in err.message
+
+
+PEER_REJECTIONS = [
+    # never a silent drop
+    ({"messages": [U, A], "category": "x"}, "category", "unknown_field"),
+    ({"messages": [U, {**A, "score": 1}]}, "messages[1].score", "unknown_field"),
+    ({"messages": [{**U, "tool_call_id": "c"}, A]}, "messages[0].tool_call_id", "unknown_field"),
+    ({"messages": [{**U, "reasoning_content": "x"}, A]}, "messages[0].reasoning_content", "unknown_field"),
+    ({"messages": [U, {**A, "reasoning_content": 1}]}, "messages[1].reasoning_content", "wrong_type"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x", "cache": 1}]}, A]},
+     "messages[0].content[0].cache", "unknown_field"),
+    ({"messages": [U, A], "images": ["a.png"]}, "images", "unsupported_modality"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}, A]},
+     "messages[0].content[0].type", "unsupported_modality"),
+    ({"prompt": "p", "completion": "c", "weight": 1}, "weight", "unknown_field"),
+    ({"text": "t", "meta": {}}, "meta", "unknown_field"),
+    ({"text": "  "}, "text", "invalid_value"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "label": 1}, "label", "unknown_field"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "images": ["a.png"]}, "images", "unsupported_modality"),
+    # OpenAI's legacy functions
+    ({"messages": [U, {"role": "function", "content": "22 C"}, A]}, "messages[1].name", "missing_field"),
+    ({"messages": [U, {"role": "assistant", "content": None, "function_call": {"name": "f"}}]},
+     "messages[1].function_call.arguments", "missing_field"),
+    ({"messages": [U, {"role": "assistant", "content": None, "function_call": CALL, "tool_calls": [TOOL_CALL]}]},
+     "messages[1].function_call", "invalid_value"),
+    ({"messages": [U, A], "tools": TOOLS, "functions": [TOOLS[0]["function"]]}, "functions", "invalid_value"),
+    ({"messages": [U, A], "functions": [{"parameters": {}}]}, "functions[0].name", "missing_field"),
+    # axolotl's train flags
+    ({"messages": [{**U, "train": True}, A]}, "messages[0].train", "invalid_weight"),
+    ({"messages": [{**U, "weight": 1}, A]}, "messages[0].weight", "invalid_weight"),
+    ({"messages": [U, {**A, "train": "yes"}]}, "messages[1].train", "invalid_weight"),
+    ({"messages": [U, {**A, "train": True, "weight": 1}]}, "messages[1].train", "invalid_weight"),
+    ({"messages": [U, {**A, "train": False}]}, "messages", "missing_assistant_message"),
+    # ShareGPT
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": "f(x)"}]},
+     "conversations[1].value", "invalid_value"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "function_call", "value": '{"name": "f"}'}]},
+     "conversations[1].value", "missing_field"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "tools": "[nope"},
+     "tools", "invalid_value"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a", "loss": 1}]},
+     "conversations[1].loss", "unknown_field"),
+    ({"conversations": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]},
+     "conversations[1].content", "missing_field"),
+    ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}], "images": ["x.png"]},
+     "images", "unsupported_modality"),
+    # Alpaca
+    ({"instruction": "i", "output": "o", "response": "r"}, "response", "invalid_value"),
+    # preference layouts
+    ({"prompt": "p", "chosen": "c"}, "rejected", "missing_field"),
+    ({"chosen": "c", "rejected": "r"}, "prompt", "missing_field"),
+    ({"prompt": "p", "chosen": "c", "rejected": [A]}, "rejected", "wrong_type"),
+    ({"prompt": "p", "chosen": [A], "rejected": [A]}, "rejected", "invalid_value"),
+    ({"chosen": [A], "rejected": [{**A, "content": "no"}]}, "prompt", "missing_field"),
+    ({"prompt": "p", "chosen": [{**A, "content": "x"}, U], "rejected": [A]}, "chosen", "wrong_length"),
+    ({"prompt": "p", "chosen": [U], "rejected": [A]}, "chosen[0].role", "wrong_role"),
+    ({"prompt": "other", "chosen": [U, A], "rejected": [U, {**A, "content": "no"}]}, "chosen", "invalid_value"),
+    ({"prompt": "p", "chosen": [{**A, "tool_calls": [TOOL_CALL]}], "rejected": [A]}, "chosen[0].tool_calls",
+     "unknown_field"),
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "human", "value": "c"},
+      "rejected": {"from": "gpt", "value": "r"}}, "chosen.from", "wrong_role"),
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": "c", "rejected": "r"}, "chosen", "wrong_type"),
+    ({"messages": [U], "chosen": {"role": "assistant"}, "rejected": A}, "chosen.content", "missing_content"),
+    ({**OPENAI_PREFERENCE, "preferred_output": [{"role": "assistant", "content": "c", "weight": 1}]},
+     "preferred_output[0].weight", "unknown_field"),
+    ({**OPENAI_PREFERENCE, "input": {"messages": [U], "extra": 1}}, "input.extra", "unknown_field"),
+    # KTO
+    ({"prompt": "p", "completion": "c", "label": "good"}, "label", "wrong_type"),
+    ({"messages": [U, A], "kto_tag": "yes"}, "kto_tag", "wrong_type"),
+    ({"messages": [U, A], "kto_tag": True, "label": True}, "label", "invalid_value"),
+    ({"messages": [A, U], "kto_tag": True}, "messages", "missing_assistant_message"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "field", "code"), PEER_REJECTIONS)
+def test_peer_layout_rejections(line: dict[str, Any], field: str, code: str) -> None:
+    report = validate_bytes(jsonl([line] + [line] * 0))
+    err = report.errors[0]
+    assert (err.line, err.field, err.code) == (1, field, code), err
+    assert err.message.startswith(f"line 1: {field}: ")
+
+
+def test_unknown_fields_are_named_with_what_the_layout_uses() -> None:
+    err = validate_bytes(jsonl([{"messages": [U, A], "category": "geo"}])).errors[0]
+    assert err.message == (
+        "line 1: category: unknown field 'category': ftserve would not train on it, and does not drop data "
+        "silently; remove it (OpenAI chat uses functions, messages, parallel_tool_calls, tools)"
+    )
+    err = validate_bytes(jsonl([{"messages": [U, A], "images": ["cat.png"]}])).errors[0]
+    assert "this model is text-only" in err.message
+
+
+def test_known_harmless_fields_are_warnings_and_null_is_absent() -> None:
+    lines: list[dict[str, Any]] = [
+        {"id": i, "source": "hh", "prompt": "p", "chosen": "c", "rejected": "r", "score_chosen": 8.0}
+        for i in range(10)
+    ]
+    lines[3]["category"] = None  # null means absent, even for a field ftserve does not know
+    lines.append({"prompt": "p", "chosen": "c", "rejected": "r", "metadata": {"a": 1}})
+    report = validate_bytes(jsonl(lines))
+    assert report.ok, report.errors
+    assert [(w.field, w.line, w.count) for w in report.warnings] == [
+        ("id", 1, 10),
+        ("source", 1, 10),
+        ("score_chosen", 1, 10),
+        ("metadata", 11, 1),
+    ]
+    assert report.warnings[0].message == (
+        "id: ignored, training does not use it (a row identifier); on 10 examples, first on line 1"
+    )
+    pref = {**OPENAI_PREFERENCE, "input": {**OPENAI_PREFERENCE["input"], "parallel_tool_calls": True}}
+    report = validate_bytes(jsonl([pref] * 10))
+    assert [(w.field, w.count) for w in report.warnings] == [("input.parallel_tool_calls", 10)]
+
+
+def test_format_refusal_names_the_layout_and_the_method_that_would_use_it() -> None:
+    from core.training_data import format_refusal
+
+    assert format_refusal("chat", "openai_chat", "supervised") is None
+    assert format_refusal("preference", "trl_preference", "dpo") is None
+    sft = format_refusal("preference", "sharegpt_preference", "supervised")
+    assert sft is not None and "LLaMA-Factory ShareGPT preference" in sft and "'dpo'" in sft
+    for method in ("supervised", "dpo"):
+        kto = format_refusal("kto", "messages_kto", method)
+        assert kto is not None and "'kto' method" in kto and "does not train kto yet" in kto
+    dpo = format_refusal("alpaca", "alpaca", "dpo")
+    assert dpo is not None and "'supervised'" in dpo and "preference data" in dpo
+    assert format_refusal("preference", None, "supervised") is not None  # a file from before layouts
+
+
+def test_a_line_of_another_format_does_not_normalise() -> None:
+    kto = {"messages": [U, A], "kto_tag": False}
+    with pytest.raises(ValueError, match="expected a chat example, but this line is kto data"):
+        normalize_example(kto, "chat")
+
+
+# ----------------------------------------------------------------------------------------- JSON arrays
+
+
+def array_of(objs: list[Any], indent: int | None = 2) -> bytes:
+    import json
+
+    return json.dumps(objs, indent=indent, ensure_ascii=False).encode()
+
+
+def feed_named(
+    data: bytes, name: str = "train.json", size: int = 0, **kw: Any
+) -> tuple[ValidationReport, bytes]:
+    v = StreamingValidator(filename=name, **kw)
+    step = size or len(data) or 1
+    stored = b"".join(v.feed(data[i : i + step]) for i in range(0, len(data), step))
+    return v.finish(), stored
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 7, 64])
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_is_validated_element_by_element_and_stored_as_json_lines(
+    size: int, indent: int | None
+) -> None:
+    objs = [chat(i) for i in range(10)]
+    objs[3]["messages"][1]["content"] = 'tricky: "quoted", [brackets], {braces}, back\\slash \\" and é 日本'
+    data = b"\xef\xbb\xbf \n" + array_of(objs, indent) + b"\n"
+    report, stored = feed_named(data, size=size)
+    assert report.ok, report.errors
+    assert (report.json_array, report.example_count, report.line_count, report.bytes) == (
+        True,
+        10,
+        10,
+        len(data),
+    )
+    assert report.summary().startswith("valid chat training file: 10 examples on 10 elements of a JSON array")
+    assert stored == jsonl(objs)  # element N on line N: what the worker and the token counter read
+    assert report.longest_example_bytes == max(len(orjson.dumps(o)) for o in objs)
+
+
+def test_a_bad_element_is_named_by_its_number() -> None:
+    objs: list[Any] = [chat(i) for i in range(12)]
+    objs[2] = {"messages": []}
+    objs[6] = 42
+    report, _ = feed_named(array_of(objs), size=5)
+    assert [(e.line, e.code) for e in report.errors] == [(3, "empty_messages"), (7, "not_an_object")]
+    assert report.errors[0].message == "element 3: messages: the list of messages is empty"
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "line"),
+    [
+        (b"[]", "empty_file", 0),
+        (b"  [ \n ]  ", "empty_file", 0),
+        (b"[" + orjson.dumps(chat()), "invalid_json", 0),  # cut short
+        (b"[" + orjson.dumps(chat()) + b",]", "invalid_json", 2),  # a trailing comma
+        (b"[" + orjson.dumps(chat()) + b",,", "invalid_json", 2),
+        (b"[" + orjson.dumps(chat()) + b"] trailing", "invalid_json", 0),
+        (b'[{"messages": [1 2]}]', "invalid_json", 1),
+        (b'[{"messages": "\xff"}]', "invalid_utf8", 1),
+    ],
+)
+def test_broken_json_arrays(data: bytes, code: str, line: int) -> None:
+    report, _ = feed_named(data, min_examples=1)
+    assert not report.ok
+    assert (report.errors[0].code, report.errors[0].line) == (code, line), report.errors
+
+
+def test_an_over_long_element_is_skipped_and_the_next_validates() -> None:
+    objs = [chat(i) for i in range(11)]
+    objs[1]["messages"][1]["content"] = "x" * 500
+    report, _ = feed_named(array_of(objs), size=16, max_line_bytes=400)
+    assert [(e.line, e.code) for e in report.errors] == [(2, "line_too_long")]
+    assert report.errors[0].message == "element 2: element is longer than 400 bytes"
+    assert report.example_count == 10
+
+
+def test_a_json_file_of_json_lines_is_json_lines() -> None:
+    data = jsonl(chat_file(10))
+    for size in (0, 1, 5):
+        report, stored = feed_named(data, size=size)
+        assert report.ok and not report.json_array and stored == data
+
+
+def test_a_json_array_in_a_jsonl_file_is_one_plain_error() -> None:
+    for data in (
+        array_of(chat_file(10)),
+        array_of(chat_file(10), None),
+        b"\xef\xbb\xbf\n" + array_of(chat_file(10)),
+    ):
+        for name in (None, "train.jsonl"):
+            report, _ = feed_named(data, name=name or "", size=7)
+            err = only_error(report)
+            assert (err.code, err.field) == ("json_array", None)
+            assert "this is a JSON array, not JSON Lines" in err.message and ".json" in err.message
+
+
+def test_every_example_in_docs_data_md_is_valid_in_its_layout() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from core.training_data import detect_layout
+
+    doc = (Path(__file__).parents[2] / "docs" / "data.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)`[^|]*\| `(\{.*?\})`", doc, re.M)
+    assert len(rows) >= 20
+    for layout, example in rows:
+        obj = json.loads(example)
+        assert detect_layout(obj) == layout, example
+        report = validate_bytes(jsonl([obj] * 10))
+        assert report.ok, (example, report.errors)

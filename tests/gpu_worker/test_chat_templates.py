@@ -670,3 +670,75 @@ def test_dpo_prompts_get_developer_turns_and_content_parts_as_vllm_serves_them(
         {"role": "user", "content": "Weather\nin Paris?"},
     ]
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "22 C,\nsunny."}]
+
+
+# -- reasoning_content, and tool calls that come in other layouts ---------------------------------------------
+
+
+REASONING = "Paris is in France; the tool said 22 C."
+
+
+@family_params(["qwen3", "qwen3_v2"])
+def test_reasoning_content_is_trained_where_the_template_renders_it(
+    family: Family, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers[family.name]
+    example = conversation(family)
+    example["messages"][-1]["reasoning_content"] = REASONING
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    *_, last = trained_spans(tokenizer, row)
+    assert last == f"<think>\n{REASONING}\n</think>\n\n{FINAL}<|im_end|>"
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2_5", "llama3_1"])
+def test_reasoning_content_a_template_leaves_out_is_refused(
+    name: str, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    example = conversation(BY_NAME[name])
+    example["messages"][-1]["reasoning_content"] = REASONING
+    with pytest.raises(
+        TrainingDataError,
+        match=r"line 1: the chat template does not render the reasoning_content .* renders reasoning",
+    ):
+        sft_rows(tokenizers[name], tmp_path, [example])
+
+
+@family_params(["qwen2_5", "qwen3", "llama3_1"])
+def test_sharegpt_and_legacy_function_calls_train_as_tool_calls(
+    family: Family, tokenizers: dict[str, Any], tmp_path: Path
+) -> None:
+    tokenizer = tokenizers[family.name]
+    chat = conversation(family)
+    chat["messages"][4]["tool_calls"][0]["id"] = "call_0"  # the id the other layouts' calls get
+    chat["messages"][5]["tool_call_id"] = "call_0"
+    turns = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
+    sharegpt = {
+        "conversations": [
+            {"from": "function_call", "value": json.dumps(CALL)}
+            if m.get("tool_calls")
+            else {
+                "from": turns[m["role"]],
+                "value": m["content"],
+                **({"train": False} if "weight" in m else {}),
+            }
+            for m in chat["messages"]
+        ],
+        "tools": json.dumps(
+            [t["function"] for t in TOOLS]
+        ),  # LLaMA-Factory's: a JSON string of bare functions
+    }
+    legacy = {
+        "messages": [
+            {"role": "assistant", "content": None, "function_call": m["tool_calls"][0]["function"]}
+            if m.get("tool_calls")
+            else {"role": "function", "name": CALL["name"], "content": m["content"]}
+            if m["role"] == "tool"
+            else m
+            for m in chat["messages"]
+        ],
+        "functions": [t["function"] for t in TOOLS],
+    }
+    (expected,) = sft_rows(tokenizer, tmp_path, [chat])
+    loaded = load_examples(write_jsonl(tmp_path / "sharegpt.jsonl", [sharegpt]), "sharegpt")
+    assert build_sft_rows(loaded, tokenizer, data_format="sharegpt", max_seq_length=4096) == [expected]
+    assert sft_rows(tokenizer, tmp_path, [legacy]) == [expected]

@@ -216,3 +216,190 @@ def test_a_custom_chat_template_is_what_training_renders(make_config: Callable[.
     config.chat_template = "{{ raise_exception('the custom training template') }}"
     with pytest.raises(TrainingDataError, match="refused a conversation of .*: the custom training template"):
         run_training(config, RecordingReporter())
+
+
+# -- every peer's layout trains as its canonical form (docs/data.md) ------------------------------------------
+
+
+def test_plain_text_trains_every_token_and_eos(tokenizer: Any, tmp_path: Path) -> None:
+    # Continued pretraining: {"text"} is a prompt_completion example with an empty prompt.
+    text = "Once upon a time, zq81kd."
+    (row,) = sft_rows(tokenizer, tmp_path, [{"text": text}], "prompt_completion")
+    assert trained_text(tokenizer, row) == text + tokenizer.eos_token
+    plain = tokenizer(text, add_special_tokens=True)["input_ids"]
+    assert row["input_ids"] == [*plain, tokenizer.eos_token_id]
+    masked = [i for i, t in enumerate(row["labels"]) if t == IGNORE_INDEX]
+    assert all(
+        row["input_ids"][i] == tokenizer.bos_token_id for i in masked
+    )  # at most a BOS the tokenizer adds
+
+
+def test_axolotl_train_flags_are_weights(tokenizer: Any, tmp_path: Path) -> None:
+    flagged = {
+        "messages": [
+            {k: v for k, v in m.items() if k != "weight"} | ({"train": False} if "weight" in m else {})
+            for m in MULTI_TURN["messages"]
+        ]
+    }
+    flagged["messages"][-1]["train"] = True
+    assert sft_rows(tokenizer, tmp_path, [flagged]) == sft_rows(tokenizer, tmp_path, [MULTI_TURN])
+
+
+def _with_ids(example: dict[str, Any], cid: str) -> dict[str, Any]:
+    out = json.loads(json.dumps(example))
+    out["messages"][1]["tool_calls"][0]["id"] = cid
+    out["messages"][2]["tool_call_id"] = cid
+    return out
+
+
+def test_openai_legacy_functions_train_as_tool_calls(tokenizer: Any, tmp_path: Path) -> None:
+    legacy = {
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "function_call": {"name": "weather", "arguments": '{"city": "Paris"}'},
+            },
+            {"role": "function", "name": "weather", "content": "22 C"},
+            {"role": "assistant", "content": "22 C."},
+        ],
+        "functions": [{"name": "weather", "parameters": {"type": "object"}}],
+    }
+    (row,) = sft_rows(tokenizer, tmp_path, [legacy])
+    assert [row] == sft_rows(tokenizer, tmp_path, [_with_ids(TOOL_CHAT, "call_0")])
+    assert '"name": "weather"' in trained_text(tokenizer, row)
+
+
+def test_sharegpt_tool_calls_train_as_tool_calls_not_text(tokenizer: Any, tmp_path: Path) -> None:
+    # LLaMA-Factory: a function_call turn holds {"name", "arguments"}, tools is a JSON string of bare functions.
+    sharegpt = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+            {"from": "observation", "value": "22 C"},
+            {"from": "gpt", "value": "22 C."},
+        ],
+        "tools": json.dumps([{"name": "weather", "parameters": {"type": "object"}}]),
+    }
+    (row,) = sft_rows(tokenizer, tmp_path, [sharegpt], "sharegpt")
+    assert [row] == sft_rows(tokenizer, tmp_path, [_with_ids(TOOL_CHAT, "call_0")])
+
+
+def test_trl_conversational_prompt_completion_trains_the_completion_only(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    example = {
+        "prompt": [
+            {"role": "user", "content": "Say hello."},
+            {"role": "assistant", "content": "Hello there, friend."},
+            {"role": "user", "content": "Now the code?"},
+        ],
+        "completion": [{"role": "assistant", "content": "zq81kd"}],
+    }
+    (row,) = sft_rows(tokenizer, tmp_path, [example])
+    assert trained_text(tokenizer, row) == "zq81kd" + tokenizer.eos_token
+
+
+def test_reasoning_content_a_template_does_not_render_is_refused(tokenizer: Any, tmp_path: Path) -> None:
+    # demo-tiny's template has no place for reasoning: training would silently lose it.
+    example = {
+        "messages": [
+            {"role": "user", "content": "2 + 2?"},
+            {"role": "assistant", "content": "4", "reasoning_content": "Two and two make four."},
+        ]
+    }
+    with pytest.raises(
+        TrainingDataError, match="line 1: the chat template does not render the reasoning_content"
+    ):
+        sft_rows(tokenizer, tmp_path, [example])
+
+
+PREFERENCE_LAYOUTS = [
+    pytest.param({"prompt": "Pick one", "chosen": "good", "rejected": "bad"}, id="trl-standard"),
+    pytest.param(
+        {
+            "prompt": [{"role": "user", "content": "Pick one"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+        },
+        id="trl-conversational",
+    ),
+    pytest.param(
+        {
+            "chosen": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "user", "content": "Pick one"}, {"role": "assistant", "content": "bad"}],
+        },
+        id="trl-implicit-prompt",
+    ),
+    pytest.param(
+        {
+            "conversations": [{"from": "human", "value": "Pick one"}],
+            "chosen": {"from": "gpt", "value": "good"},
+            "rejected": {"from": "gpt", "value": "bad"},
+        },
+        id="llamafactory-sharegpt",
+    ),
+    pytest.param({"instruction": "Pick one", "chosen": "good", "rejected": "bad"}, id="llamafactory-alpaca"),
+    pytest.param(
+        {
+            "messages": [{"role": "user", "content": "Pick one"}],
+            "chosen": {"role": "assistant", "content": "good"},
+            "rejected": {"role": "assistant", "content": "bad"},
+        },
+        id="axolotl-chat-template",
+    ),
+]
+
+
+@pytest.mark.parametrize("layout", PREFERENCE_LAYOUTS)
+def test_every_preference_layout_builds_the_same_dpo_rows(
+    tokenizer: Any, tmp_path: Path, layout: dict[str, Any]
+) -> None:
+    openai = {
+        "input": {"messages": [{"role": "user", "content": "Pick one"}]},
+        "preferred_output": [{"role": "assistant", "content": "good"}],
+        "non_preferred_output": [{"role": "assistant", "content": "bad"}],
+    }
+    expected = build_dpo_rows(
+        load_examples(write_jsonl(tmp_path / "o.jsonl", [openai]), "preference"),
+        tokenizer,
+        max_seq_length=1024,
+    )
+    got = build_dpo_rows(
+        load_examples(write_jsonl(tmp_path / "l.jsonl", [layout]), "preference"),
+        tokenizer,
+        max_seq_length=1024,
+    )
+    assert got == expected
+
+
+def test_a_kto_line_never_loads_as_sft(tmp_path: Path) -> None:
+    kto = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+        "kto_tag": False,
+    }
+    with pytest.raises(TrainingDataError, match=r"line 1: not a valid chat example .*kto data"):
+        load_examples(write_jsonl(tmp_path / "k.jsonl", [kto]), "chat")
+
+
+def test_continued_pretraining_on_plain_text_trains_end_to_end(
+    make_config: Callable[..., Any], tokenizer: Any
+) -> None:
+    """{"text"} files (validated as prompt_completion, layout text) train a LoRA adapter on every token."""
+    from core.training_data import validate_bytes
+    from gpu_worker.train import run_training
+
+    rows = [{"text": f"The code for {w} is {c}."} for w, c in code_task(12)]
+    report = validate_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in rows))
+    assert (report.ok, report.data_format, report.layout) == (True, "prompt_completion", "text")
+    config = make_config(
+        rows, data_format="prompt_completion", hp={"batch_size": 4, "n_epochs": 1}, name="text"
+    )
+    result = run_training(config, RecordingReporter())
+    assert result.stopped is None and result.adapter_dir is not None
+    per_epoch = sum(
+        len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) + 1 for r in rows
+    )  # + eos
+    # Every text token and eos (a validation holdout, where one is taken, trains fewer).
+    assert 0 < result.trained_tokens <= per_epoch

@@ -305,7 +305,9 @@ async def test_a_model_with_a_tokenizer_gets_its_files_counted_and_sized_by_toke
     assert job_object(job).token_counts == job.token_counts
     record = job.vram_estimate or {}
     sized = token_sized_max_seq_length(expected.longest_example_tokens)
-    assert record["max_seq_length"] == sized < data_sized_max_seq_length(max(len(json.dumps(r)) for r in rows))
+    assert (
+        record["max_seq_length"] == sized < data_sized_max_seq_length(max(len(json.dumps(r)) for r in rows))
+    )
     texts = messages(engine, job_id)
     assert f"{expected.total_tokens:,} tokens ({expected.trained_tokens:,} trained)" in texts[1]
 

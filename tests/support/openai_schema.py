@@ -1,6 +1,8 @@
 """OpenAI's published response schemas (a subset of OpenAI's OpenAPI spec, vendored as
 tests/support/openai_openapi_subset.yaml), as jsonschema validators. The spec mixes OpenAPI 3.0's
-`nullable: true` with 3.1's `type: 'null'`; the former is rewritten to the latter."""
+`nullable: true` with 3.1's `type: 'null'`, and 3.0's boolean `exclusiveMinimum: true` (beside `minimum`) with
+3.1's numeric one; the 3.0 forms are rewritten to the 3.1 ones (a boolean `exclusiveMinimum` read as 3.1 would
+mean "greater than 1")."""
 
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ import yaml
 SPEC = Path(__file__).with_name("openai_openapi_subset.yaml")
 
 
-def _nullable_to_31(node: Any) -> Any:
+def _to_openapi_31(node: Any) -> Any:
     if isinstance(node, list):
-        return [_nullable_to_31(item) for item in node]
+        return [_to_openapi_31(item) for item in node]
     if not isinstance(node, dict):
         return node
-    node = {key: _nullable_to_31(value) for key, value in node.items()}
+    node = {key: _to_openapi_31(value) for key, value in node.items()}
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(exclusive), bool):
+            if node.pop(exclusive) and bound in node:
+                node[exclusive] = node.pop(bound)
     if node.pop("nullable", False):
         return {"anyOf": [node, {"type": "null"}]}
     return node
@@ -28,7 +34,7 @@ def _nullable_to_31(node: Any) -> Any:
 @lru_cache
 def _components() -> dict[str, Any]:
     spec = yaml.safe_load(SPEC.read_text())
-    return {"schemas": _nullable_to_31(spec["components"]["schemas"])}
+    return {"schemas": _to_openapi_31(spec["components"]["schemas"])}
 
 
 def validator(schema_name: str) -> jsonschema.protocols.Validator:

@@ -10,7 +10,7 @@ from .chat import (
     CompletionUsage,
 )
 from .estimates import Estimate, GpuFit
-from .files import FileDeleted, FileObject, FileValidationReport, ValidationLineError
+from .files import FileDeleted, FileObject, FileValidationReport, ValidationLineError, ValidationWarning
 from .fine_tuning import (
     TERMINAL_STATUSES,
     FineTuningJob,
@@ -46,6 +46,7 @@ __all__ = [
     "FileObject",
     "FileValidationReport",
     "ValidationLineError",
+    "ValidationWarning",
     "TERMINAL_STATUSES",
     "FineTuningJob",
     "FineTuningJobCheckpoint",

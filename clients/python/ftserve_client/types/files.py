@@ -8,7 +8,7 @@ from pydantic import Field
 
 from .._models import BaseModel
 
-__all__ = ["FileObject", "FileDeleted", "FileValidationReport", "ValidationLineError"]
+__all__ = ["FileObject", "FileDeleted", "FileValidationReport", "ValidationLineError", "ValidationWarning"]
 
 
 class FileObject(BaseModel):
@@ -23,7 +23,7 @@ class FileObject(BaseModel):
     status: Literal["uploaded", "processed", "error"]
     status_details: str | None = None
     data_format: str | None = None
-    """Extension: chat, prompt_completion, preference, sharegpt or alpaca."""
+    """Extension: chat, prompt_completion, preference, sharegpt, alpaca or kto (docs/data.md)."""
     example_count: int | None = None
     """Extension: how many training examples the validator counted."""
 
@@ -41,6 +41,16 @@ class ValidationLineError(BaseModel):
     message: str
 
 
+class ValidationWarning(BaseModel):
+    """A known field that training ignores (an id, metadata, ...), once per field for the whole file."""
+
+    field: str
+    code: str
+    line: int
+    count: int
+    message: str
+
+
 class FileValidationReport(BaseModel):
     """Extension: every validation error of an upload (the first 100), with line numbers."""
 
@@ -51,3 +61,6 @@ class FileValidationReport(BaseModel):
     example_count: int | None = None
     error_count: int = 0
     errors: list[ValidationLineError] = Field(default_factory=list)
+    layout: str | None = None
+    """The layout the examples came in: openai_chat, trl_preference, text, ... (docs/data.md)."""
+    warnings: list[ValidationWarning] = Field(default_factory=list)
