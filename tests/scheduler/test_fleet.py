@@ -48,11 +48,16 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPUS = {"w24": "A10-24GB:24576", "w48": "L40S-48GB:49152", "w80": "H100-80GB:81920"}
-SMALL = {"batch_size": 1, "max_seq_length": 256}  # ~19 GB: the 24 GB card
-MEDIUM = {"batch_size": 8, "max_seq_length": 512}  # ~29 GB: the 48 GB card
-LARGE = {"batch_size": 8, "max_seq_length": 2048}  # ~60 GB: the 80 GB card
-HUGE = {"batch_size": 16, "max_seq_length": 16384}  # ~685 GB: no card
-SNUG = {"batch_size": 4, "max_seq_length": 512}  # ~23.5 GB: only the 24 GB card is a tighter fit than 48
+# Each batch runs as one micro-batch (no accumulation), so its size is what the memory follows.
+SMALL = {"batch_size": 1, "micro_batch_size": 1, "max_seq_length": 256}  # ~19 GB: the 24 GB card
+MEDIUM = {"batch_size": 8, "micro_batch_size": 8, "max_seq_length": 512}  # ~29 GB: the 48 GB card
+LARGE = {"batch_size": 8, "micro_batch_size": 8, "max_seq_length": 2048}  # ~60 GB: the 80 GB card
+HUGE = {"batch_size": 16, "micro_batch_size": 16, "max_seq_length": 16384}  # ~685 GB: no card
+SNUG = {
+    "batch_size": 4,
+    "micro_batch_size": 4,
+    "max_seq_length": 512,
+}  # ~23.5 GB: only the 24 GB card fits tighter than 48
 N_EXAMPLES = 24
 
 
