@@ -42,6 +42,6 @@ WORKDIR /var/lib/ftserve
 EXPOSE 8000 8300
 HEALTHCHECK --interval=15s --timeout=6s --start-period=600s --retries=3 \
     CMD ["ftserve-healthcheck", "http://127.0.0.1:8000/health"]
-# Start vLLM as ARCHITECTURE.md does (the `vllm` CLI is not needed); flags come from the CMD.
+# Start vLLM's OpenAI server module directly (the `vllm` CLI is not needed); flags come from the CMD.
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 CMD ["--help"]

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # ghcr.io/ftserve/worker: a CUDA training worker (`ftserve worker`) with the `cuda` extra: unsloth,
-# bitsandbytes and the torch/transformers/trl pins they need (pyproject.toml, ARCHITECTURE.md).
+# bitsandbytes and the torch/transformers/trl pins they need (pyproject.toml's `cuda` extra).
 #   docker build -f deploy/docker/worker.Dockerfile -t ghcr.io/ftserve/worker:0.1.0 .
 # torch's wheels bring their own CUDA libraries; the base image's CUDA (13.x, like torch's default wheels)
 # makes the NVIDIA container runtime refuse a host driver too old for them, with a clear message.
