@@ -11,10 +11,12 @@ so a typo such as `n_epoch` is reported instead of silently ignored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 Auto = Literal["auto"]
 Method = Literal["supervised", "dpo"]
@@ -41,6 +43,20 @@ MAX_AUTO_SEQ_LENGTH = 8192  # longer examples are rare in fine-tuning sets and c
 # What a chat template adds that the JSON line does not hold: a default system prompt (Llama 3.1's dates, SmolLM2's
 # "You are a helpful AI assistant named SmolLM...": 20-30 tokens), a tools preamble (~150), special tokens.
 TEMPLATE_SLACK_TOKENS = 512
+# Early stopping (on by default exactly when n_epochs is "auto": the auto epoch count is then a ceiling).
+# Held-out data: the validation file, else a seeded carve-out of the training file of HOLDOUT_FRACTION of its
+# examples (MIN_HOLDOUT..MAX_HOLDOUT), taken only from files of at least MIN_HOLDOUT_FILE examples.
+HOLDOUT_FRACTION = 0.1
+MIN_HOLDOUT, MAX_HOLDOUT = 2, 256
+MIN_HOLDOUT_FILE = 20
+# An epoch must make the held-out answers at least 1% more likely per token (lower their mean loss by
+# ln(1.01) ~ 0.01 nats/token) to be worth another one; see `early_stopping_decision`.
+MIN_LOSS_IMPROVEMENT = math.log(1.01)
+# ...and at least half of what it gained on the examples it trained on must show on the held-out ones.
+GENERALISATION_RATIO = 0.5
+# Without held-out data: the training set counts as learnt once an epoch's mean training loss is below this
+# (each training token predicted with ~95% probability on average).
+TRAIN_LOSS_FLOOR = -math.log(0.95)
 
 
 def longest_example_bytes(files: Iterable[Any]) -> int | None:
@@ -95,6 +111,9 @@ class _Hyperparameters(BaseModel):
     checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
     # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; workers with bitsandbytes)
     quantization: Auto | Quantization = "auto"
+    # ftserve extension: evaluate held-out loss after every epoch, stop when it rises or stops improving, and
+    # keep the best epoch. "auto": on exactly when n_epochs is "auto" (then a ceiling).
+    early_stopping: Auto | StrictBool = "auto"
 
     @model_validator(mode="after")
     def _micro_batch_divides_batch(self) -> _Hyperparameters:
@@ -140,7 +159,12 @@ class ResolvedHyperparameters(BaseModel):
     # batch_size = micro_batch_size x gradient_accumulation_steps (defaulted for rows resolved before them)
     micro_batch_size: int = 0
     gradient_accumulation_steps: int = 1
-    # Derived, for progress reporting and memory estimates
+    # n_epochs is a ceiling: stop once the held-out loss rises or stops improving, keep the best epoch
+    early_stopping: bool = False
+    # Training examples carved out (seeded by the job's seed) as held-out data for early stopping; 0 when the
+    # job has a validation file, the file is small, or early stopping is off. Not counted in n_examples.
+    holdout_examples: int = 0
+    # Derived, for progress reporting and memory estimates (n_examples: the examples trained on)
     n_examples: int
     steps_per_epoch: int
     total_steps: int
@@ -196,6 +220,88 @@ def auto_n_epochs(n_examples: int, base_model_params: int | None) -> int:
     return TARGET_EPOCHS
 
 
+def auto_holdout_examples(n_examples: int) -> int:
+    """How many training examples an early-stopping job without a validation file holds out: 10% of the
+    file (the usual small validation split), at least 2 (one example's loss is too noisy to compare epochs
+    by), at most 256 (what periodic validation evaluates at most, `TrainJobConfig.max_eval_examples`), and
+    none from files under 20 examples, where each example is worth more as training data than as a noisy
+    signal (training-loss convergence applies there). 20 -> 2, 30 -> 3, 100 -> 10, 5,000 -> 256."""
+    if n_examples < MIN_HOLDOUT_FILE:
+        return 0
+    return min(MAX_HOLDOUT, max(MIN_HOLDOUT, round(HOLDOUT_FRACTION * n_examples)))
+
+
+def holdout_indices(n_examples: int, holdout: int, seed: int) -> list[int]:
+    """The (0-based, sorted) lines of the file held out: a sample seeded by the job's seed, so every attempt
+    of a job (and a resumed one) holds out the same examples."""
+    return sorted(random.Random(f"holdout-{seed}").sample(range(n_examples), holdout))
+
+
+@dataclass(frozen=True)
+class EarlyStoppingDecision:
+    stop: bool
+    keep_epoch: int | None  # the best epoch so far, whose weights a stop hands back; None: the last
+    reason: str  # why it stops ("" when it goes on)
+
+
+def early_stopping_decision(
+    held_out: Sequence[float | None], seen: Sequence[float | None], train: Sequence[float | None]
+) -> EarlyStoppingDecision:
+    """After epoch e = len(held_out) - 1: stop or go on, and which epoch to keep.
+
+    `held_out[i]` and `seen[i]`: the mean loss (nats per token) after epoch i (i = 0: before training) on the
+    held-out examples and on as many of the examples trained on; None without held-out data. `train[i]`:
+    epoch i's mean training loss as logged. Each epoch is judged by what it changed:
+
+    - overfitting (patience 1): the loss on the trained-on examples fell, and the held-out loss rose, or fell
+      by less than GENERALISATION_RATIO (half) as much. Most of the epoch's learning was then memorising its
+      own examples, not learning the task, and on a narrow set that is what overwrites the base model's
+      answers to everything else, even while the held-out loss still falls a little (measured:
+      docs/training.md#early-stopping). Stop and keep the best earlier epoch. An epoch that made both losses
+      worse is noise, not overfitting: go on.
+    - converged: the held-out loss fell by less than MIN_LOSS_IMPROVEMENT (ln 1.01: the held-out answers
+      became < 1% more likely per token). Stop and keep the best epoch, this one included.
+    "Best": the lowest held-out loss among the epochs from 1 on (never the untrained base model).
+    Without held-out data there is no overfitting signal: stop once an epoch's mean training loss is below
+    TRAIN_LOSS_FLOOR (-ln 0.95: training tokens predicted with ~95% probability), keeping the last epoch.
+    """
+    e = len(held_out) - 1
+    if e < 1:
+        return EarlyStoppingDecision(False, None, "")
+    now, before = held_out[e], held_out[e - 1]
+    if now is None or before is None:
+        loss = train[e] if len(train) > e else None
+        if now is None and loss is not None and loss < TRAIN_LOSS_FLOOR:
+            return EarlyStoppingDecision(
+                True, None, f"converged: training loss {loss:.4g} < {TRAIN_LOSS_FLOOR:.3g} (no held-out data)"
+            )
+        return EarlyStoppingDecision(False, None, "")
+
+    def best(last: int) -> int:  # the lowest held-out loss among epochs 1..last
+        return min(
+            range(1, last + 1), key=lambda i: (held_out[i] if held_out[i] is not None else math.inf, i)
+        )
+
+    held_gain = before - now
+    seen_now, seen_before = (seen[e], seen[e - 1]) if len(seen) > e else (None, None)
+    seen_gain = seen_before - seen_now if seen_now is not None and seen_before is not None else None
+    if seen_gain is not None and seen_gain > 0 and held_gain < GENERALISATION_RATIO * seen_gain:
+        what = (
+            f"held-out loss rose: {before:.4g} -> {now:.4g}"
+            if held_gain < 0
+            else f"memorising: held-out loss fell {held_gain:.3g} ({before:.4g} -> {now:.4g})"
+        )
+        return EarlyStoppingDecision(
+            True, best(max(1, e - 1)),
+            f"{what}, less than half the {seen_gain:.3g} on trained-on examples ({seen_before:.4g} -> {seen_now:.4g})",
+        )  # fmt: skip
+    if 0 <= held_gain < MIN_LOSS_IMPROVEMENT:
+        return EarlyStoppingDecision(
+            True, best(e), f"converged: held-out loss fell only {held_gain:.3g} ({before:.4g} -> {now:.4g})"
+        )
+    return EarlyStoppingDecision(False, best(e), "")
+
+
 def auto_batch_size(n_examples: int) -> int:
     """A power of two giving at least MIN_STEPS_PER_EPOCH steps per epoch, capped at MAX_AUTO_BATCH.
 
@@ -228,12 +334,14 @@ def resolve_hyperparameters(
     longest_example_tokens: int | None = None,
     micro_batch_tokens: int = MICRO_BATCH_TOKEN_BUDGET,
     max_micro_batch: int | None = None,
+    has_validation_file: bool = False,
 ) -> ResolvedHyperparameters:
     """Turn every "auto" into a number, the way OpenAI does, sized by the data and (where it matters) the model.
 
     - `batch_size`: `auto_batch_size(n_examples)` (a power of two, >= 8 steps per epoch, at most 32).
     - `n_epochs`: `auto_n_epochs(n_examples, base_model_params)`: 3, more for small files (>= 100 exposures at
-      >= 1B params, more for smaller models), fewer for huge ones (<= 25,000 exposures).
+      >= 1B params, more for smaller models), fewer for huge ones (<= 25,000 exposures). A ceiling: "auto"
+      turns early stopping on (below).
     - `learning_rate`: explicit `learning_rate` wins; else `base_learning_rate(method, params)` times
       `learning_rate_multiplier` (auto = 1.0). DPO uses a 10x smaller base. Unlike OpenAI's (relative to
       the pretraining rate), our multiplier is relative to this base LoRA rate; with an explicit
@@ -253,8 +361,15 @@ def resolve_hyperparameters(
       is the one a batch of `batch_size` would make. An explicit value must divide an explicit `batch_size`;
       with an "auto" batch_size it is a ceiling (the largest divisor of the resolved batch not above it).
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
-    - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run.
+    - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run (with early
+      stopping, one evaluation per epoch).
     - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on workers with bitsandbytes.
+    - `early_stopping`: on exactly when `n_epochs` is "auto" (then its value is a ceiling). The held-out loss
+      is evaluated after every epoch (`eval_every_steps` auto = one epoch) and `early_stopping_decision`
+      stops training and picks the epoch kept. Without a validation file (`has_validation_file`),
+      `auto_holdout_examples(n_examples)` examples are held out of the training file (`holdout_examples`;
+      `n_examples`, the epochs, steps_per_epoch and total_steps count the rest). `batch_size` is sized by the
+      whole file, so an estimate made without knowing about a validation file reserves the same memory.
 
     `base_model_params` (from the model registry or the model's config) sizes the lr and epochs; None means
     "a real model" (>= 1B) and gives OpenAI's rules with a 7B-class learning rate.
@@ -268,8 +383,12 @@ def resolve_hyperparameters(
     if method == "supervised" and isinstance(hp, DpoHyperparameters) and hp.beta != "auto":
         raise ValueError("beta applies to dpo only")
 
-    batch_size = auto_batch_size(n_examples) if hp.batch_size == "auto" else hp.batch_size
-    batch_size = min(batch_size, n_examples)  # a batch cannot hold more examples than the file has
+    early_stopping = hp.n_epochs == "auto" if hp.early_stopping == "auto" else hp.early_stopping
+    holdout = auto_holdout_examples(n_examples) if early_stopping and not has_validation_file else 0
+    file_examples, n_examples = n_examples, n_examples - holdout  # from here on: the examples trained on
+
+    batch_size = auto_batch_size(file_examples) if hp.batch_size == "auto" else hp.batch_size
+    batch_size = min(batch_size, n_examples)  # a batch cannot hold more examples than are trained on
     n_epochs = auto_n_epochs(n_examples, base_model_params) if hp.n_epochs == "auto" else hp.n_epochs
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     base_lr = base_learning_rate(method, base_model_params)
@@ -307,6 +426,8 @@ def resolve_hyperparameters(
     steps_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = steps_per_epoch * n_epochs
     every_tenth = max(1, math.ceil(total_steps / 10))
+    # early stopping evaluates after every epoch anyway; by default not more often than that
+    auto_eval_every = steps_per_epoch if early_stopping else every_tenth
 
     beta: float | None = None
     if method == "dpo":
@@ -326,13 +447,15 @@ def resolve_hyperparameters(
         target_modules=targets,
         max_seq_length=max_seq_length,
         warmup_ratio=0.03 if hp.warmup_ratio == "auto" else float(hp.warmup_ratio),
-        eval_every_steps=every_tenth if hp.eval_every_steps == "auto" else hp.eval_every_steps,
+        eval_every_steps=auto_eval_every if hp.eval_every_steps == "auto" else hp.eval_every_steps,
         checkpoint_every_steps=every_tenth
         if hp.checkpoint_every_steps == "auto"
         else hp.checkpoint_every_steps,
         quantization="none" if hp.quantization == "auto" else hp.quantization,
         micro_batch_size=micro,
         gradient_accumulation_steps=batch_size // micro,
+        early_stopping=early_stopping,
+        holdout_examples=holdout,
         n_examples=n_examples,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,

@@ -537,11 +537,13 @@ def estimate_request(
     longest_example_bytes: int | None = None,
     longest_example_tokens: int | None = None,
     max_micro_batch: int | None = None,
+    has_validation_file: bool = False,
 ) -> JobEstimates:
     """Resolve the job's "auto" hyperparameters the way the worker will (`longest_example_bytes`: of the job's
     files, which sizes an "auto" max_seq_length, or better `longest_example_tokens`, its exact token count;
     `max_micro_batch`: the placement's ceiling on an "auto"
-    micro-batch), then estimate it for a GPU and for a CPU-only worker, and for each smaller micro-batch an
+    micro-batch; `has_validation_file`: early stopping then holds nothing out of the training file), then
+    estimate it for a GPU and for a CPU-only worker, and for each smaller micro-batch an
     "auto" one could fall back to. Raises
     NotFoundError (unknown model) or EstimateError (unreadable config)."""
     from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
@@ -561,6 +563,7 @@ def estimate_request(
         longest_example_bytes=longest_example_bytes,
         longest_example_tokens=longest_example_tokens,
         max_micro_batch=max_micro_batch,
+        has_validation_file=has_validation_file,
     )
     fallbacks = []
     if requested.micro_batch_size == "auto":

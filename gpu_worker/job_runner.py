@@ -292,6 +292,8 @@ class Attempt:
             longest_example_tokens=longest_exact_tokens(job.token_counts),  # as the scheduler sized it
             # the micro-batch the scheduler reserved memory for (it may have lowered it to fit the device)
             max_micro_batch=(job.vram_estimate or {}).get("micro_batch_size"),
+            # early stopping holds out part of the training file only where there is no validation file
+            has_validation_file=job.validation_file is not None,
         )
 
         def write() -> None:

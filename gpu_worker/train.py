@@ -12,6 +12,11 @@ Stopping: the reporter's `should_stop()` is polled after every optimizer step. "
 and writes nothing more; "pause" writes a checkpoint at the current step first. A later attempt passes that
 checkpoint as `resume_from_checkpoint` and continues at the same step, with optimizer, scheduler, RNG and data
 order restored, so its losses match an uninterrupted run.
+
+Early stopping (`hp.early_stopping`, on for "auto" epochs): the loss on held-out examples (the validation
+file's, else `hp.holdout_examples` training examples held out by the job's seed) and on as many trained-on ones,
+before training and after every epoch, decides whether to go on, and which epoch's weights become the adapter
+(`gpu_worker.early_stopping`, docs/training.md).
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
-from core.hyperparameters import ResolvedHyperparameters  # noqa: E402
-from gpu_worker import packing  # noqa: E402
+from core.hyperparameters import ResolvedHyperparameters, holdout_indices  # noqa: E402
+from gpu_worker import early_stopping, packing  # noqa: E402
 from gpu_worker.config import TrainJobConfig  # noqa: E402
 from gpu_worker.data import (  # noqa: E402
     TrainingDataError,
     build_dpo_rows,
     cached_sft_dataset,
+    count_trainable_tokens,
     dpo_dataset,
     load_examples,
 )
@@ -64,6 +70,8 @@ class TrainResult:
     resolved_hyperparameters: ResolvedHyperparameters
     metrics: dict[str, Any] = field(default_factory=dict)  # last row, + full_valid_* when validated
     metrics_history: list[dict[str, Any]] = field(default_factory=list)  # one row per logging step
+    # With early stopping, when finished: per-epoch losses, the epoch it stopped after and the epoch kept.
+    early_stopping: dict[str, Any] | None = None
 
 
 def run_training(config: TrainJobConfig, reporter: TrainingReporter) -> TrainResult:
@@ -98,16 +106,27 @@ def _run(
     import datasets  # heavy import; only the worker needs it
 
     datasets.disable_progress_bars()  # progress goes through `reporter`; bars would only clutter worker logs
-    train_ds, tokens_per_epoch, cached = _prepare(config, tokenizer, config.training_file, "training")
+    file_examples = (
+        hp.n_examples + hp.holdout_examples
+    )  # the validator's count the hyperparameters were resolved on
+    holdout = holdout_indices(file_examples, hp.holdout_examples, config.seed) if hp.holdout_examples else []
+    train_ds, tokens_per_epoch, cached, held_ds = _prepare(
+        config, tokenizer, config.training_file, "training", expected=file_examples, holdout=holdout
+    )
     valid_ds: Any = None
     if config.validation_file is not None:
-        valid_ds, _, _ = _prepare(config, tokenizer, config.validation_file, "validation")
-    if len(train_ds) != hp.n_examples:
-        # The hyperparameters were resolved on the validator's count; a mismatch means a different file.
-        raise TrainingDataError(
-            f"training file has {len(train_ds)} examples, hyperparameters expect {hp.n_examples}"
+        valid_ds, _, _, _ = _prepare(config, tokenizer, config.validation_file, "validation")
+    eval_ds = valid_ds.select(range(min(len(valid_ds), config.max_eval_examples))) if valid_ds else held_ds
+    if held_ds is not None:
+        reporter.event(
+            f"Held out {len(held_ds)} of the {file_examples} training examples to evaluate after every epoch for "
+            f"early stopping (no validation file); training on the other {len(train_ds)}",
+            data={
+                "holdout_examples": len(held_ds),
+                "trained_examples": len(train_ds),
+                "lines": [i + 1 for i in holdout],
+            },
         )
-    eval_ds = valid_ds.select(range(min(len(valid_ds), config.max_eval_examples))) if valid_ds else None
     max_len = hp.max_seq_length if dpo else packing.max_length(train_ds)
 
     # -- batch layout: packed and padding-free where provably exact (SFT), else length-grouped ---------------
@@ -177,7 +196,18 @@ def _run(
         "dataloader_num_workers": 0,
         "max_length": hp.max_seq_length,  # nothing is longer (checked above), so TRL truncates nothing
     }
-    bridge = _ReporterBridge(reporter, hp.total_steps, tokens_per_epoch)
+    # Early stopping compares the loss on held-out examples with the loss on as many trained-on ones.
+    stop_held_ds, seen_ds, stopping = held_ds, None, None
+    if hp.early_stopping and valid_ds is not None:
+        stop_held_ds = _not_trained_on(eval_ds, train_ds, reporter)
+    if hp.early_stopping:
+        if stop_held_ds is not None:
+            seen_ds = early_stopping.seen_sample(train_ds, len(stop_held_ds), config.seed)
+        stopping = early_stopping.EarlyStopping(held_out=seen_ds is not None)
+    bridge = _ReporterBridge(
+        reporter, hp.total_steps, tokens_per_epoch, stopping=stopping,
+        held_ds=None if stop_held_ds is eval_ds else stop_held_ds, seen_ds=seen_ds,
+    )  # fmt: skip
     if dpo:
         from trl.trainer.dpo_config import DPOConfig
         from trl.trainer.dpo_trainer import DPOTrainer
@@ -204,6 +234,15 @@ def _run(
     trainer.data_collator = counter or trainer.data_collator
     trainer.remove_callback(transformers.PrinterCallback)  # we report through `reporter`, not stdout
 
+    plan = ""
+    if hp.early_stopping:
+        held_out = "the validation file" if valid_ds is not None else "the held-out examples"
+        plan = (
+            f"; up to {hp.n_epochs} epochs, stopping early once the loss on {held_out} stops improving, or "
+            "improves far less than on the examples trained on"
+            if seen_ds is not None
+            else f"; up to {hp.n_epochs} epochs, stopping early once the training loss has converged"
+        )
     reporter.event(
         f"Fine-tuning started: {config.method}, {hp.n_examples} examples, {hp.n_epochs} epochs x "
         f"{hp.steps_per_epoch} steps of batch {hp.batch_size} = {hp.total_steps} steps, lr {hp.learning_rate:.3g}"
@@ -211,7 +250,8 @@ def _run(
             f" (micro-batches of {hp.micro_batch} x {hp.gradient_accumulation_steps} accumulation steps)"
             if hp.gradient_accumulation_steps > 1
             else ""
-        ),
+        )
+        + plan,
         data={
             "batch_size": hp.batch_size,
             "micro_batch_size": hp.micro_batch,
@@ -229,6 +269,7 @@ def _run(
             "batching_reason": why,
             "tokenized_from_cache": cached,
             "log_every_steps": log_every,
+            "early_stopping": hp.early_stopping,
         },
     )
 
@@ -243,6 +284,8 @@ def _run(
         saved_state = json.loads(state_file.read_text())
         resumed_step = saved_state["global_step"]
         resume = str(config.resume_from_checkpoint)
+        if stopping is not None:
+            stopping.load(config.resume_from_checkpoint)
         reporter.event(
             f"Resumed from checkpoint at step {resumed_step}",
             data={
@@ -271,7 +314,13 @@ def _run(
         )
         return result
 
-    # -- final adapter + full validation -------------------------------------------------------------------
+    # -- final adapter (with early stopping: the best epoch's) + full validation --------------------------
+    if stopping is not None:
+        message, result.early_stopping = stopping.finish(trainer.model, hp.n_epochs)
+        reporter.event(message, data=result.early_stopping)
+        result.metrics["epochs_trained"] = round(state.epoch or 0.0, 4)
+        if result.early_stopping["kept_epoch"] is not None:
+            result.metrics["kept_epoch"] = result.early_stopping["kept_epoch"]
     adapter_dir = config.output_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
@@ -297,18 +346,65 @@ def _run(
     return result
 
 
-def _prepare(config: TrainJobConfig, tokenizer: Any, path: Path, label: str) -> tuple[Any, int, bool]:
-    """The file as a Dataset for the trainer, its loss-bearing tokens per epoch, and whether it was cached."""
+def _prepare(
+    config: TrainJobConfig,
+    tokenizer: Any,
+    path: Path,
+    label: str,
+    *,
+    expected: int | None = None,
+    holdout: list[int] | None = None,
+) -> tuple[Any, int, bool, Any]:
+    """The file as a Dataset for the trainer, its loss-bearing tokens per epoch, whether it was cached, and the
+    examples at the `holdout` indices as a Dataset of their own (None without), left out of the first and
+    of the token count. `expected`: the examples the hyperparameters were resolved for."""
 
     hp = config.hyperparameters
+    held = set(holdout or [])
     if config.method == "dpo":
         examples = load_examples(path, config.data_format)
+        _check_count(len(examples), expected)
         rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
-        return dpo_dataset(rows), tokens, False
-    return cached_sft_dataset(
+        if not held:
+            return dpo_dataset(rows), tokens, False, None
+        held_examples = [examples[i] for i in sorted(held)]
+        _, held_tokens = build_dpo_rows(held_examples, tokenizer, max_seq_length=hp.max_seq_length)
+        trained = [row for i, row in enumerate(rows) if i not in held]
+        return dpo_dataset(trained), tokens - held_tokens, False, dpo_dataset([rows[i] for i in sorted(held)])
+    ds, tokens, cached = cached_sft_dataset(
         path, tokenizer, data_format=config.data_format, max_seq_length=hp.max_seq_length, file_label=label,
         cache_dir=config.cache_dir,
     )  # fmt: skip
+    _check_count(len(ds), expected)
+    if not held:
+        return ds, tokens, cached, None
+    held_ds = ds.select(sorted(held))
+    held_tokens = count_trainable_tokens([{"labels": labels} for labels in held_ds["labels"]])
+    return ds.select([i for i in range(len(ds)) if i not in held]), tokens - held_tokens, cached, held_ds
+
+
+def _not_trained_on(eval_ds: Any, train_ds: Any, reporter: TrainingReporter) -> Any:
+    """The validation examples early stopping can judge by: those not also in the training file (an example
+    trained on measures memorising, not generalising). None when there are none; `eval_ds` itself when all."""
+    fresh = early_stopping.rows_not_in(eval_ds, train_ds)
+    if len(fresh) == len(eval_ds):
+        return eval_ds
+    if fresh:
+        how = f"early stopping judges by the other {len(fresh)}"
+    else:
+        how = "no held-out data: early stopping stops once the training loss has converged"
+    reporter.event(
+        f"{len(eval_ds) - len(fresh)} of the {len(eval_ds)} validation examples evaluated are also in the "
+        f"training file; {how}",
+        data={"validation_examples_trained_on": len(eval_ds) - len(fresh)},
+    )
+    return eval_ds.select(fresh) if fresh else None
+
+
+def _check_count(n: int, expected: int | None) -> None:
+    if expected is not None and n != expected:
+        # The hyperparameters were resolved on the validator's count; a mismatch means a different file.
+        raise TrainingDataError(f"training file has {n} examples, hyperparameters expect {expected}")
 
 
 def _estimate_params(model_config: Any) -> int:
@@ -321,9 +417,16 @@ def _estimate_params(model_config: Any) -> int:
 
 
 class _ReporterBridge(TrainerCallback):
-    """Turns Trainer callbacks into reporter calls, and reporter stop requests into Trainer control flags."""
+    """Turns Trainer callbacks into reporter calls, and reporter stop requests into Trainer control flags.
 
-    def __init__(self, reporter: TrainingReporter, total_steps: int, tokens_per_epoch: int) -> None:
+    With early stopping (`stopping`) it also evaluates at every epoch's end (and once before training) on the
+    held-out examples (`held_ds`; None: the trainer's eval set) and on as many trained-on ones (`seen_ds`), and
+    stops training when `stopping` says so."""
+
+    def __init__(
+        self, reporter: TrainingReporter, total_steps: int, tokens_per_epoch: int, *,
+        stopping: early_stopping.EarlyStopping | None = None, held_ds: Any = None, seen_ds: Any = None,
+    ) -> None:  # fmt: skip
         self.reporter = reporter
         self.total_steps = total_steps
         self.tokens_per_epoch = tokens_per_epoch
@@ -333,22 +436,81 @@ class _ReporterBridge(TrainerCallback):
         self.stopped: StopRequest | None = None
         self.final_eval = False
         self.full_valid: dict[str, Any] = {}
+        self.stopping = stopping
+        self.held_ds = held_ds
+        self.seen_ds = seen_ds
+        self.steps_per_epoch = 0
+        self.inner = False  # inside our own evaluation: its callbacks are not the run's
+
+    @property
+    def held_out(self) -> bool:
+        return self.stopping is not None and self.stopping.held_out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.steps_per_epoch = max(1, state.max_steps // max(1, math.ceil(args.num_train_epochs)))
+        if self.stopping is not None:
+            self.stopping.last_logged_step = state.global_step
+            if state.global_step == 0:
+                self.stopping.baseline(lambda: (self._loss(self.held_ds), self._loss(self.seen_ds)))
+        return control
+
+    def _loss(self, dataset: Any) -> float:
+        """The mean loss on `dataset` (None: the trainer's eval set), outside the run's metrics."""
+        self.inner = True
+        try:
+            metrics = self.trainer.evaluate(eval_dataset=dataset, metric_key_prefix="early_stopping")
+        finally:
+            self.inner = False
+        return float(metrics["early_stopping_loss"])
+
+    def _epoch_end(self, state: Any) -> bool:
+        return (
+            self.stopping is not None
+            and state.global_step > 0
+            and state.global_step % self.steps_per_epoch == 0
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step >= state.max_steps:
             control.should_save = True  # always checkpoint the final step: it is the finished model
             control.should_log = True  # and report its numbers even when logging is throttled
+        epoch_end = self._epoch_end(state)
+        if epoch_end:  # the epoch's training loss, and its held-out loss, decide whether to go on
+            control.should_log = True
+            control.should_evaluate = control.should_evaluate or self.held_out
         request = self.reporter.should_stop()
         if request == "cancel":
             self.stopped = "cancel"
             control.should_training_stop = True
-            control.should_save = control.should_evaluate = False  # cancel means: nothing more is written
-        elif request == "pause" and state.global_step < state.max_steps:
+            control.should_save = False
+        elif request == "pause":
             self.stopped = "pause"
             control.should_training_stop = True
             control.should_save = True  # the checkpoint that the resumed attempt will start from
-            control.should_evaluate = False
+            # at an epoch's end, still evaluate: the checkpoint then holds that epoch's early-stopping verdict
+            control.should_evaluate = epoch_end and self.held_out
         return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.inner or self.final_eval or not self.held_out or self.stopped == "cancel":
+            return control
+        assert self.stopping is not None
+        if (
+            self._epoch_end(state)
+            and self.stopping.awaits_losses(state.global_step)
+            and "eval_loss" in (metrics or {})
+        ):
+            held = self._loss(self.held_ds) if self.held_ds is not None else float(metrics["eval_loss"])
+            self.stopping.set_losses(held, self._loss(self.seen_ds))
+            self._decide(control)
+        return control
+
+    def _decide(self, control: Any) -> None:
+        assert self.stopping is not None
+        if self.stopping.decide(self.trainer.model):
+            control.should_training_stop = True
+            if self.stopped == "pause":  # paused at the very epoch training ends after: it is finished
+                self.stopped = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -359,6 +521,14 @@ class _ReporterBridge(TrainerCallback):
                     "full_valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
                 }
             return
+        if self.inner:
+            return
+        if self.stopping is not None and "loss" in logs and self.stopped != "cancel":
+            self.stopping.log_train_loss(state.global_step, float(logs["loss"]))
+            if self._epoch_end(state):
+                self.stopping.end_epoch(state.global_step // self.steps_per_epoch, state.global_step)
+                if not self.held_out:  # no held-out losses to wait for: the training loss decides
+                    self._decide(control)
         if "eval_loss" in logs:
             if self.pending is None or self.pending["step"] != state.global_step:
                 self._flush()  # this step had no training log (throttled): a validation-only row
@@ -387,6 +557,8 @@ class _ReporterBridge(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         self._flush()
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.stopping is not None:
+            self.stopping.save(ckpt)
         metrics = dict(self.history[-1]) if self.history else {"step": state.global_step}
         self.reporter.checkpoint(state.global_step, ckpt, metrics)
 

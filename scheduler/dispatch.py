@@ -125,6 +125,7 @@ def estimate_fields(
             n_examples=n_examples,
             longest_example_bytes=longest_example_bytes,
             longest_example_tokens=longest_example_tokens,
+            has_validation_file=job.validation_file is not None,
         )
     except EstimateError as exc:
         return {"estimated_vram_mb": None, "vram_estimate": {"error": str(exc)}}

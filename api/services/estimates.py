@@ -12,7 +12,7 @@ from sqlmodel import Session, col, func, select
 from api.protocol import CreateEstimateRequest, EstimateObject, FileTokenCounts, GpuFit
 from api.services.fine_tuning import _method_and_hyperparameters, _training_file
 from core.errors import InvalidRequestError
-from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, longest_example_bytes
+from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, ResolvedHyperparameters, longest_example_bytes
 from core.model_registry import get_base_model, load_registry
 from core.models import File, FineTuningJob, Organization
 from core.queue import WorkerInfo, live_workers
@@ -153,6 +153,7 @@ async def create_estimate(
             n_examples=n_examples,
             longest_example_bytes=longest,
             longest_example_tokens=tokens.longest_example_tokens if tokens and tokens.exact else None,
+            has_validation_file=request.validation_file is not None,
         )
     except EstimateError as exc:
         raise InvalidRequestError(
@@ -237,7 +238,7 @@ async def create_estimate(
         trainable_parameters=gpu.trainable_parameters,
         tokens_per_micro_batch=gpu.tokens_per_micro_batch,
         tokens=FileTokenCounts(model=request.model, **tokens.as_dict()) if tokens else None,
-        trained_tokens=tokens.trained_tokens * hp.n_epochs if tokens else None,
+        trained_tokens=_trained_tokens(tokens.trained_tokens, hp) if tokens else None,
         hyperparameters={
             "batch_size": hp.batch_size,
             "micro_batch_size": hp.micro_batch,
@@ -250,7 +251,16 @@ async def create_estimate(
             "n_examples": hp.n_examples,
             "total_steps": hp.total_steps,
             "quantization": hp.quantization,
+            "early_stopping": hp.early_stopping,
+            "holdout_examples": hp.holdout_examples,
         },
         profile=gpu.profile,
         notes=notes,
     )
+
+
+def _trained_tokens(per_file: int, hp: ResolvedHyperparameters) -> int:
+    """Loss-bearing tokens over every epoch: an upper bound (early stopping may end sooner), with an
+    early-stopping carve-out taken off by its share of the file's examples (which ones is the worker's draw)."""
+    per_epoch = per_file * hp.n_examples / (hp.n_examples + hp.holdout_examples)
+    return round(per_epoch) * hp.n_epochs

@@ -116,7 +116,11 @@ def test_estimate_from_a_training_file_and_a_job_create_body(
     resp = _estimate(client, org_a_key, **body)
     assert resp.status_code == 200, resp.text
     est = resp.json()
-    assert est["hyperparameters"]["n_examples"] == 40 and est["hyperparameters"]["batch_size"] == 4
+    # "auto" epochs stop early, so 4 of the 40 are held out; the batch is sized by the whole file.
+    assert (
+        est["hyperparameters"]["early_stopping"] is True and est["hyperparameters"]["holdout_examples"] == 4
+    )
+    assert est["hyperparameters"]["n_examples"] == 36 and est["hyperparameters"]["batch_size"] == 4
     assert est["estimated_vram_mb"] < 24576 and est["gpu_class"] == "A10-24GB"
     # The top-level shortcut gives the same answer.
     short = _estimate(client, org_a_key, model="llama-8b", training_file=training, max_seq_length=512).json()
@@ -166,7 +170,7 @@ def test_an_all_auto_8b_job_of_1000_examples_fits_an_80gb_gpu_with_lora_and_a_24
     _publish(settings, h100)
     lora = _estimate(client, org_a_key, model="llama-8b", training_file=training).json()
     hp = lora["hyperparameters"]
-    assert (hp["n_examples"], hp["batch_size"], hp["max_seq_length"]) == (1000, 32, 2048)
+    assert (hp["n_examples"], hp["batch_size"], hp["max_seq_length"]) == (900, 32, 2048)  # 100 held out
     assert (hp["micro_batch_size"], hp["gradient_accumulation_steps"]) == (4, 8)
     assert lora["tokens_per_micro_batch"] == 4 * 2048
     assert lora["estimated_vram_mb"] <= 81559 and lora["placeable"] is True
@@ -204,7 +208,17 @@ def test_an_estimate_from_a_file_counts_its_tokens_with_the_models_tokenizer(
     expected = count_file_tokens(tmp_path / "t.jsonl", "chat", demo_model_dir, max_seq_length=1024)
     assert est["tokens"]["total_tokens"] == expected.total_tokens
     assert est["tokens"]["longest_example_tokens"] == expected.longest_example_tokens
-    assert est["trained_tokens"] == expected.trained_tokens * est["hyperparameters"]["n_epochs"]
+    # every epoch of the 36 examples trained on (4 of 40 are held out for early stopping): an upper bound
+    hp = est["hyperparameters"]
+    assert est["trained_tokens"] == round(expected.trained_tokens * 36 / 40) * hp["n_epochs"]
+    with_validation = _estimate(
+        client, org_a_key, model="demo-tiny", training_file=training, validation_file=training
+    ).json()
+    assert with_validation["hyperparameters"]["holdout_examples"] == 0
+    assert (
+        with_validation["trained_tokens"]
+        == expected.trained_tokens * with_validation["hyperparameters"]["n_epochs"]
+    )
     assert est["hyperparameters"]["max_seq_length"] < 1024  # sized from the tokens, not the byte bound
 
     blind = _estimate(client, org_a_key, model="llama-8b", training_file=training).json()

@@ -80,8 +80,9 @@ def make_config(demo_model_dir: Path, demo_params: int, tmp_path: Path) -> Calla
             DpoHyperparameters(**(hp or {})) if method == "dpo" else SupervisedHyperparameters(**(hp or {}))
         )
         resolved = resolve_hyperparameters(
-            method, hp_model, n_examples=len(rows), base_model_params=demo_params, base_model_max_length=1024
-        )
+            method, hp_model, n_examples=len(rows), base_model_params=demo_params, base_model_max_length=1024,
+            has_validation_file=valid_file is not None,  # as the job runner resolves them
+        )  # fmt: skip
         return TrainJobConfig(
             job_id=f"ftjob-{name}",
             method=method,  # type: ignore[arg-type]

@@ -6,13 +6,18 @@ import pytest
 from pydantic import ValidationError
 
 from core.hyperparameters import (
+    MIN_LOSS_IMPROVEMENT,
+    TRAIN_LOSS_FLOOR,
     DpoHyperparameters,
     SupervisedHyperparameters,
     auto_batch_size,
+    auto_holdout_examples,
     auto_micro_batch_size,
     auto_n_epochs,
     base_learning_rate,
     data_sized_max_seq_length,
+    early_stopping_decision,
+    holdout_indices,
     longest_example_bytes,
     resolve_hyperparameters,
     token_sized_max_seq_length,
@@ -58,7 +63,9 @@ def test_everything_defaults_to_auto_and_round_trips() -> None:
 
 def test_openai_like_auto_for_real_models() -> None:
     # 8B model, 500 examples: OpenAI's 3 epochs, ~2e-4 LoRA lr, a modest batch.
-    r = resolve_hyperparameters("supervised", None, n_examples=500, base_model_params=8_000_000_000)
+    r = resolve_hyperparameters(
+        "supervised", None, n_examples=500, base_model_params=8_000_000_000, has_validation_file=True
+    )
     assert r.n_epochs == 3
     assert 1.5e-4 < r.learning_rate < 2.5e-4
     assert r.batch_size == 32 and r.steps_per_epoch == 16 and r.total_steps == 48
@@ -164,14 +171,15 @@ def test_auto_micro_batch_is_the_largest_divisor_within_the_token_budget() -> No
     assert auto_micro_batch_size(32, 2048, token_budget=65536) == 32
 
     r = resolve_hyperparameters(
-        "supervised", None, n_examples=1000, base_model_max_length=131072, longest_example_tokens=300
-    )
+        "supervised", None, n_examples=1000, base_model_max_length=131072, longest_example_tokens=300,
+        has_validation_file=True,
+    )  # fmt: skip
     assert (r.batch_size, r.micro_batch_size, r.gradient_accumulation_steps) == (32, 16, 2)
     assert r.steps_per_epoch == 32  # optimizer steps: the effective batch decides them, not the micro-batch
     # The scheduler lowers the ceiling where a device is too small for the micro-batch.
     low = resolve_hyperparameters(
         "supervised", None, n_examples=1000, base_model_max_length=131072, longest_example_tokens=300,
-        max_micro_batch=5,
+        max_micro_batch=5, has_validation_file=True,
     )  # fmt: skip
     assert (low.micro_batch_size, low.gradient_accumulation_steps, low.total_steps) == (4, 8, r.total_steps)
 
@@ -210,3 +218,101 @@ def test_import_needs_no_torch() -> None:
 
     code = "import sys, core.hyperparameters; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_auto_epochs_turn_early_stopping_on_with_a_seeded_carve_out() -> None:
+    # No validation file: 10% of the file held out (2..256), none below 20 examples.
+    assert [auto_holdout_examples(n) for n in (10, 19, 20, 30, 100, 2559, 5000, 100_000)] == [
+        0, 0, 2, 3, 10, 256, 256, 256,
+    ]  # fmt: skip
+    r = resolve_hyperparameters("supervised", None, n_examples=30, base_model_params=135_000_000)
+    assert r.early_stopping and r.holdout_examples == 3 and r.n_examples == 27
+    # The batch is sized by the whole file (memory estimates need not know of the carve-out); the epoch
+    # ceiling, steps and the once-per-epoch evaluation by the examples trained on.
+    assert r.batch_size == auto_batch_size(30) == 2
+    assert r.n_epochs == auto_n_epochs(27, 135_000_000) and r.steps_per_epoch == 14
+    assert r.total_steps == 14 * r.n_epochs and r.eval_every_steps == 14
+    # With a validation file: nothing is held out; small files: nothing either, early stopping stays on.
+    v = resolve_hyperparameters("supervised", None, n_examples=30, has_validation_file=True)
+    assert v.early_stopping and v.holdout_examples == 0 and v.n_examples == 30 and v.steps_per_epoch == 15
+    small = resolve_hyperparameters("supervised", None, n_examples=12)
+    assert small.early_stopping and small.holdout_examples == 0 and small.n_examples == 12
+    # DPO the same.
+    d = resolve_hyperparameters("dpo", None, n_examples=100)
+    assert d.early_stopping and d.holdout_examples == 10 and d.n_examples == 90
+
+
+def test_explicit_epochs_train_them_all_unless_early_stopping_is_asked_for() -> None:
+    explicit = resolve_hyperparameters("supervised", SupervisedHyperparameters(n_epochs=4), n_examples=100)
+    assert not explicit.early_stopping and explicit.holdout_examples == 0 and explicit.n_examples == 100
+    assert (explicit.steps_per_epoch, explicit.total_steps, explicit.eval_every_steps) == (13, 52, 6)
+    asked = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(n_epochs=4, early_stopping=True), n_examples=100
+    )
+    assert asked.early_stopping and asked.holdout_examples == 10 and asked.n_epochs == 4
+    off = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(early_stopping=False), n_examples=100
+    )
+    assert not off.early_stopping and off.holdout_examples == 0 and off.n_examples == 100
+    # An explicit evaluation interval is kept (early stopping evaluates at each epoch's end as well).
+    every = resolve_hyperparameters(
+        "supervised", SupervisedHyperparameters(eval_every_steps=5), n_examples=100
+    )
+    assert every.early_stopping and every.eval_every_steps == 5
+    with pytest.raises(ValidationError):
+        SupervisedHyperparameters(early_stopping="yes")  # type: ignore[arg-type]
+    # Rows resolved before early stopping existed still load, with it off.
+    old = explicit.model_dump()
+    del old["early_stopping"], old["holdout_examples"]
+    assert type(explicit).model_validate(old).early_stopping is False
+
+
+def test_the_carve_out_is_seeded() -> None:
+    held = holdout_indices(30, 3, seed=0)
+    assert held == sorted(held) and len(set(held)) == 3 and all(0 <= i < 30 for i in held)
+    assert holdout_indices(30, 3, seed=0) == held  # every attempt of a job holds out the same lines
+    assert {tuple(holdout_indices(30, 3, seed=s)) for s in range(5)} != {tuple(held)}
+
+
+def test_early_stopping_stops_when_an_epoch_memorises_and_keeps_the_one_before() -> None:
+    # SmolLM2-135M on 27 narrow style examples (docs/training.md#early-stopping), epoch 0 = before training.
+    held, seen = [5.34, 2.58, 2.50], [4.96, 1.98, 1.04]
+    first = early_stopping_decision(held[:2], seen[:2], [None, 3.64])
+    assert not first.stop and first.keep_epoch == 1  # both losses fell alike: it learnt the task
+    second = early_stopping_decision(held, seen, [None, 3.64, 1.83])
+    # the held-out loss still fell (0.08), but far less than half the trained-on examples' (0.94)
+    assert second.stop and second.keep_epoch == 1 and second.reason.startswith("memorising")
+    # At half or more, the epoch generalised.
+    assert not early_stopping_decision([5.0, 3.0, 2.5], [5.0, 3.0, 2.0], [None, 1, 1]).stop
+    assert early_stopping_decision([5.0, 3.0, 2.55], [5.0, 3.0, 2.0], [None, 1, 1]).stop
+    # Already the first epoch: the adapter is still that epoch, never the untrained base.
+    assert early_stopping_decision([5.0, 4.9], [5.0, 2.0], [None, 3.0]).keep_epoch == 1
+
+
+def test_early_stopping_stops_when_the_held_out_loss_rises() -> None:
+    rose = early_stopping_decision([5.0, 2.855, 2.878], [5.0, 2.0, 1.1], [None, 3.6, 1.8])
+    assert rose.stop and rose.keep_epoch == 1 and rose.reason.startswith("held-out loss rose")
+    # An epoch that made both losses worse is noise, not overfitting: go on, the best epoch still the one to keep.
+    noisy = early_stopping_decision([5.0, 3.0, 2.0, 2.1], [5.0, 3.0, 2.0, 2.2], [None] * 4)
+    assert not noisy.stop and noisy.keep_epoch == 2
+    later = early_stopping_decision([5.0, 3.0, 2.0, 2.1, 2.05], [5.0, 3.0, 2.0, 2.2, 1.5], [None] * 5)
+    assert later.stop and later.keep_epoch == 2  # the best earlier epoch, not merely the previous one
+
+
+def test_early_stopping_stops_once_converged() -> None:
+    # The held-out answers became less than 1% more likely per token: converged, keep this epoch.
+    small = 0.9 * MIN_LOSS_IMPROVEMENT
+    converged = early_stopping_decision([3.0, 1.0, 1.0 - small], [3.0, 1.0, 1.0 - small], [None, 2.0, 1.0])
+    assert converged.stop and converged.keep_epoch == 2 and converged.reason.startswith("converged")
+    going = 1.1 * MIN_LOSS_IMPROVEMENT
+    assert not early_stopping_decision([3.0, 1.0, 1.0 - going], [3.0, 1.0, 1.0 - going], [None, 2, 1]).stop
+    # Near zero a relative threshold would never fire; this one does.
+    assert early_stopping_decision([1.0, 0.02, 0.012], [1.0, 0.02, 0.012], [None, 0.1, 0.05]).stop
+
+
+def test_without_held_out_data_only_convergence_of_the_training_loss_stops() -> None:
+    none = [None, None, None]
+    assert not early_stopping_decision(none, none, [None, 1.0, 2 * TRAIN_LOSS_FLOOR]).stop
+    floor = early_stopping_decision(none, none, [None, 1.0, 0.9 * TRAIN_LOSS_FLOOR])
+    assert floor.stop and floor.keep_epoch is None and "no held-out data" in floor.reason
+    assert not early_stopping_decision([None], [None], [None]).stop  # nothing trained yet
