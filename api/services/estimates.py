@@ -10,7 +10,7 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from api.protocol import CreateEstimateRequest, EstimateObject, FileTokenCounts, GpuFit
-from api.services.fine_tuning import _method_and_hyperparameters, _training_file
+from api.services.job_requests import fine_tune_file, method_and_hyperparameters
 from core.errors import InvalidRequestError
 from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, ResolvedHyperparameters, longest_example_bytes
 from core.model_registry import get_base_model, load_registry
@@ -83,7 +83,7 @@ def _n_examples(
             param="training_file",
             code="missing_required_parameter",
         )
-    row = _training_file(session, org=org, file_id=request.training_file, param="training_file")
+    row = fine_tune_file(session, org=org, file_id=request.training_file, param="training_file")
     assert row is not None
     refusal = format_refusal(row.data_format, row.data_layout, method)
     if refusal is not None:
@@ -123,7 +123,7 @@ async def create_estimate(
     org: Organization,
     request: CreateEstimateRequest,
 ) -> EstimateObject:
-    method, hyperparameters, param = _method_and_hyperparameters(request)
+    method, hyperparameters, param = method_and_hyperparameters(request)
     if request.max_seq_length is not None:
         given = hyperparameters.get("max_seq_length", "auto")
         if given not in ("auto", request.max_seq_length):

@@ -7,13 +7,11 @@ import json
 import secrets
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from api.protocol import (
-    CreateEstimateRequest,
     CreateFineTuningJobRequest,
     CursorListResponse,
     FineTuningJobCheckpointObject,
@@ -23,12 +21,12 @@ from api.protocol import (
     ListResponse,
 )
 from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
+from api.services.job_requests import fine_tune_file, method_and_hyperparameters
 from api.services.pagination import paginate
 from core import ids, jobs
 from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
-from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
 from core.model_registry import load_registry
-from core.models import File, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
+from core.models import FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings
 from core.training_data import format_refusal
 
@@ -45,80 +43,6 @@ METRICS_INSTEAD = (
     "checkpoints' metrics (GET /v1/fine_tuning/jobs/{id}/checkpoints) and, once it succeeds, the results.csv "
     "file named in its result_files."
 )
-
-
-def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
-    """The bad field and a useful reason. Each field is `"auto" | number`, so pydantic reports one error
-    per union branch; the branch names are not fields, and the non-"auto" branch says what is wrong."""
-    errors = exc.errors()
-    field = str(errors[0]["loc"][0]) if errors[0]["loc"] else ""
-    same_field = [e for e in errors if e["loc"] and str(e["loc"][0]) == field]
-    specific = [e for e in same_field if e["type"] != "literal_error"] or same_field
-    reason = specific[0]["msg"]
-    if len(same_field) > 1:
-        reason += ", or 'auto'"
-    if "input" in specific[0] and specific[0]["type"] != "extra_forbidden":
-        reason += f" (got {specific[0]['input']!r})"
-    elif specific[0]["type"] == "extra_forbidden":
-        reason = "unknown hyperparameter"
-    return (f"{prefix}.{field}" if field else prefix), reason
-
-
-def _method_and_hyperparameters(
-    request: CreateFineTuningJobRequest | CreateEstimateRequest,
-) -> tuple[str, dict[str, Any], str]:
-    """Returns (method type, validated hyperparameters as a dict with "auto" kept, the param path)."""
-    method = request.method
-    method_type = method.type if method else "supervised"
-    if method_type == "reinforcement":
-        raise InvalidRequestError(
-            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
-        )
-    section = getattr(method, method_type, None) if method else None
-    raw = section.hyperparameters if section and section.hyperparameters is not None else None
-    param = f"method.{method_type}.hyperparameters"
-    if request.hyperparameters is not None:
-        if raw is not None:
-            raise InvalidRequestError(
-                "Pass hyperparameters in method.*.hyperparameters only, not also at the top level.",
-                param="hyperparameters",
-            )
-        if method_type != "supervised":
-            raise InvalidRequestError(
-                "Top-level 'hyperparameters' apply to supervised jobs only; use method.dpo.hyperparameters.",
-                param="hyperparameters",
-            )
-        raw, param = request.hyperparameters, "hyperparameters"
-    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
-    try:
-        validated = model.model_validate(raw or {})
-    except ValidationError as exc:
-        where, why = _pydantic_param(exc, param)
-        raise InvalidRequestError(
-            f"Invalid hyperparameter '{where}': {why}", param=where, code="invalid_hyperparameter"
-        ) from None
-    return method_type, validated.model_dump(mode="json", exclude_none=True), param
-
-
-def _training_file(session: Session, *, org: Organization, file_id: str | None, param: str) -> File | None:
-    if file_id is None:
-        return None
-    row = session.exec(
-        select(File).where(File.id == file_id, File.organization_id == org.id, col(File.deleted_at).is_(None))
-    ).first()
-    if row is None:
-        raise InvalidRequestError(f"No such File object: {file_id}", param=param, code="file_not_found")
-    if row.purpose != "fine-tune":
-        raise InvalidRequestError(
-            f"File {file_id} has purpose '{row.purpose}'; fine-tuning needs purpose 'fine-tune'.", param=param
-        )
-    if row.status != "processed":
-        raise InvalidRequestError(
-            f"File {file_id} is not ready for training (status '{row.status}'): {row.status_details or ''}".strip(),
-            param=param,
-            code="invalid_file_status",
-        )
-    return row
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:
@@ -204,7 +128,7 @@ def create_job(
             return _replay(earlier, digest=digest), True
         expired = earlier
 
-    method_type, hyperparameters, param = _method_and_hyperparameters(request)
+    method_type, hyperparameters, param = method_and_hyperparameters(request)
     rank = hyperparameters.get("lora_rank")
     if isinstance(rank, int) and rank > settings.vllm_max_lora_rank:
         # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
@@ -227,11 +151,11 @@ def create_job(
     _check_integrations(request.integrations)
     files = [
         (
-            _training_file(session, org=org, file_id=request.training_file, param="training_file"),
+            fine_tune_file(session, org=org, file_id=request.training_file, param="training_file"),
             "training_file",
         ),
         (
-            _training_file(session, org=org, file_id=request.validation_file, param="validation_file"),
+            fine_tune_file(session, org=org, file_id=request.validation_file, param="validation_file"),
             "validation_file",
         ),
     ]

@@ -1,0 +1,89 @@
+"""What a job request and an estimate request share: the method, its validated hyperparameters, and the
+files they name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from sqlmodel import Session, col, select
+
+from api.protocol import CreateEstimateRequest, CreateFineTuningJobRequest
+from core.errors import InvalidRequestError
+from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
+from core.models import File, Organization
+
+
+def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
+    """The bad field and a useful reason. Each field is `"auto" | number`, so pydantic reports one error
+    per union branch; the branch names are not fields, and the non-"auto" branch says what is wrong."""
+    errors = exc.errors()
+    field = str(errors[0]["loc"][0]) if errors[0]["loc"] else ""
+    same_field = [e for e in errors if e["loc"] and str(e["loc"][0]) == field]
+    specific = [e for e in same_field if e["type"] != "literal_error"] or same_field
+    reason = specific[0]["msg"]
+    if len(same_field) > 1:
+        reason += ", or 'auto'"
+    if "input" in specific[0] and specific[0]["type"] != "extra_forbidden":
+        reason += f" (got {specific[0]['input']!r})"
+    elif specific[0]["type"] == "extra_forbidden":
+        reason = "unknown hyperparameter"
+    return (f"{prefix}.{field}" if field else prefix), reason
+
+
+def method_and_hyperparameters(
+    request: CreateFineTuningJobRequest | CreateEstimateRequest,
+) -> tuple[str, dict[str, Any], str]:
+    """Returns (method type, validated hyperparameters as a dict with "auto" kept, the param path)."""
+    method = request.method
+    method_type = method.type if method else "supervised"
+    if method_type == "reinforcement":
+        raise InvalidRequestError(
+            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
+        )
+    section = getattr(method, method_type, None) if method else None
+    raw = section.hyperparameters if section and section.hyperparameters is not None else None
+    param = f"method.{method_type}.hyperparameters"
+    if request.hyperparameters is not None:
+        if raw is not None:
+            raise InvalidRequestError(
+                "Pass hyperparameters in method.*.hyperparameters only, not also at the top level.",
+                param="hyperparameters",
+            )
+        if method_type != "supervised":
+            raise InvalidRequestError(
+                "Top-level 'hyperparameters' apply to supervised jobs only; use method.dpo.hyperparameters.",
+                param="hyperparameters",
+            )
+        raw, param = request.hyperparameters, "hyperparameters"
+    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
+    try:
+        validated = model.model_validate(raw or {})
+    except ValidationError as exc:
+        where, why = _pydantic_param(exc, param)
+        raise InvalidRequestError(
+            f"Invalid hyperparameter '{where}': {why}", param=where, code="invalid_hyperparameter"
+        ) from None
+    return method_type, validated.model_dump(mode="json", exclude_none=True), param
+
+
+def fine_tune_file(session: Session, *, org: Organization, file_id: str | None, param: str) -> File | None:
+    """The org's processed fine-tune file `file_id` (None: None), or a 400 naming `param`."""
+    if file_id is None:
+        return None
+    row = session.exec(
+        select(File).where(File.id == file_id, File.organization_id == org.id, col(File.deleted_at).is_(None))
+    ).first()
+    if row is None:
+        raise InvalidRequestError(f"No such File object: {file_id}", param=param, code="file_not_found")
+    if row.purpose != "fine-tune":
+        raise InvalidRequestError(
+            f"File {file_id} has purpose '{row.purpose}'; fine-tuning needs purpose 'fine-tune'.", param=param
+        )
+    if row.status != "processed":
+        raise InvalidRequestError(
+            f"File {file_id} is not ready for training (status '{row.status}'): {row.status_details or ''}".strip(),
+            param=param,
+            code="invalid_file_status",
+        )
+    return row
