@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.datasets import lognormal_lengths  # noqa: E402  (the length spread the tests check too)
+
 SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
 # A ~0.6B Llama (vocab 32k like Llama 2 / Mistral, so the LM head costs what it does in real models).
 MODEL_SIZES = {
@@ -44,16 +46,6 @@ MODEL_SIZES = {
     "1.5b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 26, "num_attention_heads": 16,
                  "num_key_value_heads": 4, "vocab_size": 32000},
 }  # fmt: skip
-
-
-def lognormal_lengths(n: int, *, median: float, sigma: float, lo: int, hi: int, seed: int) -> list[int]:
-    """n lengths at the (i + 0.5) / n quantiles of the log-normal, clipped, in a seeded random order."""
-    from statistics import NormalDist
-
-    z = NormalDist()
-    lengths = [min(hi, max(lo, round(median * math.exp(sigma * z.inv_cdf((i + 0.5) / n))))) for i in range(n)]
-    random.Random(seed).shuffle(lengths)
-    return lengths
 
 
 def chat_example(tokenizer: Any, target: int, rng: random.Random, cap: int) -> tuple[dict[str, Any], int]:

@@ -1,4 +1,8 @@
-"""Shared fixtures. Expensive things (the `ftserve up` process, PostgreSQL databases) start once per run."""
+"""Shared fixtures. Expensive things (the `ftserve up` process, redis-server, the models) start once per run.
+
+One set of `settings`, `engine` and `storage` fixtures: a test package overrides `settings` (its conftest), and
+`engine` and `storage` follow whatever `settings` it gets. No FTSERVE_* setting from the shell that runs pytest
+leaks into a test (`_no_ftserve_settings_from_the_environment`)."""
 
 from __future__ import annotations
 
@@ -12,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
 
-from core.db import make_engine, migrate, session_scope
-from core.keys import create_key
+from core.db import make_engine, migrate
+from core.redis_embedded import EmbeddedRedis
 from core.settings import Settings
+from core.storage import Storage, make_storage_from_settings
+from tests.support.env import clear_ftserve_settings
 from tests.support.ftserve_process import FtserveProcess
+from tests.support.keys import make_key
 from tests.support.postgres import postgres_reachable
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -65,9 +74,43 @@ def postgres_url(postgres_server: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(autouse=True)
+def _no_ftserve_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees Settings' defaults plus what it sets: an FTSERVE_DATABASE_URL or FTSERVE_API_KEY in the
+    developer's shell must not point a test at a real database or server."""
+    clear_ftserve_settings(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """One real redis-server for the run; `redis_url` empties it for each test."""
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    redis.Redis.from_url(redis_server.url).flushall()
+    return redis_server.url
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", min_examples=10)
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    """The migrated database `settings` names (SQLite under its data dir unless it names another)."""
+    migrate(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def storage(settings: Settings) -> Storage:
+    return make_storage_from_settings(settings)
 
 
 @pytest.fixture
@@ -76,16 +119,6 @@ def client(settings: Settings) -> Iterator[TestClient]:
 
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-
-
-def make_key(settings: Settings, org: str) -> str:
-    url = settings.resolved_database_url
-    migrate(url)
-    engine = make_engine(url)
-    with session_scope(engine) as session:
-        _row, key = create_key(session, org_name=org)
-    engine.dispose()
-    return key
 
 
 @pytest.fixture

@@ -247,3 +247,47 @@ def test_arrow_checker_allows_the_arrows() -> None:
         (1, "api.routes"),
         (1, "api.routes.x"),
     ]
+
+
+# -- tests and benches: shared code lives in tests/support, which benches may use; nothing imports a test
+
+
+def harness_violations(source: str, module: str, where: str) -> list[str]:
+    """Imports that break the harness arrows: a conftest or a test module imported from elsewhere (fixtures
+    arrive by name, helpers come from tests.support), and tests importing bench."""
+    problems = []
+    for line, name in imported_modules(source, module):
+        parts = name.split(".")
+        if parts[0] == "bench" and module.startswith("tests."):
+            problems.append(f"{where}:{line} imports {name} (tests never import benches)")
+        elif parts[0] == "tests" and any(p == "conftest" or p.startswith("test_") for p in parts[1:]):
+            problems.append(f"{where}:{line} imports {name} (a conftest or test module)")
+    return problems
+
+
+def test_tests_and_benches_share_code_only_through_tests_support() -> None:
+    violations = []
+    for top in ("tests", "bench"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            violations += harness_violations(path.read_text(), module, str(path.relative_to(ROOT)))
+    assert not violations, "\n".join(violations)
+
+
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("tests.gpu_worker.test_qlora", "from tests.gpu_worker.test_train import exact_match\n"),
+        ("tests.reliability.test_x", "from tests.reliability.conftest import auth\n"),
+        ("tests.gpu_worker.test_packing", "def f():\n    from bench.train_throughput import lengths\n"),
+        ("bench.soak", "from tests.conftest import make_key\n"),
+    ],
+)
+def test_harness_checker_flags_violations(module: str, source: str) -> None:
+    assert harness_violations(source, module, "synthetic.py")
+
+
+def test_harness_checker_allows_support() -> None:
+    assert not harness_violations(
+        "from tests.support.fleet import SplitFleet\n", "bench.soak", "synthetic.py"
+    )

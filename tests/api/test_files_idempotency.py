@@ -26,8 +26,8 @@ from core.models import File, now_s
 from core.settings import Settings
 from core.storage import make_storage_from_settings
 from core.storage.s3 import S3Storage
-from tests.conftest import make_key
 from tests.support.datasets import chat_jsonl, prompt_completion_jsonl
+from tests.support.keys import make_key
 from tests.support.moto_server import run_moto_server, s3_settings_kwargs
 
 KEY_HEADER = "Idempotency-Key"

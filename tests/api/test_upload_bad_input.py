@@ -28,8 +28,8 @@ from fastapi.testclient import TestClient
 
 from core.redis_embedded import free_port
 from core.settings import Settings
-from tests.conftest import make_key
 from tests.support.datasets import chat_example, chat_jsonl, preference_jsonl, prompt_completion_jsonl
+from tests.support.keys import make_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BOM = b"\xef\xbb\xbf"

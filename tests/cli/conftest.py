@@ -8,42 +8,13 @@ runner, which costs no interpreter start (a second or more each on a busy 2-core
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Protocol
 
 import pytest
 from typer.testing import CliRunner
 
 from ftserve_client import Client
+from tests.support.cli_runner import Result, Run, run_ftserve
 from tests.support.ftserve_process import FtserveProcess
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class Result(Protocol):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-Run = Callable[..., Result]
-
-
-def run_ftserve(
-    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="package")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ftserve_client import Client
-from tests.cli.conftest import Run
+from tests.support.cli_runner import Run
 
 pytestmark = pytest.mark.slow
 

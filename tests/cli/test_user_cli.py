@@ -10,7 +10,7 @@ import pytest
 
 from cli.follow import SPARK, sparkline
 from ftserve_client import Client
-from tests.cli.conftest import Run
+from tests.support.cli_runner import Run
 from tests.support.ftserve_process import FtserveProcess
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def one_error_line(stderr: str) -> str:
 @pytest.fixture(scope="module")
 def followed(cli_env: dict[str, str], sdk: Client) -> tuple[object, str]:
     """`ftserve jobs create ... --follow` on demo-tiny in a real process, run once: (the process, the model)."""
-    from tests.cli.conftest import run_ftserve
+    from tests.support.cli_runner import run_ftserve
 
     done = run_ftserve(
         "jobs", "create", "--model", "demo-tiny", "--file", str(TRAIN),

@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 
-from tests.gpu_worker.conftest import chat_rows, code_task, question
+from tests.support.code_task import chat_rows, code_task, question
 from tests.support.ftserve_process import FtserveProcess
 from tests.support.openai_schema import assert_valid
 

@@ -2,7 +2,7 @@
 
 Each count is checked against the worker itself (gpu_worker.data with the transformers tokenizer that
 AutoTokenizer loads from the same directory, as train.py loads it): every family's real chat template
-(tests/support/chat_templates, with the small tokenizers of tests/gpu_worker/test_chat_templates.py saved to disk),
+(tests/support/chat_templates, with the small tokenizers of tests/support/chat_families.py saved to disk),
 demo-tiny and SmolLM2-135M-Instruct, on chat (system, developer, multi-turn, weight 0, tool calls and results,
 content parts), prompt_completion (plain text too), alpaca, sharegpt and preference files (TRL's and
 LLaMA-Factory's layouts too). A fresh interpreter with torch and
@@ -238,13 +238,13 @@ def assert_counts_match_the_worker(model_dir: Path, path: Path, data_format: str
 
 @pytest.fixture(scope="module")
 def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each family's tokenizer of tests/gpu_worker/test_chat_templates.py (a small byte-level BPE with the family's
+    """Each family's tokenizer of tests/support/chat_families.py (a small byte-level BPE with the family's
     special tokens, bos/eos, BOS post-processor and real template), saved as a model directory."""
     pytest.importorskip("transformers")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tests.gpu_worker import test_chat_templates as tct
+    from tests.support import chat_families as tct
 
     base = Tokenizer(models.BPE())
     base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -286,7 +286,7 @@ def _family_names() -> list[str]:
 def test_every_family_counts_what_the_worker_tokenises(
     family_name: str, data_format: str, family_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
-    from tests.gpu_worker import test_chat_templates as tct
+    from tests.support import chat_families as tct
 
     family = tct.BY_NAME[family_name]
     rows = datasets(
@@ -304,7 +304,7 @@ def test_a_template_that_drops_tool_use_is_refused_as_the_worker_refuses_it(
     from transformers import AutoTokenizer
 
     from gpu_worker.data import build_sft_rows, load_examples
-    from tests.gpu_worker import test_chat_templates as tct
+    from tests.support import chat_families as tct
 
     example = tct.conversation(tct.BY_NAME["smollm2"], tools=True)  # SmolLM2's template renders no tool use
     path = write_jsonl(tmp_path / "tools.jsonl", [{"messages": [{"role": "user", "content": "x"},

@@ -3,56 +3,18 @@
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.code_task import write_jsonl
+
 
 @pytest.fixture(scope="session")
 def demo_params(demo_model_dir: Path) -> int:
     return int(json.loads((demo_model_dir / "demo_model_info.json").read_text())["parameters"])
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def code_task(n: int, *, seed: int = 1234) -> list[tuple[str, str]]:
-    """n (word, code) pairs: a made-up word and a random 6-character code nobody could guess."""
-    rng = random.Random(seed)
-    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
-    words: set[str] = set()
-    while len(words) < n:
-        words.add("".join(rng.choice(syllables) for _ in range(3)))
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    return [(w, "".join(rng.choice(chars) for _ in range(6))) for w in sorted(words)]
-
-
-def question(word: str) -> str:
-    return f"What is the code for {word}?"
-
-
-def chat_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    return [
-        {"messages": [{"role": "user", "content": question(w)}, {"role": "assistant", "content": c}]}
-        for w, c in pairs
-    ]
-
-
-def preference_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """DPO rows: the right code preferred over the same code reversed."""
-    return [
-        {
-            "input": {"messages": [{"role": "user", "content": question(w)}]},
-            "preferred_output": [{"role": "assistant", "content": c}],
-            "non_preferred_output": [{"role": "assistant", "content": c[::-1]}],
-        }
-        for w, c in pairs
-    ]
 
 
 @pytest.fixture

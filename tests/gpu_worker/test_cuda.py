@@ -25,7 +25,7 @@ pytest.importorskip("trl")
 
 pytestmark = pytest.mark.gpu
 
-from tests.gpu_worker.conftest import chat_rows, code_task, question, write_jsonl  # noqa: E402
+from tests.support.code_task import chat_rows, code_task, question, write_jsonl  # noqa: E402
 
 
 @pytest.fixture(scope="module")

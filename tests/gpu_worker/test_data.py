@@ -20,7 +20,7 @@ from gpu_worker.data import (  # after the skip
     load_examples,
 )
 from gpu_worker.reporting import RecordingReporter
-from tests.gpu_worker.conftest import chat_rows, code_task, write_jsonl
+from tests.support.code_task import chat_rows, code_task, write_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -64,8 +64,7 @@ def test_lora_learns_mixed_case_codes_with_punctuation(
     pytest.importorskip("peft")
     from gpu_worker.reporting import RecordingReporter
     from gpu_worker.train import run_training
-    from tests.gpu_worker.conftest import chat_rows
-    from tests.gpu_worker.test_train import exact_match
+    from tests.support.code_task import chat_rows, exact_match
 
     pairs = mixed_case_code_task(48, seed=15)
     config = make_config(chat_rows(pairs), hp={"batch_size": 8, "n_epochs": 25}, name="mixed-case")

@@ -7,7 +7,7 @@ import csv
 import io
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core import jobs
-from core.db import make_engine, migrate, session_scope
+from core.db import session_scope
 from core.model_registry import register_model
 from core.models import File, FineTunedModel, JobCheckpoint, now_s
 from core.queue import WorkerInfo
 from core.settings import Settings
-from core.storage import Storage, make_storage_from_settings
+from core.storage import Storage
 from gpu_worker.db_reporter import MANIFEST, checkpoint_prefix
 from gpu_worker.job_runner import Attempt, run_attempt
 from gpu_worker.pinning import runner_pinning
@@ -39,19 +39,6 @@ def settings(tmp_path: Path, demo_model_dir: Path) -> Settings:
     settings = Settings(data_dir=tmp_path / "data", model_registry=tmp_path / "models.json")
     register_model(settings, "demo-tiny", demo_model_dir)
     return settings
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return make_storage_from_settings(settings)
 
 
 @pytest.fixture

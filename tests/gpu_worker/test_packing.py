@@ -16,7 +16,7 @@ pytest.importorskip("peft")
 
 from gpu_worker import packing  # noqa: E402
 from gpu_worker.data import IGNORE_INDEX  # noqa: E402
-from tests.gpu_worker.conftest import chat_rows, code_task  # noqa: E402
+from tests.support.code_task import chat_rows, code_task  # noqa: E402
 
 # -- best-fit decreasing -----------------------------------------------------------------------------------------
 
@@ -39,7 +39,7 @@ def test_bfd_is_best_fit_not_first_fit() -> None:
 
 def test_padding_arithmetic_matches_the_reference_spread() -> None:
     """The bench's spread (median 220, sigma 0.8, clipped 16-2048) wastes ~61% when padded per random batch."""
-    from bench.train_throughput import lognormal_lengths
+    from tests.support.datasets import lognormal_lengths
 
     lengths = lognormal_lengths(20_000, median=220, sigma=0.8, lo=16, hi=2048, seed=0)
     batches = [lengths[i : i + 8] for i in range(0, len(lengths), 8)]

@@ -15,8 +15,7 @@ import torch
 from gpu_worker import accel
 from gpu_worker.reporting import RecordingReporter
 from gpu_worker.train import run_training
-from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows
-from tests.gpu_worker.test_train import exact_match
+from tests.support.code_task import chat_rows, code_task, exact_match, preference_rows
 
 bnb = pytest.importorskip("bitsandbytes")
 

@@ -15,7 +15,7 @@ pytest.importorskip("peft")
 
 from gpu_worker.reporting import RecordingReporter
 from gpu_worker.train import TrainResult, run_training
-from tests.gpu_worker.conftest import chat_rows, code_task, preference_rows, question
+from tests.support.code_task import chat_rows, code_task, exact_match, preference_rows
 
 # A small, fast SFT run for the mechanics tests: 24 examples, batch 4 -> 6 steps/epoch, 3 epochs = 18 steps.
 SMALL_HP: dict[str, Any] = {
@@ -28,33 +28,6 @@ SMALL_HP: dict[str, Any] = {
 
 def losses(result: TrainResult) -> dict[int, float]:
     return {row["step"]: row["train_loss"] for row in result.metrics_history}
-
-
-def exact_match(model_dir: Path, adapter_dir: Path | None, pairs: list[tuple[str, str]]) -> float:
-    """Greedy-decode every training prompt in-process; the fraction answered exactly."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or model_dir)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": question(w)}], tokenize=False, add_generation_prompt=True
-        )
-        for w, _ in pairs
-    ]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=12, do_sample=False)
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return sum(a.strip() == code for a, (_, code) in zip(answers, pairs, strict=True)) / len(pairs)
 
 
 @pytest.mark.slow

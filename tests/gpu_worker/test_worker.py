@@ -17,7 +17,6 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from core import jobs
-from core.db import make_engine, migrate
 from core.model_registry import register_model
 from core.queue import Device, WorkerInfo, live_workers, registry_key
 from core.settings import Settings
@@ -34,14 +33,13 @@ from scheduler.dispatch import claim
 from scheduler.main import Scheduler, connect_redis
 from scheduler.placement import Device as PlacedDevice
 from scheduler.placement import WorkerView
-from tests.scheduler.conftest import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.scheduler.factories import chat_rows, events, get_job, make_file, make_job, make_org, messages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def settings(tmp_path: Path, redis_url: str, demo_model_dir: Path) -> Settings:  # noqa: F811
+def settings(tmp_path: Path, redis_url: str, demo_model_dir: Path) -> Settings:
     settings = Settings(
         data_dir=tmp_path / "data",
         redis_url=redis_url,
@@ -51,14 +49,6 @@ def settings(tmp_path: Path, redis_url: str, demo_model_dir: Path) -> Settings: 
     )
     register_model(settings, "demo-tiny", demo_model_dir)
     return settings
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -3,37 +3,24 @@ adapters (no training)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
 from core import ids, jobs
-from core.db import make_engine, migrate, session_scope
+from core.db import session_scope
 from core.keys import create_key
 from core.model_registry import register_model
 from core.models import FineTunedModel, FineTuningJob
 from core.settings import Settings
-from core.storage import Storage, make_storage_from_settings
+from core.storage import Storage
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "data", model_registry=tmp_path / "models.json")
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def storage(settings: Settings) -> Storage:
-    return make_storage_from_settings(settings)
 
 
 @pytest.fixture

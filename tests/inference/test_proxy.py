@@ -41,7 +41,7 @@ def key(make_key_for: Callable[[str], tuple[str, str]]) -> str:
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, str]]:
     """One app for the many request-checking cases (they change nothing)."""
     from api.main import create_app
-    from tests.conftest import make_key
+    from tests.support.keys import make_key
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("proxy") / "data")
     with TestClient(create_app(settings)) as test_client:

@@ -3,19 +3,17 @@ per-org quotas on files, storage bytes and unfinished jobs, and the body and inf
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.model_registry import register_model
 from core.redis_embedded import EmbeddedRedis, free_port
 from core.settings import Settings
-from tests.conftest import make_key
-from tests.reliability.conftest import auth
 from tests.support.datasets import chat_jsonl
+from tests.support.keys import make_key
+from tests.support.tenants import auth
 
 
 def _client(settings: Settings) -> TestClient:
@@ -26,12 +24,6 @@ def _upload(client: TestClient, key: str, data: bytes) -> object:
     return client.post(
         "/v1/files", headers=auth(key), data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", data)}
     )
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
-    with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
-        yield server
 
 
 def assert_rate_limited(resp: object) -> None:

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from core.adapters import AdapterRejected, adapter_rel_dir, materialize, validate_adapter
 from core.storage import LocalStorage
-from tests.reliability.conftest import Tenant, auth, seed_tenant
 from tests.support.adapters import make_adapter, make_base
+from tests.support.tenants import Tenant, auth, seed_tenant
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("core", "api", "scheduler", "gpu_worker", "cli", "adapter_agent", "clients")

@@ -22,7 +22,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from core.settings import Settings
-from tests.reliability.conftest import Tenant, auth, seed_tenant
+from tests.support.tenants import Tenant, auth, seed_tenant
 
 EXAMPLES = int(os.environ.get("FTSERVE_FUZZ_EXAMPLES", "6"))
 STATEFUL_EXAMPLES = int(os.environ.get("FTSERVE_FUZZ_STATEFUL_EXAMPLES", "6"))

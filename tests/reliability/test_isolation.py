@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from core.db import make_engine
 from core.settings import Settings
-from tests.reliability.conftest import Tenant, auth, seed_tenant
+from tests.support.tenants import Tenant, auth, seed_tenant
 
 # Path parameter → (A's object, a well-formed id that exists nowhere).
 ID_KINDS: dict[str, tuple[str, str]] = {

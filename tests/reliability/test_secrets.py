@@ -20,10 +20,10 @@ from core.db import make_engine, migrate, session_scope
 from core.keys import create_key, revoke_key
 from core.redis_embedded import free_port
 from core.settings import Settings
-from tests.reliability.conftest import auth
 from tests.support.datasets import chat_jsonl
 from tests.support.moto_server import run_moto_server
 from tests.support.postgres import postgres_reachable
+from tests.support.tenants import auth
 
 
 def _dump(settings: Settings) -> str:

@@ -51,14 +51,6 @@ def settings(tmp_path: Path, redis_url: str) -> Settings:
     )
 
 
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[Engine]:
-    migrate(settings.resolved_database_url)
-    engine = make_engine(settings.resolved_database_url)
-    yield engine
-    engine.dispose()
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_db(request: pytest.FixtureRequest, settings: Settings) -> Iterator[tuple[Settings, Engine]]:
     """The same test on SQLite and on PostgreSQL (skipped, with the reason, where it is absent)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import string
 
@@ -41,7 +42,7 @@ def preference_jsonl(n: int = 12) -> bytes:
 
 def mixed_case_code_task(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
     """n (key, code) pairs: keys "Item 0".."Item n-1", each with a made-up code such as "Xq-7Bz!" (upper and lower
-    case, a digit, punctuation) that nobody could guess. Pair them with tests.gpu_worker.conftest.chat_rows."""
+    case, a digit, punctuation) that nobody could guess. Pair them with tests.support.code_task.chat_rows."""
     rng = random.Random(seed)
     letters = string.ascii_letters
     codes: set[str] = set()
@@ -59,3 +60,13 @@ def mixed_case_code_task(n: int, *, seed: int = 0) -> list[tuple[str, str]]:
         codes.add(code)
         out.append((f"Item {len(out)}", code))
     return out
+
+
+def lognormal_lengths(n: int, *, median: float, sigma: float, lo: int, hi: int, seed: int) -> list[int]:
+    """n lengths at the (i + 0.5) / n quantiles of the log-normal, clipped, in a seeded random order."""
+    from statistics import NormalDist
+
+    z = NormalDist()
+    lengths = [min(hi, max(lo, round(median * math.exp(sigma * z.inv_cdf((i + 0.5) / n))))) for i in range(n)]
+    random.Random(seed).shuffle(lengths)
+    return lengths

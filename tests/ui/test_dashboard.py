@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.dashboard import Dashboard, Shots
 from tests.support.datasets import chat_example, chat_jsonl
-from tests.ui.conftest import Dashboard, Shots
 
 pytestmark = pytest.mark.slow
 

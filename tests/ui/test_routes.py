@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from api.main import create_app
 from core.settings import Settings
-from tests.conftest import make_key
+from tests.support.keys import make_key
 
 
 @pytest.fixture(scope="module")
