@@ -9,9 +9,10 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from api.scopes import check_request_scope
 from api.services.idempotency import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY
 from core.keys import authenticate
-from core.models import Organization
+from core.models import ApiKey, Organization
 from core.settings import Settings
 from core.storage import Storage
 
@@ -44,9 +45,16 @@ def _bearer(request: Request) -> str | None:
 
 def get_current_org(request: Request, engine: Annotated[Engine, Depends(get_engine)]) -> Organization:
     with Session(engine, expire_on_commit=False) as session:
-        _key, org = authenticate(session, key=_bearer(request))
+        key, org = authenticate(session, key=_bearer(request))
     request.state.organization_id = org.id
+    request.state.api_key = key  # for scopes, the audit log and per-key metering
+    check_request_scope(request, key)
     return org
+
+
+def get_current_key(request: Request, org: Annotated[Organization, Depends(get_current_org)]) -> ApiKey:
+    key: ApiKey = request.state.api_key
+    return key
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -54,6 +62,7 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CurrentOrg = Annotated[Organization, Depends(get_current_org)]
+CurrentKey = Annotated[ApiKey, Depends(get_current_key)]
 # Checked by the service (api/services/idempotency.py), so a bad key is a 400 in the error envelope.
 IdempotencyKeyHeader = Annotated[
     str | None,

@@ -18,6 +18,7 @@ logger = logging.getLogger("ftserve.api")
 
 STATUS_BY_ERROR: list[tuple[type[errors.FtserveError], int]] = [
     (errors.AuthenticationError, 401),
+    (errors.PermissionDeniedError, 403),
     (errors.NotFoundError, 404),
     (errors.ConflictError, 400),
     (errors.IdempotencyKeyReusedError, 422),

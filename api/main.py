@@ -16,7 +16,18 @@ from api.metrics import HttpMetricsMiddleware, metrics_endpoint
 from api.middleware import RequestIdMiddleware
 from api.protocol import ErrorResponse
 from api.ratelimit import RateLimitMiddleware
-from api.routes import estimates, files, fine_tuning, inference, models, ui, webhooks
+from api.routes import (
+    api_keys,
+    estimates,
+    exports,
+    files,
+    fine_tuning,
+    inference,
+    models,
+    ui,
+    usage,
+    webhooks,
+)
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.ratelimit import RateLimiter
@@ -83,10 +94,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(files.router)
     app.include_router(fine_tuning.router)
+    app.include_router(exports.router)
     app.include_router(estimates.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)
     app.include_router(inference.router)
+    app.include_router(usage.router)
+    app.include_router(api_keys.router)
     app.include_router(ui.router)
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 
@@ -177,9 +177,13 @@ class MethodSection(OpenAIBaseModel):
 
 
 class FineTuneMethod(OpenAIBaseModel):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    # Extensions: "kto", "orpo" and "simpo", each with its own section like OpenAI's "dpo".
+    type: Literal["supervised", "dpo", "kto", "orpo", "simpo", "reinforcement"]
     supervised: MethodSection | None = None
     dpo: MethodSection | None = None
+    kto: MethodSection | None = None
+    orpo: MethodSection | None = None
+    simpo: MethodSection | None = None
     reinforcement: dict[str, Any] | None = None
 
 
@@ -197,6 +201,17 @@ class CreateFineTuningJobRequest(OpenAIBaseModel):
     integrations: list[dict[str, Any]] | None = None
     # Extension (the SDK's extra_body): higher runs sooner; -100..100, default 0.
     priority: int | None = Field(None, ge=-100, le=100, strict=True)
+    # Extensions (docs/usage.md): the job pauses once it has trained this many tokens or cost this much.
+    max_trained_tokens: int | None = Field(None, ge=1, le=10**15, strict=True)
+    max_cost: float | None = Field(None, gt=0, le=1e12, allow_inf_nan=False, strict=True)
+
+
+class ResumeFineTuningJobRequest(OpenAIBaseModel):
+    """Extension: an optional body of `POST /v1/fine_tuning/jobs/{id}/resume` that changes the job's caps
+    (null removes one); a job paused at a cap resumes only once that cap is above what it has used."""
+
+    max_trained_tokens: int | None = Field(None, ge=1, le=10**15, strict=True)
+    max_cost: float | None = Field(None, gt=0, le=1e12, allow_inf_nan=False, strict=True)
 
 
 class FineTuningJobError(OpenAIBaseModel):
@@ -244,6 +259,9 @@ class FineTuningJobObject(OpenAIBaseModel):
     queue_position: int | None = None
     estimated_start_at: int | None = None
     queue_reason: str | None = None
+    # Caps (docs/usage.md): the job pauses once either is reached.
+    max_trained_tokens: int | None = None
+    max_cost: float | None = None
 
 
 class FineTuningJobEventObject(OpenAIBaseModel):
@@ -478,6 +496,8 @@ class CreateEstimateRequest(OpenAIBaseModel):
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     priority: int | None = None
+    max_trained_tokens: int | None = None
+    max_cost: float | None = None
 
 
 class GpuFit(OpenAIBaseModel):
@@ -510,3 +530,58 @@ class EstimateObject(OpenAIBaseModel):
     hyperparameters: dict[str, Any]  # resolved: what the job would train with
     profile: str
     notes: list[str] = Field(default_factory=list)
+    # What the job would cost at this server's prices (docs/usage.md); None only where nothing could be priced.
+    estimated_cost: EstimatedCost | None = None
+
+
+class EstimatedCost(OpenAIBaseModel):
+    """Extension: the expected cost of a job, and its parts. `value` sums the parts that are known."""
+
+    currency: str
+    value: float | None
+    trained_tokens: int | None  # x price_per_million_trained_tokens
+    trained_tokens_cost: float | None
+    gpu_class: str | None  # the class it would run on (the estimate's gpu_class, or "cpu")
+    gpu_seconds: float | None  # from the measured throughput of that class
+    gpu_cost: float | None  # x price_per_gpu_hour of that class
+    throughput: dict[str, Any] | None = None  # {"gpu_class": the table entry used, "param_tokens_per_second"}
+    notes: list[str] = Field(default_factory=list)
+
+
+# --- Exports (POST /v1/fine_tuning/jobs/{id}/exports, an ftserve extension; docs/export.md) ----------------
+
+
+class CreateExportRequest(OpenAIBaseModel):
+    format: Literal["adapter", "merged", "gguf"]
+    # A checkpoint of the job: its id (ftckpt-...), its model name (ft:...:ckpt-step-N) or its step number.
+    # Default: the job's final adapter.
+    checkpoint: str | int | None = None
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _checkpoint(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not (value is None or isinstance(value, str | int)):
+            raise ValueError("give a checkpoint's id (ftckpt-...), model name (ft:...:ckpt-step-N) or step")
+        return value
+
+
+class ExportError(OpenAIBaseModel):
+    code: str
+    message: str
+
+
+class ExportObject(OpenAIBaseModel):
+    id: str
+    object: Literal["fine_tuning.job.export"] = "fine_tuning.job.export"
+    job_id: str
+    format: Literal["adapter", "merged", "gguf"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    model: str  # what is exported: the fine-tuned model, or the checkpoint's model name
+    checkpoint_step: int | None = None
+    file_id: str | None = None  # the File to download (GET /v1/files/{id}/content), once succeeded
+    bytes: int | None = None
+    created_at: int
+    started_at: int | None = None
+    finished_at: int | None = None
+    error: ExportError | None = None
+    checks: dict[str, Any] = Field(default_factory=dict)  # what was checked before the file was offered

@@ -40,6 +40,8 @@ JOB_FLAGS = {
     "metadata": "--metadata",
     "method.type": "--method",
     "hyperparameters": "-H {}=VALUE",
+    "max_trained_tokens": "--max-trained-tokens",
+    "max_cost": "--max-cost",
 }
 METHODS = {"sft": "supervised", "supervised": "supervised", "dpo": "dpo"}
 
@@ -154,6 +156,10 @@ def jobs_create(
     ),
     seed: int = typer.Option(None, "--seed", help="Seed for a reproducible run."),
     metadata: list[str] = typer.Option([], "--metadata", help="key=value, repeatable."),
+    max_trained_tokens: int = typer.Option(
+        None, "--max-trained-tokens", help="Pause the job once it has trained this many tokens."
+    ),
+    max_cost: float = typer.Option(None, "--max-cost", help="Pause the job once it has cost this much."),
     follow: bool = typer.Option(
         False, "--follow", help="Follow the job live until it ends; exit 0 on success."
     ),
@@ -189,6 +195,8 @@ def jobs_create(
         "suffix": suffix,
         "seed": seed,
         "metadata": meta or None,
+        "max_trained_tokens": max_trained_tokens,
+        "max_cost": max_cost,
     }
     create_and_follow(client, body, follow=follow, as_json=as_json, names=JOB_FLAGS)
 
@@ -314,9 +322,27 @@ def jobs_pause(job_id: str, as_json: bool = typer.Option(False, "--json", help=J
 
 
 @jobs_app.command("resume")
-def jobs_resume(job_id: str, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Resume a paused job from its checkpoint."""
-    _control("resume", job_id, as_json)
+def jobs_resume(
+    job_id: str,
+    max_trained_tokens: int = typer.Option(None, "--max-trained-tokens", help="A new token cap (0: none)."),
+    max_cost: float = typer.Option(None, "--max-cost", help="A new cost cap (0: none)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Resume a paused job from its checkpoint; a job paused at a cap needs that cap raised."""
+    if max_trained_tokens is None and max_cost is None:
+        _control("resume", job_id, as_json)
+        return
+    caps: dict[str, Any] = {}
+    if max_trained_tokens is not None:
+        caps["max_trained_tokens"] = max_trained_tokens or None
+    if max_cost is not None:
+        caps["max_cost"] = max_cost or None
+    with cli_errors({"max_trained_tokens": "--max-trained-tokens", "max_cost": "--max-cost"}):
+        job = make_client().fine_tuning.jobs.resume(job_id, **caps)
+        if as_json:
+            print_json(job)
+        else:
+            print(f"{job.id} {job.status}")
 
 
 @jobs_app.command("checkpoints")

@@ -9,11 +9,14 @@ import typer
 from rich.console import Console
 
 from cli import config_file
+from cli.budgets import budgets_app
 from cli.chat import chat
+from cli.exports import register_export_commands
 from cli.files import files_app
 from cli.inference import inference_app
 from cli.jobs import jobs_app
 from cli.models import register_api_model_commands, register_server_model_commands
+from cli.org import org_app
 from core.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -31,8 +34,11 @@ app.add_typer(inference_app, name="inference")
 # User verbs go through the API with the SDK (FTSERVE_API_KEY, FTSERVE_BASE_URL): cli/files.py, cli/jobs.py,
 # cli/chat.py and the API side of cli/models.py, one module per noun like api/routes/.
 app.add_typer(files_app, name="files")
+register_export_commands(jobs_app)
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_file.config_app, name="config")
+app.add_typer(org_app, name="org")
+app.add_typer(budgets_app, name="budgets")
 
 err = Console(stderr=True)
 
@@ -130,6 +136,12 @@ def worker(
 def keys_create(
     org: str = typer.Option(..., "--org", help="Organization name; created if it does not exist."),
     name: str = typer.Option(None, help="A label for the key."),
+    scope: list[str] = typer.Option(
+        [], "--scope", help="admin, fine_tune or inference; repeatable. Default: every scope (an admin key)."
+    ),
+    inference_token_quota: int = typer.Option(
+        None, "--inference-token-quota", min=1, help="Prompt + completion tokens it may use per month (UTC)."
+    ),
 ) -> None:
     """Create an API key. The key is printed once, alone on the last line."""
     from core.db import make_engine, migrate, session_scope
@@ -142,7 +154,13 @@ def keys_create(
     engine = make_engine(url)
     try:
         with session_scope(engine) as session:
-            row, key = create_key(session, org_name=org, name=name)
+            row, key = create_key(
+                session,
+                org_name=org,
+                name=name,
+                scopes=scope or None,
+                inference_token_quota=inference_token_quota,
+            )
             org_id = row.organization_id
     except FtserveError as exc:
         err.print(f"[red]error:[/red] {exc.message}")

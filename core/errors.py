@@ -71,6 +71,19 @@ class QuotaExceededError(FtserveError):
     code = "quota_exceeded"
 
 
+class PermissionDeniedError(FtserveError):
+    """The API key is valid but its scopes do not allow this route (403)."""
+
+    code = "insufficient_permissions"
+
+
+class InsufficientQuotaError(QuotaExceededError):
+    """An organization's monthly budget, or a key's monthly inference tokens, is spent (429, not retried:
+    it frees up when the month ends or an operator raises the budget)."""
+
+    code = "insufficient_quota"
+
+
 class ServiceUnavailableError(FtserveError):
     """A dependency (database, redis, storage, vLLM) is down (503)."""
 

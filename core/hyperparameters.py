@@ -4,8 +4,9 @@ Pure pydantic (no torch), so the API can validate a job request and the schedule
 same numbers the worker will train with.
 
 OpenAI's fields (`batch_size`, `learning_rate_multiplier`, `n_epochs`, and `beta` for DPO) accept `"auto"` or a
-number. Our extensions are optional and default to auto as well. Unknown keys are rejected (`extra="forbid"`)
-so a typo such as `n_epoch` is reported instead of silently ignored.
+number. Our extensions (the LoRA and schedule fields, the methods `kto`, `orpo` and `simpo` with their own
+fields, and DPO's `loss_type`) are optional and default to auto as well. Unknown keys are rejected
+(`extra="forbid"`) so a typo such as `n_epoch` is reported instead of silently ignored.
 """
 
 from __future__ import annotations
@@ -16,16 +17,34 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Auto = Literal["auto"]
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "kto", "orpo", "simpo"]
+METHODS: tuple[str, ...] = ("supervised", "dpo", "kto", "orpo", "simpo")
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
 Quantization = Literal["none", "4bit"]
 
 # -- the rules behind "auto" (see resolve_hyperparameters) ---------------------------------------------------
 REFERENCE_PARAMS = 7e9  # the size the base LoRA learning rate below is tuned for (Llama/Qwen 7-8B)
 REFERENCE_LORA_LR = 2e-4  # the widely used LoRA learning rate at that size (QLoRA, Unsloth, TRL guides)
 DPO_LR_FACTOR = 0.1  # preference optimisation needs a ~10x smaller step than SFT (DPO paper, TRL defaults)
+# ...for the methods that only move the model relative to where it is: DPO, KTO, SimPO. ORPO has the SFT loss in
+# its objective and starts from the base model, as SFT does, so it takes SFT's rate.
+SMALL_STEP_METHODS = frozenset({"dpo", "kto", "simpo"})
+# Method defaults: beta as the DPO paper and TRL set it (DPO, KTO; ORPO's lambda), SimPO's from its paper's
+# Llama-3-base setup (beta 2, gamma 1: a target margin of gamma/beta = 0.5 nats per token).
+DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
+DEFAULT_SIMPO_GAMMA = 1.0
+DEFAULT_ROBUST_SMOOTHING = 0.1  # robust DPO's assumed share of flipped labels when none is given
 MIN_LR, MAX_LR = 5e-6, 1e-2
 TARGET_EPOCHS = 3  # OpenAI's default number of passes
 MIN_TARGET_EXAMPLES = 100  # OpenAI: at least this many example exposures for a >=1B model...
@@ -87,7 +106,7 @@ def token_sized_max_seq_length(longest_example_tokens: int) -> int:
 
 
 class _Hyperparameters(BaseModel):
-    """Fields shared by SFT and DPO. Every field may be omitted; omitted means "auto"."""
+    """Fields shared by every method. Every field may be omitted; omitted means "auto"."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -131,9 +150,75 @@ class SupervisedHyperparameters(_Hyperparameters):
 
 
 class DpoHyperparameters(_Hyperparameters):
-    """`method.dpo.hyperparameters`: adds `beta`, the strength of the pull towards the reference model."""
+    """`method.dpo.hyperparameters`: adds `beta`, the strength of the pull towards the reference model, and our
+    `loss_type` (TRL's DPO loss variants) and `label_smoothing` (robust DPO's share of flipped labels)."""
 
     beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+    loss_type: Auto | DpoLoss = "auto"
+    label_smoothing: Auto | Annotated[float, Field(ge=0, lt=0.5)] = "auto"
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing_is_robust(cls, value: Any, info: ValidationInfo) -> Any:
+        # TRL's other DPO losses ignore it; a value that changes nothing is refused, not ignored
+        if value != "auto" and info.data.get("loss_type") != "robust":
+            raise ValueError("label_smoothing applies to loss_type 'robust' only")
+        return value
+
+
+class KtoHyperparameters(_Hyperparameters):
+    """`method.kto.hyperparameters` (extension): `beta` as DPO's, and the weights of the desirable and the
+    undesirable examples' losses (to balance a file with more of one kind)."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = "auto"
+    desirable_weight: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+    undesirable_weight: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+    @field_validator("batch_size", "micro_batch_size")
+    @classmethod
+    def _at_least_two(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, int) and value < 2:
+            raise ValueError(
+                f"kto needs a {info.field_name} of at least 2: it estimates its KL term from the other examples "
+                "of the same micro-batch"
+            )
+        return value
+
+
+class OrpoHyperparameters(_Hyperparameters):
+    """`method.orpo.hyperparameters` (extension): `beta` is ORPO's lambda, the weight of the odds-ratio term next
+    to the SFT loss on the chosen answers."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+
+
+class SimpoHyperparameters(_Hyperparameters):
+    """`method.simpo.hyperparameters` (extension): `beta` scales the length-normalised reward, `gamma` is the
+    target reward margin between the chosen and the rejected answer."""
+
+    beta: Auto | Annotated[float, Field(gt=0, le=20)] = "auto"
+    gamma: Auto | Annotated[float, Field(ge=0, le=20)] = "auto"
+
+
+HYPERPARAMETERS: dict[str, type[_Hyperparameters]] = {
+    "supervised": SupervisedHyperparameters,
+    "dpo": DpoHyperparameters,
+    "kto": KtoHyperparameters,
+    "orpo": OrpoHyperparameters,
+    "simpo": SimpoHyperparameters,
+}
+
+
+def hyperparameters_model(method: str) -> type[_Hyperparameters]:
+    """The request model of `method.<method>.hyperparameters`."""
+    if method not in HYPERPARAMETERS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return HYPERPARAMETERS[method]
+
+
+def min_micro_batch(method: str) -> int:
+    """The smallest micro-batch a method trains with: KTO's KL estimate needs another example beside each."""
+    return 2 if method == "kto" else 1
 
 
 class ResolvedHyperparameters(BaseModel):
@@ -146,7 +231,12 @@ class ResolvedHyperparameters(BaseModel):
     learning_rate_multiplier: float
     learning_rate: float  # the absolute rate the optimizer uses
     n_epochs: int
-    beta: float | None = None  # DPO only
+    beta: float | None = None  # dpo, kto, orpo, simpo
+    loss_type: DpoLoss | None = None  # dpo
+    label_smoothing: float | None = None  # dpo
+    desirable_weight: float | None = None  # kto
+    undesirable_weight: float | None = None  # kto
+    gamma: float | None = None  # simpo
     lora_rank: int
     lora_alpha: int
     lora_dropout: float
@@ -170,7 +260,7 @@ class ResolvedHyperparameters(BaseModel):
     total_steps: int
 
     def openai_view(self) -> dict[str, Any]:
-        """The three (four for DPO) fields OpenAI's job object shows."""
+        """The three (four with beta) fields OpenAI's job object shows."""
         out: dict[str, Any] = {
             "batch_size": self.batch_size,
             "learning_rate_multiplier": self.learning_rate_multiplier,
@@ -195,7 +285,7 @@ def base_learning_rate(method: str, base_model_params: int | None) -> float:
     """
     params = base_model_params or REFERENCE_PARAMS
     lr = REFERENCE_LORA_LR * float(REFERENCE_PARAMS / params) ** (1 / 3)
-    if method == "dpo":
+    if method in SMALL_STEP_METHODS:
         lr *= DPO_LR_FACTOR
     return float(min(MAX_LR, max(MIN_LR, lr)))
 
@@ -325,7 +415,7 @@ def auto_micro_batch_size(
 
 def resolve_hyperparameters(
     method: str,
-    hp: SupervisedHyperparameters | DpoHyperparameters | None,
+    hp: _Hyperparameters | None,
     *,
     n_examples: int,
     base_model_params: int | None = None,
@@ -343,10 +433,14 @@ def resolve_hyperparameters(
       >= 1B params, more for smaller models), fewer for huge ones (<= 25,000 exposures). A ceiling: "auto"
       turns early stopping on (below).
     - `learning_rate`: explicit `learning_rate` wins; else `base_learning_rate(method, params)` times
-      `learning_rate_multiplier` (auto = 1.0). DPO uses a 10x smaller base. Unlike OpenAI's (relative to
-      the pretraining rate), our multiplier is relative to this base LoRA rate; with an explicit
+      `learning_rate_multiplier` (auto = 1.0). DPO, KTO and SimPO use a 10x smaller base. Unlike OpenAI's
+      (relative to the pretraining rate), our multiplier is relative to this base LoRA rate; with an explicit
       `learning_rate` the reported multiplier is learning_rate / base.
-    - `beta` (DPO): 0.1, the DPO paper's and TRL's default.
+    - `beta`: 0.1 for DPO, KTO and ORPO (their papers' and TRL's default), 2.0 for SimPO. DPO's `loss_type`:
+      "sigmoid" (the DPO paper's); its `label_smoothing`: 0.1 for "robust". KTO's weights: 1.0 each. SimPO's
+      `gamma`: 1.0.
+    - KTO: `batch_size` and the micro-batch are at least 2 (its KL estimate pairs each prompt with another
+      example's answer from the same micro-batch).
     - LoRA: rank 16, alpha = 2 x rank, dropout 0, all linear layers: the common QLoRA/"LoRA without regret"
       setting, which vLLM serves (rank <= its max_lora_rank).
     - `max_seq_length`: sized from the data when the files' longest example is known: from its exact token
@@ -374,21 +468,25 @@ def resolve_hyperparameters(
     `base_model_params` (from the model registry or the model's config) sizes the lr and epochs; None means
     "a real model" (>= 1B) and gives OpenAI's rules with a 7B-class learning rate.
     """
-    if method not in ("supervised", "dpo"):
-        raise ValueError(f"method must be 'supervised' or 'dpo', got {method!r}")
+    model = hyperparameters_model(method)
     if n_examples < 1:
         raise ValueError("n_examples must be at least 1")
     if hp is None:
-        hp = DpoHyperparameters() if method == "dpo" else SupervisedHyperparameters()
-    if method == "supervised" and isinstance(hp, DpoHyperparameters) and hp.beta != "auto":
-        raise ValueError("beta applies to dpo only")
+        hp = model()
+    elif type(hp) is not model:  # another method's fields: only those this method has may be set
+        set_values = {k: v for k, v in hp.model_dump().items() if v != "auto"}
+        foreign = sorted(set(set_values) - set(model.model_fields))
+        if foreign:
+            raise ValueError(f"{', '.join(foreign)} does not apply to method {method!r}")
+        hp = model.model_validate(set_values)
+    least = min_micro_batch(method)
 
     early_stopping = hp.n_epochs == "auto" if hp.early_stopping == "auto" else hp.early_stopping
     holdout = auto_holdout_examples(n_examples) if early_stopping and not has_validation_file else 0
     file_examples, n_examples = n_examples, n_examples - holdout  # from here on: the examples trained on
 
     batch_size = auto_batch_size(file_examples) if hp.batch_size == "auto" else hp.batch_size
-    batch_size = min(batch_size, n_examples)  # a batch cannot hold more examples than are trained on
+    batch_size = max(least, min(batch_size, n_examples))  # a batch holds at most the examples trained on
     n_epochs = auto_n_epochs(n_examples, base_model_params) if hp.n_epochs == "auto" else hp.n_epochs
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else float(hp.learning_rate_multiplier)
     base_lr = base_learning_rate(method, base_model_params)
@@ -422,6 +520,8 @@ def resolve_hyperparameters(
             )
     else:  # explicit: at most that many (with an "auto" batch_size, the largest divisor of it not above)
         micro = max(d for d in range(1, batch_size + 1) if batch_size % d == 0 and d <= hp.micro_batch_size)
+    if micro < least:  # the smallest divisor of the batch the method can train with
+        micro = min(d for d in range(least, batch_size + 1) if batch_size % d == 0)
 
     steps_per_epoch = math.ceil(n_examples / batch_size)
     total_steps = steps_per_epoch * n_epochs
@@ -429,10 +529,24 @@ def resolve_hyperparameters(
     # early stopping evaluates after every epoch anyway; by default not more often than that
     auto_eval_every = steps_per_epoch if early_stopping else every_tenth
 
-    beta: float | None = None
+    def given(name: str, auto: Any) -> Any:
+        value = getattr(hp, name, "auto")
+        return auto if value == "auto" else value
+
+    extra: dict[str, Any] = {}  # the method's own fields
+    if method in DEFAULT_BETA:
+        extra["beta"] = float(given("beta", DEFAULT_BETA[method]))
     if method == "dpo":
-        hp_beta = getattr(hp, "beta", "auto")
-        beta = 0.1 if hp_beta == "auto" else float(hp_beta)
+        extra["loss_type"] = given("loss_type", "sigmoid")
+        robust = extra["loss_type"] == "robust"
+        extra["label_smoothing"] = float(
+            given("label_smoothing", DEFAULT_ROBUST_SMOOTHING if robust else 0.0)
+        )
+    elif method == "kto":
+        extra["desirable_weight"] = float(given("desirable_weight", 1.0))
+        extra["undesirable_weight"] = float(given("undesirable_weight", 1.0))
+    elif method == "simpo":
+        extra["gamma"] = float(given("gamma", DEFAULT_SIMPO_GAMMA))
 
     return ResolvedHyperparameters(
         method=method,  # checked above
@@ -440,7 +554,7 @@ def resolve_hyperparameters(
         learning_rate_multiplier=round(multiplier, 6),
         learning_rate=lr,
         n_epochs=n_epochs,
-        beta=beta,
+        **extra,
         lora_rank=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,

@@ -14,6 +14,9 @@ from core.models import ApiKey, Organization, now_s
 
 # Recognisable by secret scanners and by people: "ftsk-" then 48 base62 characters.
 KEY_PREFIX = "ftsk-"
+# What a key may do (api/scopes.py maps routes to them). "admin" includes the others.
+ADMIN, FINE_TUNE, INFERENCE = "admin", "fine_tune", "inference"
+SCOPES = (ADMIN, FINE_TUNE, INFERENCE)
 _ORG_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
@@ -39,8 +42,34 @@ def get_or_create_org(session: Session, *, name: str) -> Organization:
     return org
 
 
-def create_key(session: Session, *, org_name: str, name: str | None = None) -> tuple[ApiKey, str]:
-    """Create a key for `org_name` (creating the org if needed). Returns the row and the key, shown once."""
+def check_scopes(scopes: list[str] | None, *, param: str = "scopes") -> list[str] | None:
+    """The scopes, deduplicated in SCOPES' order; None (every scope) stays None."""
+    if scopes is None:
+        return None
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise InvalidRequestError(
+            f"Invalid scopes {unknown or scopes!r}: give one or more of {', '.join(SCOPES)}.",
+            param=param,
+            code="invalid_value",
+        )
+    return [s for s in SCOPES if s in scopes]
+
+
+def has_scope(key: ApiKey, scope: str) -> bool:
+    return key.scopes is None or ADMIN in key.scopes or scope in key.scopes
+
+
+def create_key(
+    session: Session,
+    *,
+    org_name: str,
+    name: str | None = None,
+    scopes: list[str] | None = None,
+    inference_token_quota: int | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key for `org_name` (creating the org if needed). Returns the row and the key, shown once.
+    `scopes` None: every scope."""
     org = get_or_create_org(session, name=org_name)
     key = generate_key()
     row = ApiKey(
@@ -49,6 +78,8 @@ def create_key(session: Session, *, org_name: str, name: str | None = None) -> t
         key_hash=hash_key(key),
         display_prefix=key[: len(KEY_PREFIX) + 4],
         name=name,
+        scopes=check_scopes(scopes),
+        inference_token_quota=inference_token_quota,
     )
     session.add(row)
     session.flush()

@@ -40,6 +40,11 @@ class ApiKey(SQLModel, table=True):
     created_at: int = Field(default_factory=now_s)
     revoked_at: int | None = None
     last_used_at: int | None = None
+    # What the key may do (api/scopes.py): "admin", "fine_tune", "inference". None: everything (keys made
+    # before scopes existed, and the server CLI's default).
+    scopes: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # Inference tokens (prompt + completion) the key may use per calendar month (UTC); None: no quota.
+    inference_token_quota: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class File(SQLModel, table=True):
@@ -144,6 +149,9 @@ class FineTuningJob(SQLModel, table=True):
     # request, so a retry with the same key and body gets this job back and a different body is refused.
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
+    # -- caps (issue #21, extensions): the worker pauses the job once either is reached; a resume may raise them.
+    max_trained_tokens: int | None = Field(default=None, sa_column=Column(BigInteger))
+    max_cost: float | None = None
 
 
 class JobEvent(SQLModel, table=True):
@@ -353,3 +361,116 @@ class AdapterPlacement(SQLModel, table=True):
     loaded_at: int = Field(default_factory=now_s)
     # Milliseconds since the epoch of the last request served with it: the LRU key for eviction.
     last_used_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+# --- Exports (issue #18): a job's adapter, merged model or GGUF, made by a worker and offered as a File -------
+
+
+class JobExport(SQLModel, table=True):
+    """One export of a job's adapter (or one of its checkpoints). queued → running → succeeded | failed.
+
+    The scheduler hands a queued export to a live worker (worker_id, a new attempt, a lease); the worker renews the
+    lease while it runs and fences every write by attempt and worker, so an export whose worker was lost is handed
+    out again and the lost attempt can publish nothing. `file_id` names the File once the export succeeded."""
+
+    __tablename__ = "fine_tuning_job_exports"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    # adapter | merged | gguf
+    format: str = Field(max_length=16)
+    # None: the job's final adapter; else the step of the checkpoint exported.
+    checkpoint_step: int | None = None
+    # The model name of what is exported: ft:... or ft:...:ckpt-step-N.
+    source_model: str = Field(max_length=512)
+    # queued | running | succeeded | failed
+    status: str = Field(default="queued", index=True, max_length=16)
+    attempt: int = 0
+    worker_id: str | None = Field(default=None, index=True, max_length=128)
+    lease_expires_at: float | None = None
+    file_id: str | None = Field(default=None, max_length=64)
+    bytes: int | None = Field(default=None, sa_column=Column(BigInteger))
+    # {"code", "message"} of a failed export.
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    # What was checked before the file was offered (gpu_worker/export.py), one record per check.
+    checks: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: int = Field(default_factory=now_s)
+    started_at: int | None = None
+    finished_at: int | None = None
+    updated_at: int = Field(default_factory=now_s)
+
+
+# --- Usage, budgets and the audit log (issue #21) ---------------------------------------------------------------
+
+
+class TrainingUsage(SQLModel, table=True):
+    """What one attempt of a job used, written by the worker as the attempt ends (finished, paused, cancelled,
+    failed or handed back). `cost` is priced when recorded, so a later price change does not rewrite history."""
+
+    __tablename__ = "training_usage"
+    __table_args__ = (
+        UniqueConstraint("job_id", "attempt", name="uq_training_usage_job_attempt"),
+        Index("ix_training_usage_org_created", "organization_id", "created_at"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    organization_id: str = Field(max_length=64)
+    job_id: str = Field(index=True, max_length=64)
+    attempt: int
+    model: str = Field(max_length=256)  # the base model trained
+    gpu_class: str = Field(max_length=128)  # the GPU's name as its worker reports it, or "cpu"
+    trained_tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    gpu_seconds: float = 0.0
+    cost: float = 0.0
+    created_at: int = Field(default_factory=now_s)
+
+
+class InferenceUsage(SQLModel, table=True):
+    """One metered inference request: vLLM's `usage` of its answer."""
+
+    __tablename__ = "inference_usage"
+    __table_args__ = (
+        Index("ix_inference_usage_org_created", "organization_id", "created_at"),
+        Index("ix_inference_usage_key_created", "api_key_id", "created_at"),
+    )
+
+    seq: int | None = Field(default=None, primary_key=True)
+    organization_id: str = Field(max_length=64)
+    api_key_id: str = Field(max_length=64)
+    model: str = Field(max_length=512)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    created_at: int = Field(default_factory=now_s)
+
+
+class OrganizationBudget(SQLModel, table=True):
+    """An operator-set monthly budget of one organization (`ftserve budgets set`); None: the settings' default."""
+
+    __tablename__ = "organization_budgets"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    organization_id: str = Field(index=True, unique=True, max_length=64)
+    monthly_cost: float | None = None
+    monthly_trained_tokens: int | None = Field(default=None, sa_column=Column(BigInteger))
+    updated_at: int = Field(default_factory=now_s)
+
+
+class AuditLog(SQLModel, table=True):
+    """Who did what: creates, cancels and deletes of jobs, files and models, and key changes."""
+
+    __tablename__ = "audit_logs"
+    __table_args__ = (Index("ix_audit_logs_org_effective", "organization_id", "effective_at"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(max_length=64)
+    type: str = Field(max_length=64)  # e.g. fine_tuning.job.created, api_key.deleted
+    effective_at: int = Field(default_factory=now_s)
+    # api_key (a request) or operator (the server CLI)
+    actor_type: str = Field(default="api_key", max_length=16)
+    actor_api_key_id: str | None = Field(default=None, max_length=64)
+    object_id: str | None = Field(default=None, max_length=512)
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))

@@ -6,7 +6,8 @@ scheduler enqueues again. arq pickles by default; we use JSON so that nothing ex
 Redis and any process (or person with `redis-cli`) can read a payload.
 
 Keys:
-    ftserve:worker:<worker_id>      arq queue (sorted set) of one worker; arq adds its own arq:* keys
+    ftserve:worker:<worker_id>      arq queue (sorted set) of one worker (`train` and `export` tasks); arq adds
+                                    its own arq:* keys
     ftserve:registry:<worker_id>    the worker's WorkerInfo as JSON, with a TTL: present = alive
 """
 
@@ -76,6 +77,21 @@ class TrainTask(BaseModel):
 
 # Long: a fine-tune may run for many hours. Cancellation goes through the DB, not arq's timeout.
 TRAIN_TIMEOUT_S = 7 * 24 * 3600
+
+EXPORT_TASK = "export"
+# Merging and checking a large model on a CPU takes a while; an export still running after this is failed.
+EXPORT_TIMEOUT_S = 12 * 3600
+
+
+class ExportTask(BaseModel):
+    """The payload of arq's `export` task: make one attempt of one export (core.exports)."""
+
+    export_id: str
+    attempt: int
+
+    @property
+    def arq_job_id(self) -> str:
+        return arq_job_id(self.export_id, self.attempt)
 
 
 def _json_default(value: object) -> str:

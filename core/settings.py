@@ -67,6 +67,18 @@ class Settings(BaseSettings):
         description="Jobs not yet finished (validating, queued, running, paused) one organization may have. "
         "Over it, creating a job gets 429. 0: no limit.",
     )
+    org_max_export_bytes: int = Field(
+        50 * 1024**3,
+        ge=0,
+        description="Bytes of export files (adapter, merged, GGUF; not deleted) one organization may hold. A new "
+        "export is refused (429) once they reach it, and an export that would pass it fails. 0: no limit.",
+    )
+    org_max_active_exports: int = Field(
+        4,
+        ge=0,
+        description="Exports not yet finished (queued or running) one organization may have. Over it, requesting "
+        "an export gets 429. 0: no limit.",
+    )
     log_level: str = "info"
 
     model_registry: Path | None = Field(
@@ -220,6 +232,41 @@ class Settings(BaseSettings):
         None,
         description="Bearer token the API and scheduler send to adapter agents, and agents require. Needed "
         "whenever an agent listens beyond loopback; set the same value on api, scheduler and every agent.",
+    )
+
+    # Prices, budgets and measured throughput (docs/usage.md). A price of 0 means "not priced".
+    price_currency: str = Field("USD", description="The currency of every price, cost and budget.")
+    price_per_million_trained_tokens: float = Field(
+        0.0, ge=0, description="Price of one million trained (loss-bearing) tokens."
+    )
+    price_per_gpu_hour: dict[str, float] = Field(
+        default_factory=dict,
+        description='Price of one hour on a GPU class, as JSON: {"H200": 3.5, "cpu": 0.1, "*": 1.0}. A key matches '
+        'a class it equals or is part of (case-insensitive, the longest key wins); "cpu" prices CPU workers and '
+        '"*" every other class.',
+    )
+    price_per_million_input_tokens: float = Field(
+        0.0, ge=0, description="Price of one million prompt tokens sent to inference."
+    )
+    price_per_million_output_tokens: float = Field(
+        0.0, ge=0, description="Price of one million completion tokens inference generated."
+    )
+    training_throughput: dict[str, float] = Field(
+        default_factory=dict,
+        description="Training throughput by GPU class in parameter-tokens per second (tokens/s x the base model's "
+        'parameters), as JSON: {"A100": 2.5e12}. Adds to and overrides the measured table in core/pricing.py; '
+        "estimates turn it into GPU time.",
+    )
+    org_monthly_cost_budget: float = Field(
+        0.0,
+        ge=0,
+        description="Monthly cost budget of each organization that has none of its own (`ftserve budgets set`). "
+        "Once the month's cost reaches it, new jobs get 429 insufficient_quota. 0: none.",
+    )
+    org_monthly_trained_tokens_budget: int = Field(
+        0,
+        ge=0,
+        description="Monthly trained-token budget of each organization that has none of its own. 0: none.",
     )
 
     @field_validator("vllm_max_lora_rank")

@@ -17,7 +17,11 @@ What is counted, per example (the length of the row the worker would train on):
   prompt: `core.training_data.normalize_example` maps every layout to its format's canonical form first.)
 - preference: prompt + chosen and prompt + rejected, each rendered and tokenised as a chat; an example's length
   is the longer pair (what `max_seq_length` must hold), `total_tokens` adds both pairs (both run through the
-  model), trained tokens are the two completions (as TRL splits them).
+  model), trained tokens are the two completions (as TRL splits them). The same for every method that trains
+  it (dpo, orpo, simpo).
+- kto: prompt + completion, rendered and tokenised as a chat; trained tokens are the completion's.
+  `total_tokens` counts each example twice: KTO also runs its prompt with another example's answer (the
+  mismatched pair its KL term is estimated from), counted here as this example's own length.
 
 `count_file_tokens` reads a JSON-lines file as the worker's `load_examples` does (UTF-8 with an optional BOM,
 blank lines skipped, physical line numbers), and `count_tokens` does the same for lines from anywhere else.
@@ -95,7 +99,7 @@ class ExampleTokens:
 
     tokens: int  # the row's length; preference: the longer of prompt+chosen and prompt+rejected
     trained: int  # loss-bearing tokens (labels that are not -100; preference: both completions)
-    processed: int  # tokens run through the model: `tokens`, or both pairs for preference
+    processed: int  # tokens run through the model: `tokens`, both pairs for preference, twice for kto
 
 
 @dataclass(frozen=True)
@@ -580,6 +584,29 @@ def _preference_tokens(tok: ModelTokenizer, data: dict[str, Any]) -> ExampleToke
     )
 
 
+def _kto_tokens(tok: ModelTokenizer, data: dict[str, Any]) -> ExampleTokens:
+    """`gpu_worker.data.build_kto_rows`' lengths: prompt+completion, and the completion."""
+    tools = served_tools(data.get("tools"))
+    template = tok.template_for(tools)
+    prompt = served_messages(data["prompt"], template)
+    completion = served_messages(data["completion"], template)
+
+    def render_with(msgs: list[dict[str, Any]], with_tools: Any) -> str:
+        return tok.render(msgs, tools=with_tools, chat_template=template)
+
+    def n_tokens(messages: list[dict[str, Any]], generation_prompt: bool = False) -> int:
+        text = tok.render(
+            messages, tools=tools, chat_template=template, add_generation_prompt=generation_prompt
+        )
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    check_nothing_dropped(render_with, prompt + completion, tools, None)
+    n = n_tokens(prompt + completion)
+    return ExampleTokens(
+        tokens=n, trained=max(0, n - n_tokens(prompt, generation_prompt=True)), processed=2 * n
+    )
+
+
 def count_example_tokens(tok: ModelTokenizer, data: dict[str, Any], data_format: str) -> ExampleTokens:
     """One normalised example's tokens (`core.training_data.normalize_example`'s output)."""
     if data_format == "prompt_completion":
@@ -587,6 +614,8 @@ def count_example_tokens(tok: ModelTokenizer, data: dict[str, Any], data_format:
         return ExampleTokens(tokens=n, trained=trained, processed=n)
     if data_format == "preference":
         return _preference_tokens(tok, data)
+    if data_format == "kto":
+        return _kto_tokens(tok, data)
     n, trained = _chat_tokens(tok, data["messages"], data.get("tools"))
     return ExampleTokens(tokens=n, trained=trained, processed=n)
 
@@ -602,11 +631,7 @@ def count_tokens(
     encoding="utf-8-sig" gives them): blank lines are skipped, line numbers are physical. Raises
     TrainingDataError naming the line of an example the worker could not tokenise either, and
     TokenizerUnavailableError when chat data meets a model without a chat template."""
-    if data_format == "kto":  # recognised, not trained: no row to count (core.training_data.format_refusal)
-        raise TrainingDataError(
-            "KTO data is not trained by ftserve yet, so it has no training tokens to count"
-        )
-    if data_format not in ("prompt_completion", "preference"):
+    if data_format not in ("prompt_completion", "preference", "kto"):
         tokenizer.template_for(None)  # no chat template at all: one error, not one per line
     examples = total = trained = longest = longest_line = over = 0
     over_lines: list[int] = []

@@ -8,10 +8,10 @@ size (a boundary may fall anywhere, even inside a UTF-8 character or a CRLF) and
 is chunked. docs/data.md is the user's guide to what follows.
 
 Formats and layouts. A *format* is what the worker trains (``data_format`` on the file): chat,
-prompt_completion, preference, sharegpt, alpaca, and kto (recognised, not trained yet). A *layout* is the
-shape a line came in (``LAYOUTS``); :func:`detect_layout` tells them apart by content (keys, and whether a
-value is a string or a list), and :func:`normalize_example` maps every layout of a format to one canonical
-form:
+prompt_completion, preference, sharegpt, alpaca and kto (``FORMATS_FOR_METHOD`` says which methods train
+each). A *layout* is the shape a line came in (``LAYOUTS``); :func:`detect_layout` tells them apart by content
+(keys, and whether a value is a string or a list), and :func:`normalize_example` maps every layout of a format
+to one canonical form:
 
 - chat: ``openai_chat`` ``{"messages": [...], "tools"?, "parallel_tool_calls"?}``, with OpenAI's legacy
   ``functions`` / ``function_call`` / role ``function`` (mapped to tools, tool_calls and role tool), axolotl's
@@ -20,7 +20,7 @@ form:
   ``{"prompt": [msgs], "completion": [msgs]}`` (the prompt's assistant messages are not trained).
 - prompt_completion: ``{"prompt": str, "completion": str}``; ``text`` ``{"text": str}`` (continued
   pretraining: an empty prompt, every token trained).
-- preference (DPO): ``openai_preference`` ``{"input": {"messages", "tools"?}, "preferred_output": [msg],
+- preference (DPO, ORPO, SimPO): ``openai_preference`` ``{"input": {"messages", "tools"?}, "preferred_output": [msg],
   "non_preferred_output": [msg]}`` (or the ``_completion`` aliases); TRL's ``{"prompt"?, "chosen",
   "rejected", "system"?}`` as strings (``trl_preference``) or message lists (``trl_conversational_preference``,
   the prompt may be implicit: the messages chosen and rejected share); LLaMA-Factory's
@@ -33,8 +33,8 @@ form:
   string of OpenAI tools or bare function definitions. Turns may carry ``train``/``weight``.
 - alpaca: ``{"instruction", "input"?, "output" (or axolotl's "response"), "system"?, "history"?}``.
 - kto: TRL's ``{"prompt", "completion", "label": bool}`` and LLaMA-Factory's ``{"messages" or
-  "conversations", "kto_tag": bool}``: unpaired good/bad answers, refused by every method ftserve trains
-  (:func:`format_refusal`) rather than trained as SFT.
+  "conversations", "kto_tag": bool}``: unpaired good/bad answers, which only method kto trains
+  (:func:`format_refusal`), never SFT.
 
 Rules, applied consistently:
 
@@ -99,11 +99,15 @@ __all__ = [
 
 FORMATS = ("chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto")
 
-# Which formats each training method trains on (kto: none yet).
+# Which formats each training method trains on.
 FORMATS_FOR_METHOD: dict[str, frozenset[str]] = {
     "supervised": frozenset({"chat", "prompt_completion", "sharegpt", "alpaca"}),
     "dpo": frozenset({"preference"}),
+    "kto": frozenset({"kto"}),
+    "orpo": frozenset({"preference"}),
+    "simpo": frozenset({"preference"}),
 }
+_PAIRED_METHODS = "'dpo', 'orpo' or 'simpo'"  # the methods that train preference data
 
 # layout -> (format, what a person calls it). docs/data.md has an example of each.
 LAYOUTS: dict[str, tuple[str, str]] = {
@@ -290,25 +294,36 @@ class ValidationReport:
 
 
 def format_refusal(data_format: str | None, layout: str | None, method: str) -> str | None:
-    """None when a `method` job ("supervised", "dpo") trains on a file of this format; otherwise why not, in a
+    """None when a `method` job (FORMATS_FOR_METHOD) trains on a file of this format; otherwise why not, in a
     sentence that names the layout seen and the method that would use the file."""
     if data_format in FORMATS_FOR_METHOD.get(method, ()):
         return None
     seen = LAYOUTS[layout][1] if layout in LAYOUTS else f"{data_format} data"
     if data_format == "kto":
         return (
-            f"it holds KTO data ({seen}): answers labelled good or bad one at a time, which the 'kto' method "
-            "trains, and ftserve does not train kto yet. Pair a good and a bad answer to the same prompt as "
-            "chosen and rejected for method 'dpo', or keep the good answers as chat data for 'supervised'."
+            f"it holds KTO data ({seen}): answers labelled desirable or not one at a time, which method 'kto' "
+            f"trains on; a {method} job cannot use the labels"
+            + (" and would learn the undesirable answers too" if method == "supervised" else "")
+            + ". Create a 'kto' job with it."
         )
     if data_format == "preference":
-        return (
-            f"it holds preference data ({seen}): chosen and rejected answers, which method 'dpo' trains on; "
-            "a supervised job would learn the rejected answers too. Create a 'dpo' job with it."
+        why = (
+            "a supervised job would learn the rejected answers too"
+            if method == "supervised"
+            else f"a {method} job needs answers labelled one at a time (prompt, completion, label)"
         )
-    if method == "dpo":
         return (
-            f"it holds {data_format} data ({seen}), which method 'supervised' trains on; a dpo job needs "
+            f"it holds preference data ({seen}): chosen and rejected answers, which methods {_PAIRED_METHODS} "
+            f"train on; {why}. Create a 'dpo' (or 'orpo', 'simpo') job with it."
+        )
+    if method == "kto":
+        return (
+            f"it holds {data_format} data ({seen}), which method 'supervised' trains on; a kto job needs answers "
+            "labelled desirable or not: prompt, completion and label (or LLaMA-Factory's kto_tag)."
+        )
+    if method in ("dpo", "orpo", "simpo"):
+        return (
+            f"it holds {data_format} data ({seen}), which method 'supervised' trains on; a {method} job needs "
             "preference data: a prompt with a chosen and a rejected answer."
         )
     return f"it holds {data_format} data ({seen}), which a {method} job cannot train on."

@@ -38,6 +38,10 @@ Loss = Literal["unfused", "chunked", "fused"]
 Optimizer = Literal["adamw", "adamw_fp32", "adamw8bit", "paged_adamw8bit", "paged_adamw", "sgd"]
 DEFAULT_PROFILE = "ftserve-cuda"
 CPU_PROFILE = "ftserve-cpu"
+# Methods whose step runs two sequences per example: chosen and rejected (dpo, orpo, simpo), or KTO's answer and
+# the mismatched prompt/answer pair its KL term is estimated from. The reference model that DPO and KTO compare
+# with costs no memory under LoRA: it is the base model with the adapter turned off.
+TWO_SEQUENCE_METHODS = frozenset({"dpo", "kto", "orpo", "simpo"})
 
 # Architectures whose MLP is a plain up/down projection (no gate): 2·h·I parameters instead of 3·h·I.
 PLAIN_MLP_MODEL_TYPES = frozenset(
@@ -237,7 +241,7 @@ class TrainSpec:
     micro_batch: int
     seq_len: int
     method: Method = "lora"
-    dpo: bool = False
+    dpo: bool = False  # two sequences per example (TWO_SEQUENCE_METHODS)
     lora_rank: int = 16
     lora_targets: str | tuple[str, ...] = "all-linear"
     lora_dropout: float = 0.0
@@ -336,7 +340,7 @@ def estimate(
     notes: list[str] = []
 
     h, layers, vocab = arch.hidden, arch.layers, arch.vocab
-    tokens = spec.micro_batch * spec.seq_len * (2 if spec.dpo else 1)  # DPO: chosen + rejected
+    tokens = spec.micro_batch * spec.seq_len * (2 if spec.dpo else 1)  # e.g. DPO: chosen + rejected
     w_bytes = _weight_bytes(cal, weight_dtype)
 
     # -- weights ------------------------------------------------------------------------------------------
@@ -442,7 +446,7 @@ def estimate(
 
 
 def spec_for_job(method_type: str, hp: ResolvedHyperparameters) -> TrainSpec:
-    """What an ftserve job (LoRA or QLoRA, SFT or DPO) does, from its resolved hyperparameters. The worker
+    """What an ftserve job (LoRA or QLoRA, any method) does, from its resolved hyperparameters. The worker
     runs micro-batches of `micro_batch_size` examples (accumulating `gradient_accumulation_steps` of them per
     optimizer step, which costs no activation memory), each at most `max_seq_length` tokens long: the
     estimate is for the longest micro-batch the job allows. Packed, padding-free batches hold at most that
@@ -452,7 +456,7 @@ def spec_for_job(method_type: str, hp: ResolvedHyperparameters) -> TrainSpec:
         micro_batch=hp.micro_batch,
         seq_len=hp.max_seq_length,
         method="qlora" if getattr(hp, "quantization", "none") == "4bit" else "lora",
-        dpo=method_type == "dpo",
+        dpo=method_type in TWO_SEQUENCE_METHODS,
         lora_rank=hp.lora_rank,
         lora_targets=targets,
         lora_dropout=hp.lora_dropout,
@@ -546,14 +550,12 @@ def estimate_request(
     estimate it for a GPU and for a CPU-only worker, and for each smaller micro-batch an
     "auto" one could fall back to. Raises
     NotFoundError (unknown model) or EstimateError (unreadable config)."""
-    from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters, resolve_hyperparameters
+    from core.hyperparameters import hyperparameters_model, min_micro_batch, resolve_hyperparameters
     from core.model_registry import get_base_model
 
     base = get_base_model(settings, model)
     arch = ModelArch.from_config_file(base.config_file)
-    requested = (DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters).model_validate(
-        hyperparameters
-    )
+    requested = hyperparameters_model(method_type).model_validate(hyperparameters)
     resolved = resolve_hyperparameters(
         method_type,
         requested,
@@ -567,7 +569,7 @@ def estimate_request(
     )
     fallbacks = []
     if requested.micro_batch_size == "auto":
-        for micro in range(resolved.micro_batch - 1, 0, -1):
+        for micro in range(resolved.micro_batch - 1, min_micro_batch(method_type) - 1, -1):
             if resolved.batch_size % micro == 0:
                 smaller = resolved.model_copy(
                     update={

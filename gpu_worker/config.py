@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from core.hyperparameters import ResolvedHyperparameters
+from core.hyperparameters import METHODS, Method, ResolvedHyperparameters
+from core.training_data import FORMATS_FOR_METHOD
 
-DataFormat = Literal["chat", "prompt_completion", "preference", "sharegpt", "alpaca"]
+DataFormat = Literal["chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto"]
 
 
 @dataclass
@@ -20,8 +21,11 @@ class TrainJobConfig:
     """One fine-tuning run: what to train, on what, where to write, and with which numbers."""
 
     job_id: str = field(metadata={"help": "The ftjob-... id; used in log lines and adapter metadata."})
-    method: Literal["supervised", "dpo"] = field(
-        metadata={"help": "Training objective: 'supervised' (SFT, LoRA) or 'dpo' (preference, LoRA)."}
+    method: Method = field(
+        metadata={
+            "help": "Training objective, with LoRA: 'supervised' (SFT), 'dpo', 'orpo' or 'simpo' (preference "
+            "pairs) or 'kto' (answers labelled desirable or not)."
+        }
     )
     base_model_path: Path = field(
         metadata={"help": "Local Hugging Face model directory (config.json, safetensors, tokenizer)."}
@@ -29,8 +33,8 @@ class TrainJobConfig:
     training_file: Path = field(metadata={"help": "Local path of the validated training JSONL file."})
     data_format: DataFormat = field(
         metadata={
-            "help": "Format detected by the upload validator: chat, prompt_completion, preference, sharegpt "
-            "or alpaca. sharegpt and alpaca are normalised to chat."
+            "help": "Format detected by the upload validator: chat, prompt_completion, preference, sharegpt, "
+            "alpaca or kto. sharegpt and alpaca are normalised to chat."
         }
     )
     output_dir: Path = field(
@@ -109,11 +113,11 @@ class TrainJobConfig:
             self.resume_from_checkpoint = Path(self.resume_from_checkpoint)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
-        if self.method not in ("supervised", "dpo"):
-            raise ValueError(f"method must be 'supervised' or 'dpo', got {self.method!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method != self.hyperparameters.method:
             raise ValueError(
                 f"hyperparameters were resolved for {self.hyperparameters.method!r}, not {self.method!r}"
             )
-        if (self.method == "dpo") != (self.data_format == "preference"):
+        if self.data_format not in FORMATS_FOR_METHOD[self.method]:
             raise ValueError(f"method {self.method!r} cannot train on {self.data_format!r} data")

@@ -13,7 +13,7 @@ a conversation (a role it doesn't know, Mistral's 9-character tool call ids) or 
 tool calls or tool results fails the job, naming the line.
 
 Every layout of a format (core.training_data.LAYOUTS: TRL, LLaMA-Factory and axolotl layouts, OpenAI's legacy
-function calls, plain text) is normalised to that format's canonical form first, so only the three below exist
+function calls, plain text) is normalised to that format's canonical form first, so only the four below exist
 here. A JSON array upload was stored as JSON Lines, element N on line N.
 
 Loss masking (labels = -100 where no loss is taken):
@@ -28,8 +28,11 @@ Loss masking (labels = -100 where no loss is taken):
   What a template renders that prefixes can't explain fails with a TrainingDataError. See docs/chat_templates.md.
 - prompt_completion: loss only on the completion plus eos. Plain text ({"text"}, continued pretraining) is a
   completion with an empty prompt: every token is trained (a BOS the tokenizer adds is not).
-- preference (DPO): TRL tokenises prompt/chosen/rejected itself (from the served messages); we only check lengths
-  and reshape.
+- preference (DPO, ORPO, SimPO): TRL tokenises prompt/chosen/rejected itself (DPO from the served messages; ORPO
+  and SimPO from the text we render, as their trainers would render it but with the example's tools); we only
+  check lengths and reshape.
+- kto: TRL's KTOTrainer tokenises prompt/completion itself (from the served messages), labels kept; we check
+  lengths, and shuffle the rows once by the job's seed (KTO reads them in a fixed order, see `kto_dataset`).
 
 Tokenised SFT datasets are cached on disk (`cached_sft_dataset`), so a retry or resume doesn't tokenise again.
 """
@@ -39,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,6 +372,86 @@ def dpo_dataset(rows: list[dict[str, Any]]) -> Any:
     if rows and "tools" in rows[0]:
         features["tools"] = Value("string")
     return Dataset.from_list(rows, features=features)
+
+
+def build_kto_rows(
+    examples: list[Example], tokenizer: Any, *, max_seq_length: int, file_label: str = "training"
+) -> tuple[list[dict[str, Any]], int]:
+    """Conversational unpaired rows (prompt, completion, label) for TRL's KTOTrainer, after checking lengths.
+
+    Also returns the loss-bearing tokens (the completions, as TRL splits them from the prompt) per epoch.
+    """
+    rows, too_long, completion_tokens = [], [], 0
+
+    def n_tokens(messages: list[dict[str, Any]], tools: Any, generation_prompt: bool = False) -> int:
+        text = render_chat(tokenizer, messages, tools=tools, add_generation_prompt=generation_prompt)
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])  # as apply_chat_template tokenises
+
+    for ex in examples:
+        try:
+            tools = served_tools(ex.data.get("tools"))
+            template = training_chat_template(tokenizer, tools)
+            prompt = served_messages(ex.data["prompt"], template)
+            completion = served_messages(ex.data["completion"], template)
+            _check_nothing_dropped(tokenizer, prompt + completion, tools, template, None)
+            length = n_tokens(prompt + completion, tools)
+            completion_tokens += max(0, length - n_tokens(prompt, tools, generation_prompt=True))
+        except TrainingDataError as e:
+            raise TrainingDataError(f"{file_label} line {ex.line}: {e}") from e
+        if length > max_seq_length:
+            too_long.append((ex.line, length))
+        row: dict[str, Any] = {"prompt": prompt, "completion": completion, "label": ex.data["label"]}
+        if tools is not None:
+            row["tools"] = json.dumps(tools)
+        rows.append(row)
+    if too_long:
+        raise ExamplesTooLongError(too_long, max_seq_length, file_label)
+    if any("tools" in r for r in rows):
+        for r in rows:
+            r.setdefault("tools", "null")
+    return rows, completion_tokens
+
+
+def kto_dataset(rows: list[dict[str, Any]], seed: int) -> Any:
+    """KTO rows as a `datasets.Dataset` (messages as JSON, like `dpo_dataset`), shuffled by `seed`.
+
+    KTOTrainer reads its rows in a fixed order (its KL term pairs each prompt with the neighbouring example's
+    answer in the same micro-batch), so a file sorted by label would train on batches of one label only."""
+    from datasets import Dataset, Features, Json, List, Value
+
+    features = Features({"prompt": List(Json()), "completion": List(Json()), "label": Value("bool")})
+    if rows and "tools" in rows[0]:
+        features["tools"] = Value("string")
+    shuffled = random.Random(f"kto-{seed}").sample(rows, len(rows))
+    return Dataset.from_list(shuffled, features=features)
+
+
+def paired_text_dataset(rows: list[dict[str, Any]], tokenizer: Any) -> Any:
+    """`build_dpo_rows`' rows as the text TRL's ORPO and CPO (SimPO) trainers tokenise: the prompt rendered with
+    its generation prompt, each answer as what rendering it after the prompt adds (TRL's own split). Those
+    trainers render conversational rows without the row's tools; rendered here, the tools are kept, as served.
+    They append eos to an answer that does not end with it, and BOS to a prompt that doesn't start with one when
+    the tokenizer has one."""
+    from datasets import Dataset
+
+    out = []
+    for row in rows:
+        tools = json.loads(row["tools"]) if "tools" in row else None
+        prompt = render_chat(tokenizer, row["prompt"], tools=tools, add_generation_prompt=True)
+        full = [render_chat(tokenizer, row["prompt"] + row[k], tools=tools) for k in ("chosen", "rejected")]
+        shared = os.path.commonprefix([prompt, *full])
+        out.append({"prompt": shared, "chosen": full[0][len(shared) :], "rejected": full[1][len(shared) :]})
+    return Dataset.from_list(out)
+
+
+def preference_dataset(method: str, rows: list[dict[str, Any]], tokenizer: Any, *, seed: int) -> Any:
+    """The rows of `build_dpo_rows` (dpo, orpo, simpo) or `build_kto_rows` (kto) as the method's trainer takes
+    them."""
+    if method == "kto":
+        return kto_dataset(rows, seed)
+    if method in ("orpo", "simpo"):
+        return paired_text_dataset(rows, tokenizer)
+    return dpo_dataset(rows)
 
 
 def count_trainable_tokens(rows: list[dict[str, Any]]) -> int:

@@ -15,6 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,10 @@ from sqlmodel import Session, col, select
 from core import ids, jobs, webhooks
 from core.db import session_scope
 from core.models import FineTuningJob, JobCheckpoint, now_s
+from core.pricing import training_cost
+from core.settings import Settings
 from core.storage import ObjectNotFound, Storage
+from core.usage import cap_message, cap_reached
 from gpu_worker.reporting import StopRequest
 
 log = logging.getLogger("ftserve.worker.reporter")
@@ -133,6 +137,20 @@ def delete_checkpoint_objects(storage: Storage, prefix: str) -> None:
 # -- the reporter ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class JobCaps:
+    """A job's caps (max_trained_tokens, max_cost) as this attempt checks them after every optimizer step."""
+
+    settings: Settings
+    max_trained_tokens: int | None
+    max_cost: float | None
+    gpu_class: str
+    prior_cost: float  # what the job's earlier attempts cost
+    started: float  # time.monotonic() when this attempt started: its GPU time so far is priced too
+    steps_per_epoch: int
+    total_steps: int
+
+
 class DbReporter:
     def __init__(
         self,
@@ -148,6 +166,7 @@ class DbReporter:
         flush_interval_s: float = 0.25,
         keep_checkpoints: int = KEEP_CHECKPOINTS,
         on_tokens: Callable[[int, float], None] | None = None,
+        caps: JobCaps | None = None,
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -170,6 +189,14 @@ class DbReporter:
         self.on_tokens = on_tokens
         self._tokens_mark: tuple[float, int] = (time.monotonic(), 0)  # (when, job's trained tokens then)
         self._training = False  # set by the first metrics row
+        # Metering: the job's trained tokens (and step) where this attempt started, and the latest known; the
+        # runner sets `trained_tokens` to the trainer's own count when training returns.
+        self.start_step = 0
+        self.start_tokens = 0
+        self.trained_tokens = 0
+        self.tokens_per_epoch: int | None = None
+        self.caps = caps
+        self._polls = 0  # should_stop is polled once per optimizer step
 
     # -- writes --------------------------------------------------------------------------------------------
 
@@ -217,6 +244,11 @@ class DbReporter:
             return
         if not self._training:  # the last event before training ("started", or "resumed" with its tokens)
             self._tokens_mark = (time.monotonic(), int((data or {}).get("trained_tokens", 0)))
+            if (data or {}).get("trainable_tokens_per_epoch") is not None:
+                self.tokens_per_epoch = int((data or {})["trainable_tokens_per_epoch"])
+            if data and data.get("trained_tokens") is not None and data.get("step") is not None:  # resumed
+                self.start_step, self.start_tokens = int(data["step"]), int(data["trained_tokens"])
+                self.trained_tokens = self.start_tokens
         self._pending.append({"message": message, "level": level, "data": data})
         self.flush(force=True)
 
@@ -231,6 +263,7 @@ class DbReporter:
         self.flush()
         self._training = True
         if data.get("trained_tokens") is not None:
+            self.trained_tokens = int(data["trained_tokens"])
             self._count_tokens(int(data["trained_tokens"]))
 
     def checkpoint(self, step: int, local_dir: Path, metrics: dict[str, Any]) -> None:
@@ -284,7 +317,55 @@ class DbReporter:
         if row[0] != jobs.RUNNING:
             return "cancel"  # cancelled, or moved by someone else: stop without a checkpoint
         # The worker is shutting down: checkpoint like a pause; the runner then puts the job back in the queue.
-        return "pause" if self.shutdown.is_set() else None
+        if self.shutdown.is_set():
+            return "pause"
+        self._polls += 1
+        return self._check_caps()
+
+    def _check_caps(self) -> StopRequest | None:
+        """Pause the job at the first step where it reaches a cap (not at its last step: it is finished then).
+        The trainer reports a step's tokens only after this poll, so they are computed as it counts them."""
+        caps = self.caps
+        if (
+            caps is None
+            or self.tokens_per_epoch is None
+            or (caps.max_trained_tokens, caps.max_cost) == (None, None)
+        ):
+            return None
+        step = self.start_step + self._polls
+        if step >= caps.total_steps:
+            return None
+        tokens = round(self.tokens_per_epoch * step / max(1, caps.steps_per_epoch))
+        cost = caps.prior_cost + training_cost(
+            caps.settings,
+            trained_tokens=max(0, tokens - self.start_tokens),
+            gpu_seconds=time.monotonic() - caps.started,
+            gpu_class=caps.gpu_class,
+        )
+        reached = cap_reached(
+            max_trained_tokens=caps.max_trained_tokens,
+            max_cost=caps.max_cost,
+            trained_tokens=tokens,
+            cost=cost,
+        )
+        if reached is None:
+            return None
+        cap, limit, used = reached
+        message = cap_message(self.job_id, cap, limit, used, currency=caps.settings.price_currency, step=step)
+        data = {"cap": cap, "limit": limit, "used": used, "step": step}
+        self.flush(force=True)
+
+        def pause() -> bool:
+            with session_scope(self.engine) as session:
+                return jobs.transition(
+                    session, job_id=self.job_id, from_status=[jobs.RUNNING], to_status=jobs.PAUSED,
+                    attempt=self.attempt, owner=self.owner, message=message, level="warn", event_data=data,
+                )  # fmt: skip
+
+        if ride_out_db_outage("pausing the job at its cap", pause):
+            log.info("job %s reached its %s cap at step %d: paused", self.job_id, cap, step)
+            return "pause"
+        return self.should_stop()  # cancelled or moved meanwhile: answer from its status
 
     # -- helpers -------------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,8 @@ from core import ids, jobs
 from core.db import make_engine, session_scope
 from core.errors import FtserveError
 from core.hyperparameters import (
-    DpoHyperparameters,
     ResolvedHyperparameters,
-    SupervisedHyperparameters,
+    hyperparameters_model,
     longest_example_bytes,
     resolve_hyperparameters,
 )
@@ -64,7 +64,8 @@ from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobE
 from core.settings import Settings, get_settings
 from core.storage import Storage, make_storage_from_settings
 from core.token_counts import longest_exact_tokens
-from gpu_worker.db_reporter import DbReporter, checkpoint_is_complete, ride_out_db_outage
+from core.usage import gpu_class_of, job_usage, record_training_usage
+from gpu_worker.db_reporter import DbReporter, JobCaps, checkpoint_is_complete, ride_out_db_outage
 from gpu_worker.reporting import StopRequest
 
 log = logging.getLogger("ftserve.job_runner")
@@ -148,6 +149,7 @@ def settle_after_exit(
                 jobs.transition(
                     session, job_id=job_id, from_status=[jobs.RUNNING], to_status=jobs.QUEUED,
                     attempt=attempt, owner=owner, estimated_finish=None, message=f"{why}: job re-queued",
+                    worker_id=None, lease_expires_at=None,  # in the same write: never "queued" yet held
                 )  # fmt: skip
             else:
                 message = f"The training process {_how_it_ended(returncode)}."
@@ -156,6 +158,7 @@ def settle_after_exit(
                     attempt=attempt, owner=owner,
                     error={"code": "training_error", "message": message, "param": None},
                     finished_at=now_s(), estimated_finish=None, message=message, level="error",
+                    worker_id=None, lease_expires_at=None,  # in the same write: never "failed" yet held
                 )  # fmt: skip
         release(engine, job_id, attempt, owner)
 
@@ -206,6 +209,8 @@ class Attempt:
         self.shutdown = shutdown
         self.work_dir = settings.data_dir / "work" / job_id / str(attempt)
         self.owner: str | None = None  # the worker the job was placed on; every write is fenced by it
+        self.started = time.monotonic()  # the attempt holds its GPU from here: metered GPU-seconds
+        self.reporter: DbReporter | None = None
 
     # -- 0. the whole attempt ------------------------------------------------------------------------------
 
@@ -230,6 +235,7 @@ class Attempt:
                 log.exception("job %s attempt %d failed", self.job_id, self.attempt)
                 self._fail(self._error_for(exc))
             finally:
+                self._record_usage(job)
                 shutil.rmtree(self.work_dir, ignore_errors=True)
         except Exception as exc:
             if not is_infrastructure_error(exc):
@@ -280,7 +286,7 @@ class Attempt:
     def _resolve(
         self, job: FineTuningJob, n_examples: int, model_dir: Path, longest_example_bytes: int | None = None
     ) -> ResolvedHyperparameters:
-        requested = DpoHyperparameters if job.method_type == "dpo" else SupervisedHyperparameters
+        requested = hyperparameters_model(job.method_type)
         params, context = model_size(model_dir)
         resolved = resolve_hyperparameters(
             job.method_type,
@@ -414,7 +420,9 @@ class Attempt:
             owner=self.owner,
             shutdown=self.shutdown,
             on_tokens=self.on_tokens,
+            caps=self._caps(job, hyperparameters),
         )
+        self.reporter = reporter
         if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
             self._requeue(reporter)
             return
@@ -433,8 +441,48 @@ class Attempt:
             cache_dir=self.settings.data_dir / "cache" / "tokenized",  # retries and resumes skip tokenising
         )
         result = run_training(config, reporter)
+        reporter.trained_tokens = result.trained_tokens  # the trainer's own count, as the job reports it
         reporter.flush(force=True)
         self._finish(job, result, reporter, model_name)
+
+    def _caps(self, job: FineTuningJob, hyperparameters: ResolvedHyperparameters) -> JobCaps | None:
+        if job.max_trained_tokens is None and job.max_cost is None:
+            return None
+
+        def prior() -> float:
+            with Session(self.engine) as session:
+                return job_usage(session, job.id, except_attempt=self.attempt).cost
+
+        return JobCaps(
+            settings=self.settings,
+            max_trained_tokens=job.max_trained_tokens,
+            max_cost=job.max_cost,
+            gpu_class=gpu_class_of(job.gpu_name),
+            prior_cost=ride_out_db_outage("reading the job's usage", prior),
+            started=self.started,
+            steps_per_epoch=hyperparameters.steps_per_epoch,
+            total_steps=hyperparameters.total_steps,
+        )
+
+    def _record_usage(self, job: FineTuningJob) -> None:
+        """Meter the attempt however it ended: the tokens it trained (from where it started to where it stopped)
+        and the time it held its GPU. Recorded even when the job is no longer ours: the GPU was used."""
+        reporter = self.reporter
+        tokens = max(0, reporter.trained_tokens - reporter.start_tokens) if reporter is not None else 0
+        seconds = time.monotonic() - self.started
+
+        def write() -> None:
+            with session_scope(self.engine) as session:
+                record_training_usage(
+                    session, self.settings, organization_id=job.organization_id, job_id=job.id,
+                    attempt=self.attempt, model=job.model, gpu_class=gpu_class_of(job.gpu_name),
+                    trained_tokens=tokens, gpu_seconds=seconds,
+                )  # fmt: skip
+
+        try:
+            ride_out_db_outage("recording the attempt's usage", write)
+        except Exception:  # metering must not change how the attempt ends
+            log.exception("job %s attempt %d: could not record its usage", self.job_id, self.attempt)
 
     # -- 6. the end of the attempt -------------------------------------------------------------------------
 

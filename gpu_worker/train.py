@@ -1,4 +1,4 @@
-"""Train one LoRA adapter: SFT or DPO, with TRL + PEFT, on CPU or one GPU.
+"""Train one LoRA adapter with TRL + PEFT, on CPU or one GPU: SFT, or DPO, KTO, ORPO or SimPO.
 
 Reads top to bottom, nanoGPT-style: threads and seed, data (tokenised once and cached; fails fast, before the
 model loads), batch layout (packed and padding-free when provably exact, see `gpu_worker.packing`), model and
@@ -31,6 +31,8 @@ from typing import Any
 
 # TRL pings the Hugging Face Hub for every trainer it creates; a self-hosted service reports nothing.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# ORPO and CPO (SimPO) live in trl.experimental, which warns on import; the pinned TRL is what we test against.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 # isort: off
 from gpu_worker import accel  # first: on CUDA workers with unsloth, it must be imported before transformers
@@ -48,10 +50,11 @@ from gpu_worker.config import TrainJobConfig  # noqa: E402
 from gpu_worker.data import (  # noqa: E402
     TrainingDataError,
     build_dpo_rows,
+    build_kto_rows,
     cached_sft_dataset,
     count_trainable_tokens,
-    dpo_dataset,
     load_examples,
+    preference_dataset,
 )
 from gpu_worker.reporting import StopRequest, TrainingReporter  # noqa: E402
 
@@ -64,8 +67,9 @@ class TrainResult:
     adapter_dir: Path | None  # final PEFT adapter (+ tokenizer and chat template); None unless finished
     global_step: int
     total_steps: int
-    # Loss-bearing tokens actually trained on: unmasked label tokens per epoch (SFT) or chosen+rejected
-    # completion tokens (DPO), times the epochs run (fractional when stopped early).
+    # Loss-bearing tokens actually trained on: unmasked label tokens per epoch (SFT), chosen+rejected
+    # completion tokens (DPO, ORPO, SimPO) or completion tokens (KTO), times the epochs run (fractional when
+    # stopped early).
     trained_tokens: int
     resolved_hyperparameters: ResolvedHyperparameters
     metrics: dict[str, Any] = field(default_factory=dict)  # last row, + full_valid_* when validated
@@ -102,7 +106,7 @@ def _run(
         tokenizer.chat_template = config.chat_template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out of the loss, so eos is safe here
-    dpo = config.method == "dpo"
+    sft = config.method == "supervised"
     import datasets  # heavy import; only the worker needs it
 
     datasets.disable_progress_bars()  # progress goes through `reporter`; bars would only clutter worker logs
@@ -127,12 +131,14 @@ def _run(
                 "lines": [i + 1 for i in holdout],
             },
         )
-    max_len = hp.max_seq_length if dpo else packing.max_length(train_ds)
+    max_len = packing.max_length(train_ds) if sft else hp.max_seq_length
 
     # -- batch layout: packed and padding-free where provably exact (SFT), else length-grouped ---------------
     batching: packing.Batching = "padded"
-    why = "DPO batches chosen/rejected pairs itself" if dpo else "packing turned off for this run"
-    if not dpo and config.packing is not False:
+    why = (
+        "packing turned off for this run" if sft else f"TRL's {config.method} trainer batches its rows itself"
+    )
+    if sft and config.packing is not False:
         batching, why = packing.preferred_batching(model_config, hp.max_seq_length)
     attn = packing.register_varlen_attention() if batching == "padding_free" else "sdpa"
 
@@ -208,16 +214,15 @@ def _run(
         reporter, hp.total_steps, tokens_per_epoch, stopping=stopping,
         held_ds=None if stop_held_ds is eval_ds else stop_held_ds, seen_ds=seen_ds,
     )  # fmt: skip
-    if dpo:
-        from trl.trainer.dpo_config import DPOConfig
-        from trl.trainer.dpo_trainer import DPOTrainer
-
-        assert hp.beta is not None  # resolve_hyperparameters always sets it for dpo
-        args: Any = DPOConfig(**common, beta=hp.beta, loss_type=["sigmoid"])
-        trainer: Any = DPOTrainer(
-            model=peft_model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-            processing_class=tokenizer, callbacks=[bridge],
+    trainer: Any
+    if not sft:
+        config_class, trainer_class, own = _preference_trainer(config.method, hp)
+        trainer = trainer_class(
+            model=peft_model, args=config_class(**{**common, **own}), train_dataset=train_ds,
+            eval_dataset=eval_ds, processing_class=tokenizer, callbacks=[bridge],
         )  # fmt: skip
+        if config.method in ("orpo", "simpo"):
+            _tokenise_in_evaluate(trainer)
     else:
         from trl.trainer.sft_config import SFTConfig
 
@@ -230,7 +235,7 @@ def _run(
             processing_class=tokenizer, callbacks=[bridge], data_collator=collator,
         )  # fmt: skip
     bridge.trainer = trainer
-    counter = None if dpo else packing.CountingCollator(trainer.data_collator)
+    counter = packing.CountingCollator(trainer.data_collator) if sft else None
     trainer.data_collator = counter or trainer.data_collator
     trainer.remove_callback(transformers.PrinterCallback)  # we report through `reporter`, not stdout
 
@@ -361,16 +366,21 @@ def _prepare(
 
     hp = config.hyperparameters
     held = set(holdout or [])
-    if config.method == "dpo":
+    if config.method != "supervised":
         examples = load_examples(path, config.data_format)
         _check_count(len(examples), expected)
-        rows, tokens = build_dpo_rows(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
+        build = build_kto_rows if config.method == "kto" else build_dpo_rows
+        rows, tokens = build(examples, tokenizer, max_seq_length=hp.max_seq_length, file_label=label)
+
+        def dataset(subset: list[dict[str, Any]]) -> Any:
+            return preference_dataset(config.method, subset, tokenizer, seed=config.seed)
+
         if not held:
-            return dpo_dataset(rows), tokens, False, None
+            return dataset(rows), tokens, False, None
         held_examples = [examples[i] for i in sorted(held)]
-        _, held_tokens = build_dpo_rows(held_examples, tokenizer, max_seq_length=hp.max_seq_length)
+        _, held_tokens = build(held_examples, tokenizer, max_seq_length=hp.max_seq_length)
         trained = [row for i, row in enumerate(rows) if i not in held]
-        return dpo_dataset(trained), tokens - held_tokens, False, dpo_dataset([rows[i] for i in sorted(held)])
+        return dataset(trained), tokens - held_tokens, False, dataset([rows[i] for i in sorted(held)])
     ds, tokens, cached = cached_sft_dataset(
         path, tokenizer, data_format=config.data_format, max_seq_length=hp.max_seq_length, file_label=label,
         cache_dir=config.cache_dir,
@@ -381,6 +391,57 @@ def _prepare(
     held_ds = ds.select(sorted(held))
     held_tokens = count_trainable_tokens([{"labels": labels} for labels in held_ds["labels"]])
     return ds.select([i for i in range(len(ds)) if i not in held]), tokens - held_tokens, cached, held_ds
+
+
+def _preference_trainer(method: str, hp: ResolvedHyperparameters) -> tuple[Any, Any, dict[str, Any]]:
+    """TRL's config and trainer classes for a preference method, and the config fields of its own."""
+    if method == "dpo":
+        from trl.trainer.dpo_config import DPOConfig
+        from trl.trainer.dpo_trainer import DPOTrainer
+
+        # rows resolved before loss_type existed trained the sigmoid loss
+        own: dict[str, Any] = {
+            "beta": hp.beta,
+            "loss_type": [hp.loss_type or "sigmoid"],
+            "label_smoothing": hp.label_smoothing or 0.0,
+        }
+        return DPOConfig, DPOTrainer, own
+    if method == "kto":
+        from trl.trainer.kto_config import KTOConfig
+        from trl.trainer.kto_trainer import KTOTrainer
+
+        # Its KL term pairs each prompt with the next example's answer in a micro-batch read in order (the rows
+        # were shuffled by the job's seed instead). Those mismatched pairs may run past max_length; TRL then
+        # truncates them, which only affects the KL estimate.
+        own = {"beta": hp.beta, "desirable_weight": hp.desirable_weight,
+               "undesirable_weight": hp.undesirable_weight, "train_sampling_strategy": "sequential"}  # fmt: skip
+        return KTOConfig, KTOTrainer, own
+    # ORPO and CPO add eos to each answer and may add BOS to the prompt: room for both, so nothing is truncated.
+    # Their collator needs the text columns too.
+    room = {"max_length": hp.max_seq_length + 2, "remove_unused_columns": False}
+    if method == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer, {**room, "beta": hp.beta}
+    if method == "simpo":  # CPO's SimPO loss, without CPO's behaviour-cloning (SFT) term
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        own = {**room, "beta": hp.beta, "loss_type": "simpo", "simpo_gamma": hp.gamma, "cpo_alpha": 0.0}
+        return CPOConfig, CPOTrainer, own
+    raise ValueError(f"no preference trainer for method {method!r}")
+
+
+def _tokenise_in_evaluate(trainer: Any) -> None:
+    """ORPO's and CPO's evaluate() takes only rows they tokenised at construction; early stopping and the final
+    validation pass hand it others, so tokenise those first, as the trainer tokenised its own."""
+    evaluate = trainer.evaluate
+
+    def tokenising_evaluate(eval_dataset: Any = None, **kwargs: Any) -> Any:
+        if eval_dataset is not None and "chosen_input_ids" not in eval_dataset.column_names:
+            eval_dataset = eval_dataset.map(trainer.tokenize_row)
+        return evaluate(eval_dataset=eval_dataset, **kwargs)
+
+    trainer.evaluate = tokenising_evaluate
 
 
 def _not_trained_on(eval_ds: Any, train_ds: Any, reporter: TrainingReporter) -> Any:
@@ -551,6 +612,8 @@ class _ReporterBridge(TrainerCallback):
             if "rewards/accuracies" in logs:  # DPO: how often chosen outscores rejected, and by how much
                 self.pending["train_reward_accuracy"] = logs["rewards/accuracies"]
                 self.pending["train_reward_margin"] = logs.get("rewards/margins")
+            if "kl" in logs:  # KTO: its estimate of the policy's KL divergence from the reference
+                self.pending["train_kl"] = logs["kl"]
             if not control.should_evaluate:  # no validation pass follows this log: report now
                 self._flush()
 

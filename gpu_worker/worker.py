@@ -1,4 +1,6 @@
-"""`ftserve worker`: an arq worker on its own queue, `ftserve:worker:<id>`, with one task, `train`.
+"""`ftserve worker`: an arq worker on its own queue, `ftserve:worker:<id>`, with two tasks, `train` and
+`export` (an export runs in its own child process, `gpu_worker.export_runner`, on the CPU, in one slot beside
+training).
 
 - It publishes its devices and capabilities into the Redis registry every `heartbeat_interval_s`, under a key
   that expires after `heartbeat_ttl_s`: a worker that stops heartbeating drops out of placement by itself.
@@ -46,7 +48,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from core import jobs, metrics, queue
+from core import exports, jobs, metrics, queue
 from core.db import make_engine, session_scope
 from core.leases import renew_leases
 from core.models import FineTuningJob
@@ -55,7 +57,8 @@ from core.queue import Capability, Device, WorkerInfo
 from core.settings import Settings
 from gpu_worker.capabilities import bnb_4bit_available, unsloth_installed
 from gpu_worker.db_reporter import ride_out_db_outage
-from gpu_worker.job_runner import release, settle_after_exit
+from gpu_worker.export_runner import fail_after_exit, requeue_after_stop
+from gpu_worker.job_runner import _how_it_ended, release, settle_after_exit
 from gpu_worker.pinning import DeviceNotVisible, cuda_visible_list, runner_pinning
 
 log = logging.getLogger("ftserve.worker")
@@ -218,6 +221,7 @@ class WorkerState:
         self.runners: dict[tuple[str, int], asyncio.subprocess.Process] = {}
         self.leased: set[tuple[str, int]] = set()  # attempts whose lease this worker renews
         self.stopping = False
+        self.exports: dict[tuple[str, int], asyncio.subprocess.Process] = {}  # export attempt → its process
         self._devices: tuple[list[Device], list[Capability]] | None = None
         self._devices_at = 0.0
         self.visible = cuda_visible_list()  # the worker's own CUDA_VISIBLE_DEVICES: what its runners may use
@@ -448,6 +452,68 @@ async def train(ctx: dict[str, Any], job_id: str, attempt: int) -> int:
     return returncode
 
 
+async def export(ctx: dict[str, Any], export_id: str, attempt: int) -> int:
+    """Make one attempt of one export in a child process on the CPU (no GPU: placement reserves those for
+    training), renewing its lease while it runs; returns its exit code. A child that dies fails the export,
+    unless the worker is stopping: then the export goes back to the queue for another worker."""
+    task = queue.ExportTask(export_id=export_id, attempt=attempt)
+    state: WorkerState = ctx["state"]
+    settings = state.settings
+    key = (task.export_id, task.attempt)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gpu_worker.export_runner", "--export-id", task.export_id,
+        "--attempt", str(task.attempt), start_new_session=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )  # fmt: skip
+    state.exports[key] = process
+    log.info("exporting %s attempt %d in pid %d", task.export_id, task.attempt, process.pid)
+
+    def renew() -> bool:
+        with session_scope(state.engine) as session:
+            return exports.renew_lease(
+                session,
+                task.export_id,
+                task.attempt,
+                worker_id=state.worker_id,
+                lease_ttl_s=settings.lease_ttl_s,
+            )
+
+    def settle(returncode: int) -> None:
+        if state.stopping:
+            requeue_after_stop(state.engine, task.export_id, task.attempt, state.worker_id)
+        else:
+            fail_after_exit(
+                state.engine, task.export_id, task.attempt, state.worker_id, _how_it_ended(returncode)
+            )
+
+    try:
+        while True:
+            try:
+                returncode = await asyncio.wait_for(process.wait(), timeout=settings.heartbeat_interval_s)
+                break
+            except TimeoutError:
+                pass
+            try:
+                await asyncio.to_thread(renew)
+            except Exception as exc:  # noqa: BLE001 (the DB may be back by the next beat; the runner waits too)
+                log.warning("renewing the lease of export %s failed: %s", task.export_id, exc)
+    except asyncio.CancelledError:  # arq's timeout
+        await asyncio.shield(_stop_runner(process))
+        await asyncio.to_thread(
+            fail_after_exit,
+            state.engine,
+            task.export_id,
+            task.attempt,
+            state.worker_id,
+            "ran past its timeout",
+        )
+        raise
+    finally:
+        state.exports.pop(key, None)
+    if returncode != 0:
+        await asyncio.to_thread(settle, returncode)
+    return returncode
+
+
 class ResilientWorker(Worker):
     """arq's Worker, kept alive through Redis outages: arq itself exits on the first connection error (and
     loses a job slot if Redis fails while it starts a job). Our runners and their leases live in the DB, so
@@ -501,7 +567,8 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
         worker.allow_pick_jobs = False
         with contextlib.suppress(RedisError, OSError):  # Redis may be down: stop the runners all the same
             await queue.remove_worker(worker.pool, state.worker_id)
-        await asyncio.gather(*(_stop_runner(p) for p in list(state.runners.values())))
+        running = [*state.runners.values(), *state.exports.values()]  # an export goes back to the queue
+        await asyncio.gather(*(_stop_runner(p) for p in running))
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
         worker.handle_sig(sig)
 
@@ -552,12 +619,16 @@ def build_worker(settings: Settings, *, worker_id: str | None = None) -> Worker:
         except ValueError as exc:
             raise SystemExit(str(exc)) from None
     worker = ResilientWorker(
-        functions=[func(train, name=queue.TRAIN_TASK, timeout=queue.TRAIN_TIMEOUT_S, max_tries=1)],
+        functions=[
+            func(train, name=queue.TRAIN_TASK, timeout=queue.TRAIN_TIMEOUT_S, max_tries=1),
+            func(export, name=queue.EXPORT_TASK, timeout=queue.EXPORT_TIMEOUT_S, max_tries=1),
+        ],
         queue_name=queue.queue_name(state.worker_id),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,
         on_shutdown=shutdown,
-        max_jobs=settings.worker_max_jobs,
+        # One slot more than training: the scheduler hands a worker one export at a time, beside its jobs.
+        max_jobs=settings.worker_max_jobs + 1,
         job_timeout=queue.TRAIN_TIMEOUT_S,
         max_tries=1,
         retry_jobs=False,

@@ -1,5 +1,6 @@
 """`ftserve scheduler`: every `scheduler_interval_s`, validate waiting jobs, re-queue the jobs of lost
-workers (expired leases), place queued ones by VRAM fit, and refresh queued jobs' start-time forecasts.
+workers (expired leases), place queued ones by VRAM fit, hand queued exports to workers, and refresh queued
+jobs' start-time forecasts.
 
 One tick is `Scheduler.tick()`; tests call it directly. A failing tick (DB or Redis briefly down) is logged
 and retried on the next one: the loop itself never dies of it. With FTSERVE_HEALTH_PORT set, /healthz (the
@@ -30,6 +31,7 @@ from scheduler.dispatch import (
     update_forecasts,
     validate_pending,
 )
+from scheduler.exports import dispatch_exports
 from scheduler.leases import reap_expired_leases
 from scheduler.stats import refresh_gauges
 from scheduler.webhooks import WebhookDispatcher
@@ -52,6 +54,7 @@ class TickResult:
     validated: int = 0
     placed: list[Placement] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)  # jobs of lost workers (expired leases)
+    exports: list[str] = field(default_factory=list)  # exports handed to workers
 
 
 class Scheduler:
@@ -78,6 +81,7 @@ class Scheduler:
         result.placed = await place_queued(
             self.engine, self.redis, workers, settings=settings, memory=self.memory, clock=self.queue_clock
         )
+        result.exports = await dispatch_exports(self.engine, self.redis, workers, settings)
         if time.monotonic() - self._forecast_at >= FORECAST_EVERY_S:
             self._forecast_at = time.monotonic()
             update_forecasts(self.engine, workers, settings)

@@ -10,6 +10,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from api.deps import CurrentOrg, EngineDep, IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep
 from api.protocol import CursorListResponse, ErrorResponse, FileDeleted, FileObject, FileValidationReport
+from api.services import audit
 from api.services import files as service
 from api.services.idempotency import REPLAYED_HEADER
 
@@ -70,6 +71,10 @@ async def create_file(
     )
     if replayed:
         response.headers[REPLAYED_HEADER] = "true"
+    else:
+        audit.record(
+            request, engine, type="file.created", object_id=file.id, data={"filename": file.filename}
+        )
     return file
 
 
@@ -134,5 +139,9 @@ def file_content(
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
-def delete_file(file_id: str, org: CurrentOrg, session: SessionDep, storage: StorageDep) -> FileDeleted:
-    return service.delete_file(session=session, storage=storage, org=org, file_id=file_id)
+def delete_file(
+    file_id: str, request: Request, org: CurrentOrg, session: SessionDep, storage: StorageDep
+) -> FileDeleted:
+    deleted = service.delete_file(session=session, storage=storage, org=org, file_id=file_id)
+    audit.record(request, session, type="file.deleted", object_id=file_id)
+    return deleted

@@ -13,7 +13,9 @@ from api.protocol import (
     FineTuningJobEventObject,
     FineTuningJobObject,
     ListResponse,
+    ResumeFineTuningJobRequest,
 )
+from api.services import audit
 from api.services import fine_tuning as service
 from api.services.idempotency import REPLAYED_HEADER
 
@@ -40,6 +42,7 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 )
 def create_job(
     body: CreateFineTuningJobRequest,
+    request: Request,
     org: CurrentOrg,
     session: SessionDep,
     settings: SettingsDep,
@@ -51,6 +54,10 @@ def create_job(
     )
     if replayed:
         response.headers[REPLAYED_HEADER] = "true"
+    else:
+        audit.record(
+            request, session, type="fine_tuning.job.created", object_id=job.id, data={"model": job.model}
+        )
     return job
 
 
@@ -73,18 +80,38 @@ def retrieve_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTunin
 
 
 @router.post("/{job_id}/cancel", response_model=FineTuningJobObject)
-def cancel_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
-    return service.cancel_job(session=session, org=org, job_id=job_id)
+def cancel_job(job_id: str, request: Request, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    job = service.cancel_job(session=session, org=org, job_id=job_id)
+    audit.record(request, session, type="fine_tuning.job.cancelled", object_id=job_id)
+    return job
 
 
 @router.post("/{job_id}/pause", response_model=FineTuningJobObject)
-def pause_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
-    return service.pause_job(session=session, org=org, job_id=job_id)
+def pause_job(job_id: str, request: Request, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
+    job = service.pause_job(session=session, org=org, job_id=job_id)
+    audit.record(request, session, type="fine_tuning.job.paused", object_id=job_id)
+    return job
 
 
-@router.post("/{job_id}/resume", response_model=FineTuningJobObject)
-def resume_job(job_id: str, org: CurrentOrg, session: SessionDep) -> FineTuningJobObject:
-    return service.resume_job(session=session, org=org, job_id=job_id)
+@router.post(
+    "/{job_id}/resume",
+    response_model=FineTuningJobObject,
+    responses={429: {"model": ErrorResponse, "description": "The organization's monthly budget is spent."}},
+)
+def resume_job(
+    job_id: str,
+    request: Request,
+    org: CurrentOrg,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: ResumeFineTuningJobRequest | None = None,
+) -> FineTuningJobObject:
+    """Continue a paused job from its last checkpoint. Extension: a body changes its caps (`max_trained_tokens`,
+    `max_cost`; null removes one): a job paused at a cap resumes only once that cap is above what it used."""
+    job = service.resume_job(session=session, org=org, job_id=job_id, settings=settings, request=body)
+    caps = body.model_dump(include=body.model_fields_set) if body is not None else {}
+    audit.record(request, session, type="fine_tuning.job.resumed", object_id=job_id, data=caps or None)
+    return job
 
 
 @router.get("/{job_id}/events", response_model=ListResponse[FineTuningJobEventObject])

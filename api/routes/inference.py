@@ -61,7 +61,7 @@ async def _handle(kind: Kind, request: Request) -> Response:
     org = await service.authenticate(request)
     body = await _read_body(request, kind, service.settings.inference_max_request_bytes)
     request_id = getattr(request.state, "request_id", None)
-    return await service.handle(kind, org, body, request_id)
+    return await service.handle(kind, org, body, request_id, getattr(request.state, "api_key", None))
 
 
 @router.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionCreate), response_class=Response)

@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentOrg, SessionDep, SettingsDep
 from api.protocol import ErrorResponse, ListResponse, ModelDeleted, ModelObject
+from api.services import audit
 from api.services import models as service
 from api.services.inference import get_inference
 
@@ -36,4 +37,5 @@ async def delete_model(
     )
     # Then unload it (and its checkpoints) from every replica: from now on requests for it get a 404.
     await get_inference(request).forget_model(model_id)
+    await run_in_threadpool(audit.record, request, session, type="model.deleted", object_id=model_id)
     return deleted

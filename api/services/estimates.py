@@ -9,12 +9,13 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from api.protocol import CreateEstimateRequest, EstimateObject, FileTokenCounts, GpuFit
+from api.protocol import CreateEstimateRequest, EstimatedCost, EstimateObject, FileTokenCounts, GpuFit
 from api.services.job_requests import fine_tune_file, method_and_hyperparameters
 from core.errors import InvalidRequestError
 from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, ResolvedHyperparameters, longest_example_bytes
 from core.model_registry import get_base_model, load_registry
 from core.models import File, FineTuningJob, Organization
+from core.pricing import CPU_CLASS, estimate_cost
 from core.queue import WorkerInfo, live_workers
 from core.settings import Settings
 from core.storage import Storage
@@ -224,6 +225,15 @@ async def create_estimate(
     classes = sorted(fits.values(), key=lambda f: (f["total_mb"], f["gpu_class"]))
     gpu_class = best[2] if best else (classes[0]["gpu_class"] if classes else None)
     placeable: bool | None = bool(classes) if any_gpu else None
+    trained = _trained_tokens(tokens.trained_tokens, hp) if tokens else None
+    cpu_only = workers is not None and not any_gpu and any(d.name == "cpu" for w in workers for d in w.gpus)
+    cost = estimate_cost(
+        settings,
+        trained_tokens=trained,
+        processed_tokens=_trained_tokens(tokens.total_tokens, hp) if tokens else None,
+        parameters=gpu.parameters,
+        gpu_class=gpu_class or (CPU_CLASS if cpu_only else None),
+    )
     return EstimateObject(
         model=request.model,
         method=method,
@@ -238,7 +248,7 @@ async def create_estimate(
         trainable_parameters=gpu.trainable_parameters,
         tokens_per_micro_batch=gpu.tokens_per_micro_batch,
         tokens=FileTokenCounts(model=request.model, **tokens.as_dict()) if tokens else None,
-        trained_tokens=_trained_tokens(tokens.trained_tokens, hp) if tokens else None,
+        trained_tokens=trained,
         hyperparameters={
             "batch_size": hp.batch_size,
             "micro_batch_size": hp.micro_batch,
@@ -256,6 +266,24 @@ async def create_estimate(
         },
         profile=gpu.profile,
         notes=notes,
+        estimated_cost=EstimatedCost(
+            currency=cost.currency,
+            value=cost.value,
+            trained_tokens=cost.trained_tokens,
+            trained_tokens_cost=cost.trained_tokens_cost,
+            gpu_class=cost.gpu_class,
+            gpu_seconds=cost.gpu_seconds,
+            gpu_cost=cost.gpu_cost,
+            throughput=(
+                {
+                    "gpu_class": cost.throughput_class,
+                    "param_tokens_per_second": cost.throughput_param_tokens_per_s,
+                }
+                if cost.throughput_class is not None
+                else None
+            ),
+            notes=cost.notes,
+        ),
     )
 
 

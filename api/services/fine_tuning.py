@@ -19,6 +19,7 @@ from api.protocol import (
     FineTuningJobEventObject,
     FineTuningJobObject,
     ListResponse,
+    ResumeFineTuningJobRequest,
 )
 from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
 from api.services.job_requests import fine_tune_file, method_and_hyperparameters
@@ -29,6 +30,7 @@ from core.model_registry import load_registry
 from core.models import FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings
 from core.training_data import format_refusal
+from core.usage import MAX_COST, MAX_TRAINED_TOKENS, cap_reached, check_org_budget, job_usage
 
 OPENAI_HYPERPARAMETERS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 VRAM_BREAKDOWN = (
@@ -169,6 +171,7 @@ def create_job(
             )
 
     _check_active_jobs_quota(session, settings=settings, org=org)
+    check_org_budget(session, settings, org)
     job = FineTuningJob(
         id=ids.job_id(),
         organization_id=organization_id,
@@ -185,6 +188,8 @@ def create_job(
         priority=request.priority or 0,
         idempotency_key=key,
         request_hash=digest or None,
+        max_trained_tokens=request.max_trained_tokens,
+        max_cost=request.max_cost,
     )
     if expired is not None and key is not None:
         # The key's 24 h are over: its old job gives it up (unless a concurrent request already took it).
@@ -265,6 +270,8 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         step=job.step,
         total_steps=job.total_steps,
         token_counts=job.token_counts,
+        max_trained_tokens=job.max_trained_tokens,
+        max_cost=job.max_cost,
         **_scheduling_view(job),
     )
 
@@ -373,7 +380,44 @@ def pause_job(*, session: Session, org: Organization, job_id: str) -> FineTuning
     )
 
 
-def resume_job(*, session: Session, org: Organization, job_id: str) -> FineTuningJobObject:
+def resume_job(
+    *,
+    session: Session,
+    org: Organization,
+    job_id: str,
+    settings: Settings | None = None,
+    request: ResumeFineTuningJobRequest | None = None,
+) -> FineTuningJobObject:
+    """Paused → queued. A body changes the caps (a field sent as null removes that cap); a job whose cap is still
+    reached is refused (400 naming the cap), and so is any resume while the organization's budget is spent."""
+    job = _job(session, org=org, job_id=job_id)
+    caps: dict[str, Any] = {}
+    if request is not None:
+        caps = {
+            name: getattr(request, name) for name in request.model_fields_set & {MAX_TRAINED_TOKENS, MAX_COST}
+        }
+    message = "Job resumed: queued to continue from its last checkpoint"
+    if job.status == jobs.PAUSED:
+        if settings is not None:
+            check_org_budget(session, settings, org)
+        used = job_usage(session, job.id)
+        tokens = max(job.trained_tokens or 0, used.trained_tokens)
+        reached = cap_reached(
+            max_trained_tokens=caps.get(MAX_TRAINED_TOKENS, job.max_trained_tokens),
+            max_cost=caps.get(MAX_COST, job.max_cost),
+            trained_tokens=tokens,
+            cost=used.cost,
+        )
+        if reached is not None:
+            cap, limit, spent = reached
+            raise InvalidRequestError(
+                f"Job {job_id} has used {spent:g} of its {cap} of {limit:g}: resume it with a higher {cap} "
+                f'(or null for none), e.g. {{"{cap}": {_higher(cap, spent)}}}.',
+                param=cap,
+                code="cap_reached",
+            )
+        if caps:
+            message += " (caps now " + ", ".join(f"{k}={v}" for k, v in sorted(caps.items())) + ")"
     return _control(
         session=session,
         org=org,
@@ -381,8 +425,13 @@ def resume_job(*, session: Session, org: Organization, job_id: str) -> FineTunin
         verb="resume",
         from_status={jobs.PAUSED},
         to_status=jobs.QUEUED,
-        message="Job resumed: queued to continue from its last checkpoint",
+        message=message,
+        **caps,
     )
+
+
+def _higher(cap: str, spent: float) -> str:
+    return str(int(spent) * 2 or 1) if cap == MAX_TRAINED_TOKENS else f"{max(spent * 2, 0.01):.2f}"
 
 
 def list_events(

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -33,7 +34,9 @@ from sqlmodel import Session
 
 from api.errors import error_body
 from api.protocol import ChatCompletionCreate, CompletionCreate
+from api.scopes import check_request_scope
 from core.adapters import AdapterRejected, remove_local_copy
+from core.db import session_scope
 from core.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -55,9 +58,10 @@ from core.inference.served import mark_deleted, reject_adapter, resolve_adapter
 from core.inference.vllm import ReplicaError, replica_headers
 from core.keys import authenticate, hash_key
 from core.model_registry import load_registry
-from core.models import InferenceReplica, Organization, ServedAdapter
+from core.models import ApiKey, InferenceReplica, Organization, ServedAdapter
 from core.settings import Settings
 from core.storage import Storage
+from core.usage import check_key_quota, record_inference_usage
 
 log = logging.getLogger("ftserve.api.inference")
 
@@ -73,6 +77,19 @@ CACHE_TTL_S = 1.0
 AUTH_TTL_S = 1.0
 DOWN_FOR_S = 3.0  # a replica that refused a connection is skipped this long
 _NOT_LOADED = object()
+
+
+@dataclass
+class _Meter:
+    """Who a request's tokens are counted for. `strip_usage`: the proxy asked vLLM for a streamed usage chunk
+    the client did not ask for, so that chunk is counted and not relayed."""
+
+    organization_id: str
+    api_key_id: str | None
+    model: str
+    strip_usage: bool = False
+    usage: dict[str, Any] | None = None
+    recorded: bool = False
 
 
 class _Status(ServiceUnavailableError):
@@ -263,7 +280,7 @@ class InferenceService:
         self._down_until: dict[str, float] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
         self._flush_task: asyncio.Task[None] | None = None
-        self._auth: dict[str, tuple[Organization, float]] = {}  # key digest → (org, when checked)
+        self._auth: dict[str, tuple[ApiKey, Organization, float]] = {}  # digest → (key, org, checked at)
 
     async def start(self) -> None:
         try:
@@ -292,27 +309,63 @@ class InferenceService:
 
     # -- auth ----------------------------------------------------------------------------------------------
 
-    def _authenticate_now(self, token: str | None) -> Organization:
+    def _authenticate_now(self, token: str | None) -> tuple[ApiKey, Organization]:
         with Session(self.engine, expire_on_commit=False) as session:
-            return authenticate(session, key=token)[1]
+            return authenticate(session, key=token)
 
     async def authenticate(self, request: Request) -> Organization:
         """The caller's organization, as `api.deps.get_current_org` finds it, remembered for AUTH_TTL_S (a
-        revoked key stops working within that)."""
+        revoked key stops working within that). The key must hold the inference scope."""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
         digest = hash_key(token) if token else ""
         hit = self._auth.get(digest) if digest else None
-        if hit is not None and time.monotonic() - hit[1] < AUTH_TTL_S:
-            org = hit[0]
+        if hit is not None and time.monotonic() - hit[2] < AUTH_TTL_S:
+            key, org = hit[0], hit[1]
         else:
-            org = await asyncio.to_thread(self._authenticate_now, token or None)
+            key, org = await asyncio.to_thread(self._authenticate_now, token or None)
             if len(self._auth) > 10_000:
                 self._auth.clear()
-            self._auth[digest] = (org, time.monotonic())
+            self._auth[digest] = (key, org, time.monotonic())
         request.state.organization_id = org.id
+        request.state.api_key = key
+        check_request_scope(request, key)
         return org
+
+    # -- metering ------------------------------------------------------------------------------------------
+
+    def _check_quota_now(self, key: ApiKey) -> None:
+        with Session(self.engine) as session:
+            check_key_quota(session, key)
+
+    def _write_usage(self, meter: _Meter, usage: dict[str, Any]) -> None:
+        with session_scope(self.engine) as session:
+            record_inference_usage(
+                session,
+                self.settings,
+                organization_id=meter.organization_id,
+                api_key_id=meter.api_key_id or "",
+                model=meter.model,
+                input_tokens=_count(usage.get("prompt_tokens")),
+                output_tokens=_count(usage.get("completion_tokens")),
+            )
+
+    def _write_usage_quietly(self, meter: _Meter, usage: dict[str, Any]) -> None:
+        try:
+            self._write_usage(meter, usage)
+        except Exception:
+            log.exception("could not record the usage of a %s request", meter.model)
+
+    async def _record(self, meter: _Meter | None, usage: Any) -> None:
+        """Count vLLM's `usage` of one answer, once. A failed write is logged: the answer still goes out."""
+        if meter is None or meter.recorded or not isinstance(usage, dict):
+            return
+        meter.recorded = True
+        try:
+            await asyncio.to_thread(self._write_usage, meter, usage)
+        except Exception:
+            log.exception("could not record the usage of a %s request", meter.model)
 
     # -- routing tables ------------------------------------------------------------------------------------
 
@@ -360,13 +413,23 @@ class InferenceService:
 
     # -- requests ------------------------------------------------------------------------------------------
 
-    async def handle(self, kind: Kind, org: Organization, raw: bytes, request_id: str | None) -> Response:
+    async def handle(
+        self, kind: Kind, org: Organization, raw: bytes, request_id: str | None, key: ApiKey | None = None
+    ) -> Response:
         payload = validate_request(kind, raw, self.settings)
         model = payload["model"]
+        if key is not None and key.inference_token_quota is not None:
+            await asyncio.to_thread(self._check_quota_now, key)
+        meter = _Meter(org.id, key.id if key is not None else None, model)
+        if payload.get("stream"):
+            options = payload.get("stream_options") or {}
+            if not options.get("include_usage"):  # vLLM then ends the stream with a usage-only chunk
+                payload["stream_options"] = {**options, "include_usage": True}
+                meter.strip_usage = True
         replicas = await self._replicas_now()
         serving_base = [r for r in replicas if r.base_model == model]
         if serving_base:
-            return await self._forward(kind, payload, serving_base, None, request_id)
+            return await self._forward(kind, payload, serving_base, None, request_id, meter)
         if not model.startswith("ft:"):
             if model in load_registry(self.settings):
                 raise _Status(f"No inference server serves the base model '{model}' yet.")
@@ -379,7 +442,7 @@ class InferenceService:
         candidates = [r for r in replicas if r.base_model == adapter.base_model]
         if not candidates:
             raise _Status(f"No inference server serves '{adapter.base_model}', the base model of '{model}'.")
-        return await self._forward(kind, payload, candidates, adapter, request_id)
+        return await self._forward(kind, payload, candidates, adapter, request_id, meter)
 
     async def _forward(
         self,
@@ -388,6 +451,7 @@ class InferenceService:
         candidates: list[InferenceReplica],
         adapter: ServedAdapter | None,
         request_id: str | None,
+        meter: _Meter | None = None,
     ) -> Response:
         body = orjson.dumps(payload)
         for _ in range(3):
@@ -404,7 +468,7 @@ class InferenceService:
             replica = await self._pick(adapter, usable)
             try:
                 result = await self._send(
-                    kind, body, bool(payload.get("stream")), replica, adapter, request_id
+                    kind, body, bool(payload.get("stream")), replica, adapter, request_id, meter
                 )
             except httpx.TransportError as exc:
                 log.warning("replica %s failed: %s", replica.url, exc)
@@ -460,6 +524,7 @@ class InferenceService:
         replica: InferenceReplica,
         adapter: ServedAdapter | None,
         request_id: str | None,
+        meter: _Meter | None = None,
     ) -> object:
         headers = {"content-type": "application/json", **replica_headers(replica)}
         if request_id:
@@ -479,10 +544,11 @@ class InferenceService:
                 self.loader.touch(adapter.id, replica.id)
             if not stream:
                 out = normalize_body(orjson.loads(response.content), kind)
+                await self._record(meter, out.get("usage") if isinstance(out, dict) else None)
                 return Response(orjson.dumps(out), media_type="application/json")
             handed_off = True
             return StreamingResponse(
-                self._relay(kind, response, replica),
+                self._relay(kind, response, replica, meter),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
@@ -491,7 +557,7 @@ class InferenceService:
                 self._inflight[replica.id] -= 1
 
     async def _relay(
-        self, kind: Kind, response: httpx.Response, replica: InferenceReplica
+        self, kind: Kind, response: httpx.Response, replica: InferenceReplica, meter: _Meter | None = None
     ) -> AsyncIterator[bytes]:
         buffer = b""
         try:
@@ -499,9 +565,13 @@ class InferenceService:
                 buffer += chunk
                 while (end := buffer.find(b"\n\n")) >= 0:
                     event, buffer = buffer[:end], buffer[end + 2 :]
-                    yield normalize_event(event, kind) + b"\n\n"
+                    out = await self._metered_event(event, kind, meter)
+                    if out is not None:
+                        yield out + b"\n\n"
             if buffer.strip():
-                yield normalize_event(buffer.strip(), kind) + b"\n\n"
+                out = await self._metered_event(buffer.strip(), kind, meter)
+                if out is not None:
+                    yield out + b"\n\n"
         except httpx.TransportError as exc:
             # The replica died mid-stream (killed, OOM). The 200 is already sent: end the stream with an
             # error event and no [DONE], so the client knows it is cut short, rather than a broken
@@ -517,6 +587,35 @@ class InferenceService:
         finally:
             self._inflight[replica.id] -= 1
             await response.aclose()
+            if meter is not None and not meter.recorded and meter.usage is not None:
+                # Cut short after a usage report (continuous usage stats): count it without holding the stream.
+                meter.recorded = True
+                usage = meter.usage
+                asyncio.get_running_loop().run_in_executor(None, self._write_usage_quietly, meter, usage)
+
+    async def _metered_event(self, event: bytes, kind: Kind, meter: _Meter | None) -> bytes | None:
+        """One SSE event normalised, its usage noted; None to drop it (the usage chunk the client did not ask
+        for). The usage is written when `[DONE]` comes, before it is relayed, so a client that has read the whole
+        stream finds its tokens counted."""
+        if meter is None or not event.startswith(b"data:"):
+            return normalize_event(event, kind)
+        data = event[5:].strip()
+        if data == b"[DONE]":
+            await self._record(meter, meter.usage)
+            return event
+        if not data.startswith(b"{"):
+            return event
+        try:
+            body = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return event
+        if isinstance(body, dict) and isinstance(body.get("usage"), dict):
+            meter.usage = body["usage"]
+            if meter.strip_usage:
+                if not body.get("choices"):
+                    return None
+                del body["usage"]
+        return b"data: " + orjson.dumps(normalize_body(body, kind))
 
     def _upstream_error(
         self, kind: Kind, response: httpx.Response, replica: InferenceReplica, adapter: ServedAdapter | None
@@ -558,6 +657,10 @@ class InferenceService:
                 except ReplicaError as exc:
                     problems.append(str(exc))
         return problems
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def get_inference(request: Request) -> InferenceService:

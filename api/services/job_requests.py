@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from api.protocol import CreateEstimateRequest, CreateFineTuningJobRequest
 from core.errors import InvalidRequestError
-from core.hyperparameters import DpoHyperparameters, SupervisedHyperparameters
+from core.hyperparameters import hyperparameters_model
 from core.models import File, Organization
 
 
@@ -39,7 +39,8 @@ def method_and_hyperparameters(
     method_type = method.type if method else "supervised"
     if method_type == "reinforcement":
         raise InvalidRequestError(
-            "Reinforcement fine-tuning is not supported; use 'supervised' or 'dpo'.", param="method.type"
+            "Reinforcement fine-tuning is not supported; use 'supervised', 'dpo', 'kto', 'orpo' or 'simpo'.",
+            param="method.type",
         )
     section = getattr(method, method_type, None) if method else None
     raw = section.hyperparameters if section and section.hyperparameters is not None else None
@@ -52,11 +53,12 @@ def method_and_hyperparameters(
             )
         if method_type != "supervised":
             raise InvalidRequestError(
-                "Top-level 'hyperparameters' apply to supervised jobs only; use method.dpo.hyperparameters.",
+                "Top-level 'hyperparameters' apply to supervised jobs only; use "
+                f"method.{method_type}.hyperparameters.",
                 param="hyperparameters",
             )
         raw, param = request.hyperparameters, "hyperparameters"
-    model = DpoHyperparameters if method_type == "dpo" else SupervisedHyperparameters
+    model = hyperparameters_model(method_type)
     try:
         validated = model.model_validate(raw or {})
     except ValidationError as exc:

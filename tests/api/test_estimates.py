@@ -283,7 +283,17 @@ def test_estimate_refuses_a_file_of_the_wrong_format(
     for method in ({"type": "supervised"}, {"type": "dpo"}):
         refused = _estimate(client, org_a_key, model="llama-8b", training_file=kto, method=method)
         assert refused.status_code == 400, refused.text
-        assert "does not train kto yet" in refused.json()["error"]["message"]
+        assert "KTO data" in refused.json()["error"]["message"]
+        assert "method 'kto'" in refused.json()["error"]["message"]
+    kto_estimate = _estimate(client, org_a_key, model="llama-8b", training_file=kto, method={"type": "kto"})
+    assert kto_estimate.status_code == 200, kto_estimate.text
+    kto_hp = kto_estimate.json()["hyperparameters"]
+    assert kto_hp["micro_batch_size"] >= 2  # its KL term needs two examples per micro-batch
+    # each example runs with its mismatched KL pair: two sequences, as DPO's chosen and rejected
+    assert (
+        kto_estimate.json()["tokens_per_micro_batch"]
+        == 2 * kto_hp["micro_batch_size"] * kto_hp["max_seq_length"]
+    )
     dpo = _estimate(client, org_a_key, model="llama-8b", training_file=preference, method={"type": "dpo"})
     assert dpo.status_code == 200, dpo.text
     resolved = dpo.json()["hyperparameters"]

@@ -112,7 +112,8 @@ def event_times(
 @pytest.fixture(scope="module")
 def job_ids(sdk: openai.OpenAI) -> dict[str, Any]:
     """The learning job first (first in, first out), then the five small ones."""
-    learning = create_job(sdk, chat_rows(code_task(100)))
+    # Unguessable codes: held-out ones can never be learnt, so early stopping would (rightly) stop at once.
+    learning = create_job(sdk, chat_rows(code_task(100)), early_stopping=False)
     secrets = [
         create_job(sdk, [{"messages": [{"role": "user", "content": SECRET_QUESTION},
                                        {"role": "assistant", "content": code}]}] * 10, n_epochs=8, batch_size=5,

@@ -191,6 +191,34 @@ def test_dpo_job_on_preference_data_succeeds_and_its_loss_falls(sdk: openai.Open
     assert len(losses) >= 2 and losses[-1] < losses[0], losses
 
 
+def test_kto_job_on_kto_data_succeeds_echoes_its_hyperparameters_and_its_loss_falls(
+    sdk: openai.OpenAI,
+) -> None:
+    """An extension method through the official SDK: a file in TRL's unpaired KTO layout, method kto."""
+    rows = [
+        {"prompt": f"Is {i} even?", "completion": answer, "label": answer == ("yes" if i % 2 == 0 else "no")}
+        for i in range(12)
+        for answer in ("yes", "no")
+    ]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    kto_file = sdk.files.create(file=("kto.jsonl", data), purpose="fine-tune").id
+    hyperparameters = {"beta": 0.1, "undesirable_weight": 1.2, "n_epochs": 6, "batch_size": 4}
+    job = sdk.fine_tuning.jobs.create(
+        model="demo-tiny",
+        training_file=kto_file,
+        suffix="kto",
+        method={"type": "kto", "kto": {"hyperparameters": hyperparameters}},  # type: ignore[typeddict-item]
+    )
+    done = _wait(sdk, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "kto"
+    shown = (done.method.model_extra or {})["kto"]["hyperparameters"]
+    assert (shown["beta"], shown["undesirable_weight"], shown["batch_size"]) == (0.1, 1.2, 4)
+    assert shown["desirable_weight"] == 1.0  # "auto", resolved
+    losses = [e.data["train_loss"] for e in reversed(_events(sdk, job.id)) if e.type == "metrics"]
+    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+
+
 def test_job_list_pages_and_filters_by_metadata(sdk: openai.OpenAI, training_file: str) -> None:
     made = []
     for i in range(3):

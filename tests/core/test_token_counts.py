@@ -168,6 +168,7 @@ def worker_lengths(path: Path, data_format: str, hf: Any) -> tuple[list[tuple[in
     from gpu_worker.data import (
         ExamplesTooLongError,
         build_dpo_rows,
+        build_kto_rows,
         build_sft_rows,
         count_trainable_tokens,
         load_examples,
@@ -176,6 +177,18 @@ def worker_lengths(path: Path, data_format: str, hf: Any) -> tuple[list[tuple[in
     )
 
     examples = load_examples(path, data_format)
+    if data_format == "kto":
+        with pytest.raises(ExamplesTooLongError) as too_long:
+            build_kto_rows(examples, hf, max_seq_length=0)
+        _, trained = build_kto_rows(examples, hf, max_seq_length=BIG)
+        total = 0
+        for ex in examples:  # the example, and as many tokens again for its KL pair
+            messages = served_messages(ex.data["prompt"] + ex.data["completion"])
+            tools = served_tools(ex.data.get("tools"))
+            total += 2 * len(
+                hf.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True)["input_ids"]
+            )
+        return list(too_long.value.too_long), total, trained
     if data_format == "preference":
         with pytest.raises(ExamplesTooLongError) as too_long:  # every example is over 0: all lengths listed
             build_dpo_rows(examples, hf, max_seq_length=0)
@@ -198,7 +211,13 @@ def worker_lengths(path: Path, data_format: str, hf: Any) -> tuple[list[tuple[in
 def assert_counts_match_the_worker(model_dir: Path, path: Path, data_format: str) -> None:
     from transformers import AutoTokenizer
 
-    from gpu_worker.data import ExamplesTooLongError, build_dpo_rows, build_sft_rows, load_examples
+    from gpu_worker.data import (
+        ExamplesTooLongError,
+        build_dpo_rows,
+        build_kto_rows,
+        build_sft_rows,
+        load_examples,
+    )
 
     hf = AutoTokenizer.from_pretrained(model_dir)  # as train.py loads the base model's tokenizer
     lengths, total, trained = worker_lengths(path, data_format, hf)
@@ -217,6 +236,8 @@ def assert_counts_match_the_worker(model_dir: Path, path: Path, data_format: str
         with pytest.raises(ExamplesTooLongError) as refused:
             if data_format == "preference":
                 build_dpo_rows(examples, hf, max_seq_length=limit)
+            elif data_format == "kto":
+                build_kto_rows(examples, hf, max_seq_length=limit)
             else:
                 build_sft_rows(examples, hf, data_format=data_format, max_seq_length=limit)
         assert refused.value.lines == expected_over
@@ -545,7 +566,20 @@ def test_counts_are_marked_inexact_where_transformers_would_rebuild_the_tokenize
     assert not count_file_tokens(path, "chat", relabelled).exact
 
 
-def test_kto_data_has_no_training_tokens_to_count() -> None:
-    line = json.dumps({"prompt": "Hi", "completion": "Hello", "label": True})
-    with pytest.raises(TrainingDataError, match="KTO data is not trained by ftserve yet"):
-        count_tokens([line], "kto", None)  # type: ignore[arg-type]
+def test_kto_data_counts_what_the_worker_tokenises(demo_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    tools = _model_datasets(True)["chat"][0]  # demo-tiny renders tool use
+    rows = [
+        {"prompt": "Say a colour.", "completion": "Blue.", "label": True, "system": "Be terse."},
+        {
+            "prompt": "Say a colour.",
+            "completion": "I would rather not say any colour at all.",
+            "label": False,
+        },
+        {"messages": tools["messages"], "tools": tools["tools"], "kto_tag": True},
+        {
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Go away."}],
+            "kto_tag": False,
+        },
+    ]
+    assert_counts_match_the_worker(demo_model_dir, write_jsonl(tmp_path / "kto.jsonl", rows), "kto")

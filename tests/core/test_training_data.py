@@ -1409,11 +1409,19 @@ def test_format_refusal_names_the_layout_and_the_method_that_would_use_it() -> N
     assert format_refusal("preference", "trl_preference", "dpo") is None
     sft = format_refusal("preference", "sharegpt_preference", "supervised")
     assert sft is not None and "LLaMA-Factory ShareGPT preference" in sft and "'dpo'" in sft
-    for method in ("supervised", "dpo"):
+    assert format_refusal("kto", "messages_kto", "kto") is None
+    for method in ("orpo", "simpo"):
+        assert format_refusal("preference", "openai_preference", method) is None
+    for method in ("supervised", "dpo", "orpo", "simpo"):
         kto = format_refusal("kto", "messages_kto", method)
-        assert kto is not None and "'kto' method" in kto and "does not train kto yet" in kto
-    dpo = format_refusal("alpaca", "alpaca", "dpo")
-    assert dpo is not None and "'supervised'" in dpo and "preference data" in dpo
+        assert kto is not None and "LLaMA-Factory KTO" in kto and "method 'kto'" in kto
+    on_kto = format_refusal("preference", "trl_preference", "kto")
+    assert on_kto is not None and "'dpo', 'orpo' or 'simpo'" in on_kto
+    chat_on_kto = format_refusal("chat", "openai_chat", "kto")
+    assert chat_on_kto is not None and "'supervised'" in chat_on_kto and "label" in chat_on_kto
+    for method in ("dpo", "orpo", "simpo"):
+        paired = format_refusal("alpaca", "alpaca", method)
+        assert paired is not None and "'supervised'" in paired and "preference data" in paired
     assert format_refusal("preference", None, "supervised") is not None  # a file from before layouts
 
 

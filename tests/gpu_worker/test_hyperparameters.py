@@ -101,6 +101,50 @@ def test_explicit_values_win() -> None:
     assert resolve_hyperparameters("dpo", None, n_examples=20).beta == 0.1
 
 
+def test_each_method_resolves_its_own_fields() -> None:
+    from core.hyperparameters import KtoHyperparameters, hyperparameters_model
+
+    toy = 500_000
+    sft = resolve_hyperparameters("supervised", None, n_examples=40, base_model_params=toy)
+    resolved = {m: resolve_hyperparameters(m, None, n_examples=40, base_model_params=toy) for m in
+                ("dpo", "kto", "orpo", "simpo")}  # fmt: skip
+    assert sft.beta is None and sft.loss_type is None and sft.gamma is None
+    dpo, kto, orpo, simpo = resolved.values()
+    assert (dpo.beta, dpo.loss_type, dpo.label_smoothing) == (0.1, "sigmoid", 0.0)
+    assert (kto.beta, kto.desirable_weight, kto.undesirable_weight) == (0.1, 1.0, 1.0)
+    assert (orpo.beta, simpo.beta, simpo.gamma) == (0.1, 2.0, 1.0)
+    # ORPO carries the SFT loss and starts from the base model: SFT's rate; the others a 10x smaller one
+    assert orpo.learning_rate == sft.learning_rate
+    assert (
+        dpo.learning_rate == kto.learning_rate == simpo.learning_rate == pytest.approx(sft.learning_rate / 10)
+    )
+    robust = resolve_hyperparameters("dpo", DpoHyperparameters(loss_type="robust"), n_examples=40)
+    assert robust.label_smoothing == 0.1
+    with pytest.raises(ValidationError, match="label_smoothing applies to loss_type 'robust' only"):
+        DpoHyperparameters(label_smoothing=0.2)
+    # another method's fields: refused unless this method has them too
+    with pytest.raises(ValueError, match="desirable_weight does not apply to method 'dpo'"):
+        resolve_hyperparameters("dpo", KtoHyperparameters(desirable_weight=2), n_examples=40)
+    assert resolve_hyperparameters("orpo", DpoHyperparameters(beta=0.5), n_examples=40).beta == 0.5
+    assert hyperparameters_model("simpo").model_validate({"gamma": 0.5}).gamma == 0.5  # type: ignore[attr-defined]
+
+
+def test_kto_trains_at_least_two_examples_per_micro_batch() -> None:
+    from core.hyperparameters import KtoHyperparameters
+
+    for field in ("batch_size", "micro_batch_size"):
+        with pytest.raises(ValidationError, match=f"kto needs a {field} of at least 2"):
+            KtoHyperparameters.model_validate({field: 1})
+    # auto: a small file's batch, a micro-batch the scheduler lowered to 1, or a long sequence's
+    assert resolve_hyperparameters("kto", None, n_examples=10).batch_size == 2
+    r = resolve_hyperparameters("kto", KtoHyperparameters(batch_size=8), n_examples=40, max_micro_batch=1)
+    assert (r.micro_batch_size, r.gradient_accumulation_steps) == (2, 4)
+    r = resolve_hyperparameters(
+        "kto", KtoHyperparameters(batch_size=6, max_seq_length=8192), n_examples=40, micro_batch_tokens=8192
+    )
+    assert r.micro_batch_size == 2
+
+
 def test_batch_never_exceeds_the_data_and_bad_method_fails() -> None:
     assert (
         resolve_hyperparameters(

@@ -55,6 +55,7 @@ def _real_ids(tenant: Tenant) -> dict[str, str]:
         "job_id": tenant.job_id,
         "model_id": tenant.model_id,
         "endpoint_id": tenant.endpoint_id,
+        "export_id": tenant.export_id,
     }
 
 

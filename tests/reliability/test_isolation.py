@@ -26,11 +26,14 @@ ID_KINDS: dict[str, tuple[str, str]] = {
     "job_id": ("job_id", "ftjob-000000000000000000000000"),
     "model_id": ("model_id", "ft:demo-tiny:org-nobody::ftjob-000000000000000000000000"),
     "endpoint_id": ("endpoint_id", "whep_000000000000000000000000"),
+    "export_id": ("export_id", "ftexp-000000000000000000000000"),
+    "key_id": ("key_id", "key-000000000000000000000000"),
 }
 # Path parameters that are not object ids.
 NOT_OBJECT_IDS = {("/ui/static/{path:path}", "path"), ("/ui/{page:path}", "page")}
 # A valid body where the route needs one, so that validation cannot answer before the ownership check.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/fine_tuning/jobs/{job_id}/exports"): {"format": "adapter"},
     ("POST", "/v1/webhook_endpoints/{endpoint_id}"): {"name": "owned", "url": "http://127.0.0.1:9/evil"},
     ("PATCH", "/v1/webhook_endpoints/{endpoint_id}"): {"name": "owned", "url": "http://127.0.0.1:9/evil"},
     ("POST", "/v1/webhook_endpoints/{endpoint_id}/test"): {"event_type": "fine_tuning.job.succeeded"},
@@ -82,6 +85,7 @@ def _snapshot(client: TestClient, a: Tenant) -> dict[str, Any]:
         },
         "events": client.get(f"/v1/fine_tuning/jobs/{a.job_id}/events", headers=headers).json(),
         "checkpoints": client.get(f"/v1/fine_tuning/jobs/{a.job_id}/checkpoints", headers=headers).json(),
+        "exports": client.get(f"/v1/fine_tuning/jobs/{a.job_id}/exports", headers=headers).json(),
         "model": client.get(f"/v1/models/{a.model_id}", headers=headers).json(),
         "checkpoint_model": client.get(f"/v1/models/{a.checkpoint_model_id}", headers=headers).json(),
         "endpoint": endpoint,

@@ -26,15 +26,19 @@ class Tenant:
     model_id: str
     checkpoint_model_id: str
     endpoint_id: str
+    export_id: str
+    key_id: str = ""  # the id (key-...) of `key`
 
 
 def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
     """Objects of every kind for `org`, created through the API where the API creates them and in the DB
-    where only the worker would (checkpoints, the fine-tuned model, a delivery attempt)."""
+    where only the worker would (checkpoints, the fine-tuned model, an export, a delivery attempt)."""
     from core import ids, jobs
     from core.models import (
+        ApiKey,
         FineTunedModel,
         JobCheckpoint,
+        JobExport,
         Organization,
         WebhookDelivery,
         WebhookDeliveryAttempt,
@@ -91,6 +95,17 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
                     checkpoint_step=step,
                 )
             )
+        export_id = ids.new_id("ftexp-")
+        session.add(
+            JobExport(
+                id=export_id,
+                organization_id=org_row.id,
+                job_id=job_id,
+                format="adapter",
+                checkpoint_step=5,
+                source_model=checkpoint_model_id,
+            )
+        )
         event_id = ids.new_id("evt_")
         delivery_id = ids.new_id("whd_")
         session.add(
@@ -124,5 +139,6 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
             )
         )
         session.commit()
+        key_id = session.exec(select(ApiKey.id).where(ApiKey.organization_id == org_row.id)).one()
     engine.dispose()
-    return Tenant(key, file_id, job_id, model_id, checkpoint_model_id, endpoint_id)
+    return Tenant(key, file_id, job_id, model_id, checkpoint_model_id, endpoint_id, export_id, key_id)

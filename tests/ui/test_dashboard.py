@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -519,6 +520,35 @@ def test_playground_streams_an_answer_from_the_fine_tuned_model(
     page.set_viewport_size({"width": 390, "height": 900})
     assert_fits(page)
     shots(page, "side-by-side")
+
+
+# -- exports ----------------------------------------------------------------------------------------------
+
+
+def test_export_the_adapter_and_download_it(
+    open_page: Callable[..., Any],
+    dashboard: Dashboard,
+    shots: Shots,
+    trained_job: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    page = open_page(f"/ui/jobs/{trained_job['id']}")
+    page.wait_for_selector("#export-source option", state="attached")
+    assert page.locator("#export-source option").first.inner_text() == "Fine-tuned model"
+    page.select_option("#export-format", "adapter")
+    page.click("#export-button")
+    row = page.locator("#exports tbody tr").first
+    row.wait_for()
+    shots(page, "export-queued")
+    page.wait_for_selector("#exports tbody tr[data-status='succeeded'] button", timeout=180_000)
+    shots(page, "export-succeeded")
+    with page.expect_download() as info:
+        page.click("#exports tbody tr[data-status='succeeded'] button")
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    assert saved.name == f"{trained_job['id']}-adapter.zip"
+    with zipfile.ZipFile(saved) as archive:
+        assert f"{trained_job['id']}-adapter/adapter_model.safetensors" in archive.namelist()
 
 
 # -- every page: widths and accessibility -----------------------------------------------------------------

@@ -28,6 +28,7 @@ from ._exceptions import (
 from ._streaming import AsyncStream, Stream
 from ._version import __version__
 from .pagination import AsyncCursorPage, AsyncPaginator, SyncCursorPage
+from .resources.fine_tuning.exports import ExportFailedError
 
 __all__ = [
     "types",
@@ -57,4 +58,5 @@ __all__ = [
     "RateLimitError",
     "InternalServerError",
     "InvalidWebhookSignatureError",
+    "ExportFailedError",
 ]

@@ -15,6 +15,7 @@ from .resources.estimates import AsyncEstimates, Estimates
 from .resources.files import AsyncFiles, Files
 from .resources.fine_tuning import AsyncFineTuning, FineTuning
 from .resources.models import AsyncModels, Models
+from .resources.organization import AsyncOrganization, Organization
 from .resources.webhooks import AsyncWebhooks, Webhooks
 
 __all__ = ["Client", "AsyncClient"]
@@ -73,6 +74,11 @@ class Client(SyncAPIClient):
     @cached_property
     def webhooks(self) -> Webhooks:
         return Webhooks(self)
+
+    @cached_property
+    def organization(self) -> Organization:
+        """Usage, API keys and the audit log (needs an admin-scoped key)."""
+        return Organization(self)
 
     def with_options(
         self,
@@ -149,6 +155,10 @@ class AsyncClient(AsyncAPIClient):
     @cached_property
     def webhooks(self) -> AsyncWebhooks:
         return AsyncWebhooks(self)
+
+    @cached_property
+    def organization(self) -> AsyncOrganization:
+        return AsyncOrganization(self)
 
     def with_options(
         self,

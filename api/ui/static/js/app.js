@@ -6,6 +6,7 @@ import * as job from "./pages/job.js";
 import * as jobs from "./pages/jobs.js";
 import * as newJob from "./pages/new_job.js";
 import * as playground from "./pages/playground.js";
+import * as usage from "./pages/usage.js";
 
 const ROUTES = [
   { pattern: /^\/files\/?$/, page: files, nav: "files", title: "Files" },
@@ -13,6 +14,7 @@ const ROUTES = [
   { pattern: /^\/jobs\/([^/]+)\/?$/, page: job, nav: "jobs", title: "Job" },
   { pattern: /^\/jobs\/?$/, page: jobs, nav: "jobs", title: "Jobs" },
   { pattern: /^\/playground\/?$/, page: playground, nav: "playground", title: "Playground" },
+  { pattern: /^\/usage\/?$/, page: usage, nav: "usage", title: "Usage" },
 ];
 
 const main = document.getElementById("main");

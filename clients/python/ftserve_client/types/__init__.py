@@ -10,6 +10,7 @@ from .chat import (
     CompletionUsage,
 )
 from .estimates import Estimate, GpuFit
+from .exports import ExportFormat, ExportStatus, FineTuningJobExport, FineTuningJobExportError
 from .files import FileDeleted, FileObject, FileValidationReport, ValidationLineError, ValidationWarning
 from .fine_tuning import (
     TERMINAL_STATUSES,
@@ -23,6 +24,16 @@ from .fine_tuning import (
     MethodSection,
 )
 from .models import Model, ModelDeleted
+from .organization import (
+    ApiKey,
+    ApiKeyDeleted,
+    AuditLog,
+    CompletionsUsageResult,
+    Cost,
+    FineTuningUsageResult,
+    UsageBucket,
+    UsagePage,
+)
 from .webhooks import (
     WebhookDeliveryAttempt,
     WebhookEndpoint,
@@ -33,6 +44,14 @@ from .webhooks import (
 )
 
 __all__ = [
+    "ApiKey",
+    "ApiKeyDeleted",
+    "AuditLog",
+    "CompletionsUsageResult",
+    "Cost",
+    "FineTuningUsageResult",
+    "UsageBucket",
+    "UsagePage",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionMessage",
@@ -42,6 +61,10 @@ __all__ = [
     "CompletionUsage",
     "Estimate",
     "GpuFit",
+    "ExportFormat",
+    "ExportStatus",
+    "FineTuningJobExport",
+    "FineTuningJobExportError",
     "FileDeleted",
     "FileObject",
     "FileValidationReport",

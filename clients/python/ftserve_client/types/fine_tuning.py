@@ -35,7 +35,7 @@ class Hyperparameters(BaseModel):
     batch_size: Auto | int | None = None
     learning_rate_multiplier: Auto | float | None = None
     beta: Auto | float | None = None
-    """DPO only."""
+    """dpo, kto, orpo and simpo; their other fields (see docs/api.md) ride along as extra fields."""
     # ftserve extensions (LoRA and schedule); see docs/api.md.
     lora_rank: Auto | int | None = None
     lora_alpha: Auto | int | None = None
@@ -53,9 +53,12 @@ class MethodSection(BaseModel):
 
 
 class Method(BaseModel):
-    type: Literal["supervised", "dpo", "reinforcement"]
+    type: Literal["supervised", "dpo", "kto", "orpo", "simpo", "reinforcement"]
     supervised: MethodSection | None = None
     dpo: MethodSection | None = None
+    kto: MethodSection | None = None
+    orpo: MethodSection | None = None
+    simpo: MethodSection | None = None
 
 
 class FineTuningJobError(BaseModel):
@@ -100,6 +103,9 @@ class FineTuningJob(BaseModel):
     queue_position: int | None = None
     estimated_start_at: int | None = None
     queue_reason: str | None = None
+    # ftserve caps: the job pauses once it has trained this many tokens or cost this much.
+    max_trained_tokens: int | None = None
+    max_cost: float | None = None
 
     @property
     def done(self) -> bool:

@@ -1,5 +1,5 @@
-// Job detail: a live loss chart fed by metrics events, the event log, checkpoints, hyperparameters, controls
-// and the results CSV. New events are read by paging the newest-first event list until a known id.
+// Job detail: a live loss chart fed by metrics events, the event log, checkpoints, hyperparameters, controls,
+// the results CSV and exports (job_exports.js). New events are read by paging the newest-first event list until a known id.
 import { UI, api, download, request } from "../api.js";
 import {
   alertBox,
@@ -17,6 +17,15 @@ import {
   setProgress,
   toast,
 } from "../dom.js";
+import { exportsCard } from "./job_exports.js";
+
+const METHOD_NAMES = {
+  supervised: "Supervised (SFT)",
+  dpo: "Preference (DPO)",
+  kto: "Labelled answers (KTO)",
+  orpo: "Preference (ORPO)",
+  simpo: "Preference (SimPO)",
+};
 import { ACTIVE, progressText } from "./jobs.js";
 
 const POLL_MS = 1000;
@@ -42,6 +51,7 @@ export function render(main, { params }) {
   const facts = h("dl", { class: "facts" });
   const hyperparameters = h("dl", { class: "facts hp-list", id: "hyperparameters" });
   const checkpointsArea = h("div", { class: "table-wrap", id: "checkpoints" }, h("p", { class: "muted" }, "No checkpoints yet."));
+  const exportsArea = exportsCard(base);
   const eventsBody = h("tbody");
   const hideMetrics = h("input", { type: "checkbox", id: "hide-metrics" });
   const eventsArea = h(
@@ -78,6 +88,7 @@ export function render(main, { params }) {
       h("section", { class: "card", "aria-labelledby": "details-heading" }, h("h2", { id: "details-heading" }, "Details"), facts),
       h("section", { class: "card", "aria-labelledby": "hp-heading" }, h("h2", { id: "hp-heading" }, "Hyperparameters"), hyperparameters),
       h("section", { class: "card span-2", "aria-labelledby": "ckpt-heading" }, h("h2", { id: "ckpt-heading" }, "Checkpoints"), checkpointsArea),
+      exportsArea.section,
       h(
         "section",
         { class: "card span-2", "aria-labelledby": "events-heading" },
@@ -198,7 +209,7 @@ export function render(main, { params }) {
       facts,
       wide(fact("Job ID", h("span", { class: "mono" }, job.id), copyButton(job.id, "Copy job ID"))),
       fact("Base model", job.model),
-      fact("Method", job.method?.type === "dpo" ? "Preference (DPO)" : "Supervised (SFT)"),
+      fact("Method", METHOD_NAMES[job.method?.type || "supervised"] || job.method.type),
       wide(fact("Fine-tuned model", job.fine_tuned_model ? [h("span", { class: "mono break" }, job.fine_tuned_model), copyButton(job.fine_tuned_model, "Copy model name")] : "—")),
       fact("Training file", fileLink(job.training_file)),
       fact("Validation file", job.validation_file ? fileLink(job.validation_file) : "—"),
@@ -313,6 +324,7 @@ export function render(main, { params }) {
   async function loadCheckpoints() {
     const page = await api(`${base}/checkpoints?limit=100`);
     if (!alive) return;
+    exportsArea.drawSources(job, page.data);
     if (!page.data.length) {
       clear(checkpointsArea, h("p", { class: "muted" }, ACTIVE.has(job?.status) ? "No checkpoints yet: they appear as training saves them." : "This job saved no checkpoints."));
       return;
@@ -373,7 +385,8 @@ export function render(main, { params }) {
       drawInfo();
     }
     if (statusChanged || fresh.some((e) => /checkpoint/i.test(e.message))) await loadCheckpoints();
-    return ACTIVE.has(job.status);
+    if (statusChanged || exportsArea.active() || fresh.some((e) => e.message.startsWith("Export "))) await exportsArea.refresh();
+    return ACTIVE.has(job.status) || exportsArea.active();
   }
 
   function updateProgress() {
@@ -385,6 +398,7 @@ export function render(main, { params }) {
 
   const poll = poller(tick, POLL_MS);
   poll.stop();
+  exportsArea.onCreated = () => poll.restart(); // follow the new export until it is done
   tick()
     .then((active) => {
       if (active && alive) poll.restart();

@@ -1,10 +1,14 @@
 from .checkpoints import AsyncCheckpoints, Checkpoints
+from .exports import AsyncExports, ExportFailedError, Exports
 from .fine_tuning import AsyncFineTuning, FineTuning
 from .jobs import AsyncJobFollower, AsyncJobs, JobFollower, Jobs
 
 __all__ = [
     "AsyncCheckpoints",
     "Checkpoints",
+    "AsyncExports",
+    "ExportFailedError",
+    "Exports",
     "AsyncFineTuning",
     "FineTuning",
     "AsyncJobFollower",

@@ -8,18 +8,19 @@ from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mappi
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..._base_client import idempotency_headers
+from ..._base_client import NOT_GIVEN, NotGiven, idempotency_headers
 from ..._resource import AsyncAPIResource, SyncAPIResource
 from ...pagination import AsyncPaginator, SyncCursorPage
 from ...types.fine_tuning import TERMINAL_STATUSES, FineTuningJob, FineTuningJobEvent
 from .checkpoints import AsyncCheckpoints, Checkpoints
+from .exports import AsyncExports, Exports
 
 if TYPE_CHECKING:
     from ..._client import AsyncClient, Client
 
 __all__ = ["Jobs", "AsyncJobs", "JobFollower", "AsyncJobFollower"]
 
-MethodParam = Literal["supervised", "dpo"] | Mapping[str, Any]
+MethodParam = Literal["supervised", "dpo", "kto", "orpo", "simpo"] | Mapping[str, Any]
 EVENTS_PAGE = 100
 
 
@@ -36,6 +37,8 @@ def job_create_body(
     integrations: list[dict[str, Any]] | None,
     priority: int | None,
     extra_body: Mapping[str, Any] | None,
+    max_trained_tokens: int | None = None,
+    max_cost: float | None = None,
 ) -> dict[str, Any]:
     """The JSON body of POST /fine_tuning/jobs. `hyperparameters` go where OpenAI wants them now:
     `method.<type>.hyperparameters` (the deprecated top-level field is never sent)."""
@@ -62,10 +65,24 @@ def job_create_body(
         "metadata": dict(metadata) if metadata is not None else None,
         "integrations": integrations,
         "priority": priority,
+        "max_trained_tokens": max_trained_tokens,
+        "max_cost": max_cost,
     }
     body.update({k: v for k, v in optional.items() if v is not None})
     body.update(extra_body or {})
     return body
+
+
+def _caps(
+    max_trained_tokens: int | None | NotGiven, max_cost: float | None | NotGiven
+) -> dict[str, Any] | None:
+    """The resume body: only the caps given (None is sent as null: no cap)."""
+    body = {
+        name: value
+        for name, value in (("max_trained_tokens", max_trained_tokens), ("max_cost", max_cost))
+        if not isinstance(value, NotGiven)
+    }
+    return body or None
 
 
 class _EventCursor:
@@ -184,6 +201,10 @@ class Jobs(SyncAPIResource):
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self._client)
 
+    @cached_property
+    def exports(self) -> Exports:
+        return Exports(self._client)
+
     def create(
         self,
         *,
@@ -199,10 +220,14 @@ class Jobs(SyncAPIResource):
         priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        max_trained_tokens: int | None = None,
+        max_cost: float | None = None,
     ) -> FineTuningJob:
-        """Create a job. `method` is "supervised", "dpo" or OpenAI's method object; `hyperparameters`
-        (OpenAI's plus ftserve's LoRA ones: lora_rank, lora_alpha, ...) land in `method.<type>`.
-        `priority` (ftserve extension) orders the queue: higher goes first. `extra_body` adds fields this
+        """Create a job. `method` is "supervised", "dpo", "kto", "orpo", "simpo" or OpenAI's method object;
+        `hyperparameters` (OpenAI's plus ftserve's LoRA ones: lora_rank, lora_alpha, ...) land in
+        `method.<type>`.
+        `priority` (ftserve extension) orders the queue: higher goes first. `max_trained_tokens` and `max_cost`
+        (extensions) pause the job once it reaches either; `resume` can raise them. `extra_body` adds fields this
         SDK does not know yet.
 
         Safe to retry: the call sends an `Idempotency-Key` (a new UUID per call unless you pass
@@ -221,6 +246,8 @@ class Jobs(SyncAPIResource):
             integrations=integrations,
             priority=priority,
             extra_body=extra_body,
+            max_trained_tokens=max_trained_tokens,
+            max_cost=max_cost,
         )
         return self._client._post(
             "fine_tuning/jobs", FineTuningJob, body=body, headers=idempotency_headers(idempotency_key)
@@ -246,9 +273,20 @@ class Jobs(SyncAPIResource):
         """Queued or running → paused: the worker checkpoints and frees itself."""
         return self._client._post(f"fine_tuning/jobs/{fine_tuning_job_id}/pause", FineTuningJob)
 
-    def resume(self, fine_tuning_job_id: str) -> FineTuningJob:
-        """Paused → queued: it continues from the pause checkpoint, on any worker."""
-        return self._client._post(f"fine_tuning/jobs/{fine_tuning_job_id}/resume", FineTuningJob)
+    def resume(
+        self,
+        fine_tuning_job_id: str,
+        *,
+        max_trained_tokens: int | None | NotGiven = NOT_GIVEN,
+        max_cost: float | None | NotGiven = NOT_GIVEN,
+    ) -> FineTuningJob:
+        """Paused → queued: it continues from the pause checkpoint, on any worker. `max_trained_tokens` and
+        `max_cost` change its caps (None removes one); a job paused at a cap needs that cap raised."""
+        return self._client._post(
+            f"fine_tuning/jobs/{fine_tuning_job_id}/resume",
+            FineTuningJob,
+            body=_caps(max_trained_tokens, max_cost),
+        )
 
     def list_events(
         self, fine_tuning_job_id: str, *, after: str | None = None, limit: int | None = None
@@ -305,6 +343,10 @@ class AsyncJobs(AsyncAPIResource):
     def checkpoints(self) -> AsyncCheckpoints:
         return AsyncCheckpoints(self._client)
 
+    @cached_property
+    def exports(self) -> AsyncExports:
+        return AsyncExports(self._client)
+
     async def create(
         self,
         *,
@@ -320,6 +362,8 @@ class AsyncJobs(AsyncAPIResource):
         priority: int | None = None,
         extra_body: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        max_trained_tokens: int | None = None,
+        max_cost: float | None = None,
     ) -> FineTuningJob:
         body = job_create_body(
             model=model,
@@ -333,6 +377,8 @@ class AsyncJobs(AsyncAPIResource):
             integrations=integrations,
             priority=priority,
             extra_body=extra_body,
+            max_trained_tokens=max_trained_tokens,
+            max_cost=max_cost,
         )
         return await self._client._post(
             "fine_tuning/jobs", FineTuningJob, body=body, headers=idempotency_headers(idempotency_key)
@@ -357,8 +403,18 @@ class AsyncJobs(AsyncAPIResource):
     async def pause(self, fine_tuning_job_id: str) -> FineTuningJob:
         return await self._client._post(f"fine_tuning/jobs/{fine_tuning_job_id}/pause", FineTuningJob)
 
-    async def resume(self, fine_tuning_job_id: str) -> FineTuningJob:
-        return await self._client._post(f"fine_tuning/jobs/{fine_tuning_job_id}/resume", FineTuningJob)
+    async def resume(
+        self,
+        fine_tuning_job_id: str,
+        *,
+        max_trained_tokens: int | None | NotGiven = NOT_GIVEN,
+        max_cost: float | None | NotGiven = NOT_GIVEN,
+    ) -> FineTuningJob:
+        return await self._client._post(
+            f"fine_tuning/jobs/{fine_tuning_job_id}/resume",
+            FineTuningJob,
+            body=_caps(max_trained_tokens, max_cost),
+        )
 
     def list_events(
         self, fine_tuning_job_id: str, *, after: str | None = None, limit: int | None = None
