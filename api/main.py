@@ -22,6 +22,7 @@ from api.routes import (
     exports,
     files,
     fine_tuning,
+    graders,
     inference,
     models,
     ui,
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(fine_tuning.router)
     app.include_router(exports.router)
     app.include_router(estimates.router)
+    app.include_router(graders.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)
     app.include_router(inference.router)

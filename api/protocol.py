@@ -87,7 +87,8 @@ class FileObject(OpenAIBaseModel):
     status_details: str | None = omitted_if_none("Only for a file that failed validation: why.")
     # Extensions: what the validator found.
     data_format: str | None = Field(
-        None, description="chat, prompt_completion, preference, sharegpt, alpaca or kto (docs/data.md)"
+        None,
+        description="chat, prompt_completion, preference, sharegpt, alpaca, kto or reinforcement (docs/data.md)",
     )
     example_count: int | None = None
 
@@ -176,6 +177,11 @@ class MethodSection(OpenAIBaseModel):
     hyperparameters: dict[str, Any] | None = None
 
 
+class ReinforcementSection(MethodSection):
+    # Kept loose here: core.graders checks it and names the bad field.
+    grader: dict[str, Any] | None = None
+
+
 class FineTuneMethod(OpenAIBaseModel):
     # Extensions: "kto", "orpo" and "simpo", each with its own section like OpenAI's "dpo".
     type: Literal["supervised", "dpo", "kto", "orpo", "simpo", "reinforcement"]
@@ -184,7 +190,7 @@ class FineTuneMethod(OpenAIBaseModel):
     kto: MethodSection | None = None
     orpo: MethodSection | None = None
     simpo: MethodSection | None = None
-    reinforcement: dict[str, Any] | None = None
+    reinforcement: ReinforcementSection | None = None
 
 
 class CreateFineTuningJobRequest(OpenAIBaseModel):
@@ -282,6 +288,30 @@ class FineTuningJobCheckpointObject(OpenAIBaseModel):
     fine_tuning_job_id: str
     metrics: dict[str, float | int]  # numbers only: a metric the step did not have is left out
     step_number: int
+
+
+# --- Graders (OpenAI's /v1/fine_tuning/alpha/graders) ------------------------------------------------------
+
+
+class ValidateGraderRequest(OpenAIBaseModel):
+    grader: dict[str, Any]  # checked by core.graders, which names the bad field
+
+
+class ValidateGraderResponse(OpenAIBaseModel):
+    grader: dict[str, Any]
+
+
+class RunGraderRequest(OpenAIBaseModel):
+    grader: dict[str, Any]
+    model_sample: str
+    item: Any = None  # the data line the grader's {{ item.* }} references
+
+
+class RunGraderResponse(OpenAIBaseModel):
+    reward: float
+    metadata: dict[str, Any]
+    sub_rewards: dict[str, float] = Field(default_factory=dict)
+    model_grader_token_usage_per_model: dict[str, Any] = Field(default_factory=dict)
 
 
 # --- Models --------------------------------------------------------------------------------------------------

@@ -61,6 +61,8 @@ class JobView:
         self.events: deque[FineTuningJobEvent] = deque(maxlen=max_events)
         self.train_loss: list[float] = []
         self.valid_loss: list[float] = []
+        self.reward: list[tuple[float, float | None]] = []  # reinforcement: (mean, std) per step
+        self.sub_rewards: dict[str, float] = {}  # a multi grader's parts, latest step
         self.step: int | None = job.step
         self.total: int | None = job.total_steps
         self.started = time.monotonic()
@@ -92,6 +94,17 @@ class JobView:
             self.train_loss.append(float(data["train_loss"]))
         if isinstance(data.get("valid_loss"), (int, float)):
             self.valid_loss.append(float(data["valid_loss"]))
+        if isinstance(data.get("train_reward_mean"), (int, float)):
+            std = data.get("train_reward_std")
+            self.reward.append(
+                (float(data["train_reward_mean"]), float(std) if isinstance(std, (int, float)) else None)
+            )
+            self.sub_rewards = {
+                key.removeprefix("train_reward_").removesuffix("_mean"): float(value)
+                for key, value in data.items()
+                if key.startswith("train_reward_") and key.endswith("_mean") and key != "train_reward_mean"
+                and isinstance(value, (int, float))
+            }  # fmt: skip
 
     def eta_seconds(self) -> float | None:
         if self.job.done or not self.total or self.step is None:
@@ -129,6 +142,14 @@ class JobView:
             if self.valid_loss:
                 loss.append(f"  (valid {self.valid_loss[-1]:.4f})", style="dim")
             grid.add_row("loss", loss)
+        if self.reward:
+            mean, std = self.reward[-1]
+            reward = Text(sparkline([m for m, _ in self.reward]), style="green")
+            reward.append(f"  {mean:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
+            if self.sub_rewards:
+                parts = ", ".join(f"{name} {value:.3f}" for name, value in self.sub_rewards.items())
+                reward.append(f"  ({parts})", style="dim")
+            grid.add_row("reward", reward)
         for event in self.events:
             style = {"error": "red", "warn": "yellow"}.get(event.level, "")
             grid.add_row(

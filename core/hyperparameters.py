@@ -28,8 +28,9 @@ from pydantic import (
 )
 
 Auto = Literal["auto"]
-Method = Literal["supervised", "dpo", "kto", "orpo", "simpo"]
-METHODS: tuple[str, ...] = ("supervised", "dpo", "kto", "orpo", "simpo")
+Method = Literal["supervised", "dpo", "kto", "orpo", "simpo", "reinforcement"]
+METHODS: tuple[str, ...] = ("supervised", "dpo", "kto", "orpo", "simpo", "reinforcement")
+ReasoningEffort = Literal["default", "low", "medium", "high"]
 DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
 Quantization = Literal["none", "4bit"]
 
@@ -39,12 +40,17 @@ REFERENCE_LORA_LR = 2e-4  # the widely used LoRA learning rate at that size (QLo
 DPO_LR_FACTOR = 0.1  # preference optimisation needs a ~10x smaller step than SFT (DPO paper, TRL defaults)
 # ...for the methods that only move the model relative to where it is: DPO, KTO, SimPO. ORPO has the SFT loss in
 # its objective and starts from the base model, as SFT does, so it takes SFT's rate.
-SMALL_STEP_METHODS = frozenset({"dpo", "kto", "simpo"})
+SMALL_STEP_METHODS = frozenset({"dpo", "kto", "simpo", "reinforcement"})
 # Method defaults: beta as the DPO paper and TRL set it (DPO, KTO; ORPO's lambda), SimPO's from its paper's
 # Llama-3-base setup (beta 2, gamma 1: a target margin of gamma/beta = 0.5 nats per token).
 DEFAULT_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
 DEFAULT_SIMPO_GAMMA = 1.0
 DEFAULT_ROBUST_SMOOTHING = 0.1  # robust DPO's assumed share of flipped labels when none is given
+# Reinforcement (GRPO): completions sampled per prompt (TRL's default group size; compute_multiplier scales
+# it), and the longest completion sampled when max_completion_tokens is "auto".
+DEFAULT_NUM_GENERATIONS = 8
+MAX_NUM_GENERATIONS = 64
+DEFAULT_MAX_COMPLETION_TOKENS = 256
 MIN_LR, MAX_LR = 5e-6, 1e-2
 TARGET_EPOCHS = 3  # OpenAI's default number of passes
 MIN_TARGET_EXAMPLES = 100  # OpenAI: at least this many example exposures for a >=1B model...
@@ -200,12 +206,40 @@ class SimpoHyperparameters(_Hyperparameters):
     gamma: Auto | Annotated[float, Field(ge=0, le=20)] = "auto"
 
 
+class ReinforcementHyperparameters(_Hyperparameters):
+    """`method.reinforcement.hyperparameters` (OpenAI's RFT fields, trained with GRPO). `batch_size` counts
+    prompts per optimizer step; each is sampled `num_generations` times (extension; auto: 8 x
+    compute_multiplier, even, 2..64). `compute_multiplier` scales that group size. `eval_interval`: steps between
+    validation passes (the validation file's mean reward); `eval_samples`: completions per validation prompt.
+    `reasoning_effort` is accepted and echoed; it changes nothing for a model without a reasoning mode.
+    `max_completion_tokens` (extension): the longest sampled answer. `grader` is set by the API from
+    `method.reinforcement.grader`, never by the user."""
+
+    reasoning_effort: ReasoningEffort = "default"
+    compute_multiplier: Auto | Annotated[float, Field(gt=0.00001, le=10)] = "auto"
+    eval_interval: Auto | Annotated[int, Field(ge=1)] = "auto"
+    eval_samples: Auto | Annotated[int, Field(ge=1, le=MAX_NUM_GENERATIONS)] = "auto"
+    num_generations: Auto | Annotated[int, Field(ge=2, le=MAX_NUM_GENERATIONS)] = "auto"
+    max_completion_tokens: Auto | Annotated[int, Field(ge=1, le=32_768)] = "auto"
+    grader: dict[str, Any] | None = None
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _no_early_stopping(cls, value: Any) -> Any:
+        if value is True:
+            raise ValueError(
+                "early stopping judges held-out loss, which reinforcement training does not have"
+            )
+        return value
+
+
 HYPERPARAMETERS: dict[str, type[_Hyperparameters]] = {
     "supervised": SupervisedHyperparameters,
     "dpo": DpoHyperparameters,
     "kto": KtoHyperparameters,
     "orpo": OrpoHyperparameters,
     "simpo": SimpoHyperparameters,
+    "reinforcement": ReinforcementHyperparameters,
 }
 
 
@@ -237,6 +271,12 @@ class ResolvedHyperparameters(BaseModel):
     desirable_weight: float | None = None  # kto
     undesirable_weight: float | None = None  # kto
     gamma: float | None = None  # simpo
+    # reinforcement (GRPO): completions per prompt, their length, the OpenAI fields echoed back
+    num_generations: int | None = None
+    num_generations_eval: int | None = None
+    max_completion_tokens: int | None = None
+    compute_multiplier: float | None = None
+    reasoning_effort: ReasoningEffort | None = None
     lora_rank: int
     lora_alpha: int
     lora_dropout: float
@@ -268,6 +308,13 @@ class ResolvedHyperparameters(BaseModel):
         }
         if self.beta is not None:
             out["beta"] = self.beta
+        if self.method == "reinforcement":
+            out.update(
+                compute_multiplier=self.compute_multiplier,
+                eval_interval=self.eval_every_steps,
+                eval_samples=self.num_generations_eval,
+                reasoning_effort=self.reasoning_effort,
+            )
         return out
 
     @property
@@ -454,6 +501,9 @@ def resolve_hyperparameters(
       is gradient accumulation: `gradient_accumulation_steps` = batch_size / micro_batch_size, so the update
       is the one a batch of `batch_size` would make. An explicit value must divide an explicit `batch_size`;
       with an "auto" batch_size it is a ceiling (the largest divisor of the resolved batch not above it).
+    - reinforcement (GRPO): `batch_size` counts prompts, each sampled `num_generations` times
+      (`_resolve_reinforcement`); a micro-batch's tokens count the whole group at prompt + max_completion_tokens;
+      no early stopping; an epoch is the whole batches of prompts (GRPO's sampler drops a partial one).
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run (with early
       stopping, one evaluation per epoch).
@@ -482,6 +532,8 @@ def resolve_hyperparameters(
     least = min_micro_batch(method)
 
     early_stopping = hp.n_epochs == "auto" if hp.early_stopping == "auto" else hp.early_stopping
+    rl = isinstance(hp, ReinforcementHyperparameters)
+    early_stopping = early_stopping and not rl  # no loss to judge epochs by
     holdout = auto_holdout_examples(n_examples) if early_stopping and not has_validation_file else 0
     file_examples, n_examples = n_examples, n_examples - holdout  # from here on: the examples trained on
 
@@ -512,8 +564,16 @@ def resolve_hyperparameters(
         else:
             max_seq_length = context
 
+    rl_extra: dict[str, Any] = {}
+    tokens_per_example = max_seq_length
+    if isinstance(hp, ReinforcementHyperparameters):
+        rl_extra = _resolve_reinforcement(hp, max_seq_length, base_model_max_length)
+        # each prompt carries its whole group of sampled completions through the forward pass
+        tokens_per_example = (max_seq_length + rl_extra["max_completion_tokens"]) * rl_extra[
+            "num_generations"
+        ]
     if hp.micro_batch_size == "auto":
-        micro = auto_micro_batch_size(batch_size, max_seq_length, micro_batch_tokens)
+        micro = auto_micro_batch_size(batch_size, tokens_per_example, micro_batch_tokens)
         if max_micro_batch is not None:
             micro = max(
                 d for d in range(1, micro + 1) if batch_size % d == 0 and d <= max(1, max_micro_batch)
@@ -523,7 +583,8 @@ def resolve_hyperparameters(
     if micro < least:  # the smallest divisor of the batch the method can train with
         micro = min(d for d in range(least, batch_size + 1) if batch_size % d == 0)
 
-    steps_per_epoch = math.ceil(n_examples / batch_size)
+    # GRPO drops a last partial batch of prompts (its sampler deals whole groups)
+    steps_per_epoch = n_examples // batch_size if rl else math.ceil(n_examples / batch_size)
     total_steps = steps_per_epoch * n_epochs
     every_tenth = max(1, math.ceil(total_steps / 10))
     # early stopping evaluates after every epoch anyway; by default not more often than that
@@ -547,6 +608,10 @@ def resolve_hyperparameters(
         extra["undesirable_weight"] = float(given("undesirable_weight", 1.0))
     elif method == "simpo":
         extra["gamma"] = float(given("gamma", DEFAULT_SIMPO_GAMMA))
+    extra.update(rl_extra)
+    extra_eval: int | None = None  # OpenAI's eval_interval, unless our eval_every_steps says otherwise
+    if isinstance(hp, ReinforcementHyperparameters) and hp.eval_interval != "auto":
+        extra_eval = None if hp.eval_every_steps != "auto" else int(hp.eval_interval)
 
     return ResolvedHyperparameters(
         method=method,  # checked above
@@ -561,7 +626,8 @@ def resolve_hyperparameters(
         target_modules=targets,
         max_seq_length=max_seq_length,
         warmup_ratio=0.03 if hp.warmup_ratio == "auto" else float(hp.warmup_ratio),
-        eval_every_steps=auto_eval_every if hp.eval_every_steps == "auto" else hp.eval_every_steps,
+        eval_every_steps=extra_eval
+        or (auto_eval_every if hp.eval_every_steps == "auto" else hp.eval_every_steps),
         checkpoint_every_steps=every_tenth
         if hp.checkpoint_every_steps == "auto"
         else hp.checkpoint_every_steps,
@@ -574,3 +640,29 @@ def resolve_hyperparameters(
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
     )
+
+
+def _resolve_reinforcement(
+    hp: ReinforcementHyperparameters, max_seq_length: int, base_model_max_length: int | None
+) -> dict[str, Any]:
+    """GRPO's numbers: the group size (auto: 8 x compute_multiplier, even, 2..64), completions per validation
+    prompt (auto: the group size), and the longest completion (auto: 256, within the model's context after
+    the longest prompt)."""
+    multiplier = 1.0 if hp.compute_multiplier == "auto" else float(hp.compute_multiplier)
+    if hp.num_generations == "auto":
+        group = 2 * round(DEFAULT_NUM_GENERATIONS * multiplier / 2)
+        num_generations = min(MAX_NUM_GENERATIONS, max(2, group))
+    else:
+        num_generations = hp.num_generations
+    if hp.max_completion_tokens == "auto":
+        room = (base_model_max_length or DEFAULT_MAX_SEQ_LENGTH) - max_seq_length
+        max_completion = max(16, min(DEFAULT_MAX_COMPLETION_TOKENS, room))
+    else:
+        max_completion = hp.max_completion_tokens
+    return {
+        "num_generations": num_generations,
+        "num_generations_eval": num_generations if hp.eval_samples == "auto" else max(2, hp.eval_samples),
+        "max_completion_tokens": max_completion,
+        "compute_multiplier": multiplier,
+        "reasoning_effort": hp.reasoning_effort,
+    }

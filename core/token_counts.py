@@ -607,6 +607,17 @@ def _kto_tokens(tok: ModelTokenizer, data: dict[str, Any]) -> ExampleTokens:
     )
 
 
+def _prompt_tokens(tok: ModelTokenizer, data: dict[str, Any]) -> ExampleTokens:
+    """A reinforcement prompt: its tokens up to the generation prompt. The answers are sampled while training,
+    so no token of the file is trained on as written (the estimate counts the sampled ones)."""
+    tools = served_tools(data.get("tools"))
+    template = tok.template_for(tools)
+    prompt = served_messages(data["messages"], template)
+    text = tok.render(prompt, tools=tools, chat_template=template, add_generation_prompt=True)
+    n = len(tok.encode(text, add_special_tokens=False).ids)
+    return ExampleTokens(tokens=n, trained=0, processed=n)
+
+
 def count_example_tokens(tok: ModelTokenizer, data: dict[str, Any], data_format: str) -> ExampleTokens:
     """One normalised example's tokens (`core.training_data.normalize_example`'s output)."""
     if data_format == "prompt_completion":
@@ -616,6 +627,8 @@ def count_example_tokens(tok: ModelTokenizer, data: dict[str, Any], data_format:
         return _preference_tokens(tok, data)
     if data_format == "kto":
         return _kto_tokens(tok, data)
+    if data_format == "reinforcement":
+        return _prompt_tokens(tok, data)
     n, trained = _chat_tokens(tok, data["messages"], data.get("tools"))
     return ExampleTokens(tokens=n, trained=trained, processed=n)
 

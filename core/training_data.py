@@ -32,6 +32,11 @@ to one canonical form:
   ``{"name", "arguments"}`` or a list of them), tool/observation (its result). ``tools`` is a list or a JSON
   string of OpenAI tools or bare function definitions. Turns may carry ``train``/``weight``.
 - alpaca: ``{"instruction", "input"?, "output" (or axolotl's "response"), "system"?, "history"?}``.
+- reinforcement: ``openai_reinforcement`` ``{"messages": [...], "tools"?, <any other fields>}`` whose last message
+  is not the assistant's: the prompt the model answers while it trains (GRPO), plus the fields a grader
+  references as ``{{ item.<field> }}`` (kept as they are; the job checks that they are there). Only method
+  reinforcement trains it (:func:`format_refusal`). In a chat file, such a line is still a chat line
+  missing its assistant message.
 - kto: TRL's ``{"prompt", "completion", "label": bool}`` and LLaMA-Factory's ``{"messages" or
   "conversations", "kto_tag": bool}``: unpaired good/bad answers, which only method kto trains
   (:func:`format_refusal`), never SFT.
@@ -97,7 +102,7 @@ __all__ = [
     "validate_bytes",
 ]
 
-FORMATS = ("chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto")
+FORMATS = ("chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto", "reinforcement")
 
 # Which formats each training method trains on.
 FORMATS_FOR_METHOD: dict[str, frozenset[str]] = {
@@ -106,6 +111,7 @@ FORMATS_FOR_METHOD: dict[str, frozenset[str]] = {
     "kto": frozenset({"kto"}),
     "orpo": frozenset({"preference"}),
     "simpo": frozenset({"preference"}),
+    "reinforcement": frozenset({"reinforcement"}),
 }
 _PAIRED_METHODS = "'dpo', 'orpo' or 'simpo'"  # the methods that train preference data
 
@@ -135,6 +141,10 @@ LAYOUTS: dict[str, tuple[str, str]] = {
     "trl_kto": ("kto", "TRL unpaired preference (KTO): prompt, completion, label"),
     "messages_kto": ("kto", "LLaMA-Factory KTO: messages, kto_tag"),
     "sharegpt_kto": ("kto", "LLaMA-Factory KTO: conversations, kto_tag"),
+    "openai_reinforcement": (
+        "reinforcement",
+        "OpenAI reinforcement: messages ending before the answer, plus the fields graders reference",
+    ),
 }
 
 # Top-level keys each layout uses. Any other (non-null) key is an error, but for _HARMLESS ones.
@@ -162,6 +172,7 @@ _KEYS: dict[str, frozenset[str]] = {
     "trl_kto": frozenset({"prompt", "completion", "label", "system", "tools"}),
     "messages_kto": frozenset({"messages", "kto_tag", "label", "tools"}),
     "sharegpt_kto": frozenset({"conversations", "kto_tag", "label", "system", "tools"}),
+    "openai_reinforcement": frozenset({"messages", "tools", "parallel_tool_calls"}),  # + any grader fields
 }
 
 # Known top-level fields that carry nothing to train on: accepted on any layout, listed as ignored in the
@@ -299,6 +310,16 @@ def format_refusal(data_format: str | None, layout: str | None, method: str) -> 
     if data_format in FORMATS_FOR_METHOD.get(method, ()):
         return None
     seen = LAYOUTS[layout][1] if layout in LAYOUTS else f"{data_format} data"
+    if data_format == "reinforcement":
+        return (
+            f"it holds prompts without answers ({seen}), which method 'reinforcement' trains on with a "
+            "grader. Create a 'reinforcement' job with it, or add the assistant's answers."
+        )
+    if method == "reinforcement":
+        return (
+            f"it holds {data_format} data ({seen}); a reinforcement job needs prompts the model answers while "
+            "it trains: messages whose last one is not the assistant's, plus the fields the grader references."
+        )
     if data_format == "kto":
         return (
             f"it holds KTO data ({seen}): answers labelled desirable or not one at a time, which method 'kto' "
@@ -774,6 +795,50 @@ def _check_chat(obj: dict[str, Any]) -> _Err | None:
             return _wrong("parallel_tool_calls", "a boolean", ptc)
         return _extra_keys(obj, _KEYS["openai_chat"], "", "OpenAI chat")
     return None
+
+
+def _check_reinforcement(obj: dict[str, Any]) -> _Err | None:
+    """A prompt for reinforcement training: messages without the answer, tools, and any grader fields."""
+    msgs: Any = obj.get("messages")
+    res = _check_messages(msgs, "messages")
+    if isinstance(res, tuple):
+        return res
+    last = msgs[-1]  # checked: a non-empty list of messages
+    if last.get("role") == "assistant":
+        return (
+            f"messages[{len(msgs) - 1}].role",
+            "wrong_role",
+            "the last message is the assistant's; a reinforcement prompt ends before the answer the model samples",
+        )
+    tools = obj.get("tools")
+    if tools is not None:
+        err = _check_tools(tools, "tools")
+        if err is not None:
+            return err
+    ptc = obj.get("parallel_tool_calls")
+    if ptc is not None and type(ptc) is not bool:
+        return _wrong("parallel_tool_calls", "a boolean", ptc)
+    for key in obj:
+        if key in _MODALITY_KEYS:
+            return (key, "unsupported_modality", _TEXT_ONLY)
+    return None
+
+
+def _prompt_only(obj: dict[str, Any]) -> bool:
+    """A reinforcement prompt, by its shape: messages without an assistant message, or ending before the
+    assistant's answer with fields beside them that chat does not have (a grader's). A chat conversation may
+    end with a user or tool message too, so that alone does not say it."""
+    msgs = obj.get("messages")
+    if (
+        type(msgs) is not list
+        or not msgs
+        or type(msgs[-1]) is not dict
+        or msgs[-1].get("role") == "assistant"
+    ):
+        return False
+    if not any(type(m) is dict and m.get("role") == "assistant" for m in msgs):
+        return True
+    return any(k not in _KEYS["openai_chat"] and k not in _HARMLESS for k in obj)
 
 
 def _check_conversational_pc(obj: dict[str, Any]) -> _Err | None:
@@ -1321,6 +1386,7 @@ _CHECKS: dict[str, Callable[[dict[str, Any]], _Err | None]] = {
     "trl_kto": _checker(_kto, "trl_kto", "trl_kto"),
     "messages_kto": _checker(_kto, "messages_kto", "messages_kto"),
     "sharegpt_kto": _checker(_kto, "sharegpt_kto", "sharegpt_kto"),
+    "openai_reinforcement": _check_reinforcement,
 }
 
 
@@ -1353,7 +1419,7 @@ def detect_layout(obj: dict[str, Any]) -> str | None:
     if "label" in obj and ("prompt" in obj or "completion" in obj):
         return "trl_kto"
     if "messages" in obj:
-        return "openai_chat"
+        return "openai_reinforcement" if _prompt_only(obj) else "openai_chat"
     if "conversations" in obj:
         return "sharegpt"
     if "instruction" in obj:
@@ -1379,6 +1445,8 @@ def detect_format(obj: dict[str, Any]) -> str | None:
 
 def _warned_fields(obj: dict[str, Any], layout: str) -> list[str]:
     """The known fields of a valid line that training ignores."""
+    if layout == "openai_reinforcement":
+        return []  # any field may be one a grader references
     found = [k for k in obj if (k in _HARMLESS or k in _IGNORED) and obj[k] is not None]
     if layout == "openai_preference" and obj["input"].get("parallel_tool_calls") is not None:
         found.append("input.parallel_tool_calls")
@@ -1519,6 +1587,10 @@ class StreamingValidator:
                     self._layout = line_layout
                     self._format = LAYOUTS[line_layout][0]
                     self._format_line = lineno
+            elif {line_layout, layout} == {"openai_chat", "openai_reinforcement"}:
+                # one shape with or without the answer: judged by what the file holds
+                line_layout = layout
+                err = _CHECKS[layout](obj)
             elif line_layout is not None and LAYOUTS[line_layout][0] != self._format:
                 self._error(
                     lineno,
@@ -1983,6 +2055,11 @@ def normalize_example(obj: dict[str, Any], data_format: str) -> dict[str, Any]:
     if data_format not in FORMATS:
         raise ValueError(f"unknown data format {data_format!r} (expected one of {', '.join(FORMATS)})")
     layout = detect_layout(obj)
+    # one shape with or without the answer: normalised as the file's format says
+    if data_format == "reinforcement" and layout == "openai_chat":
+        layout = "openai_reinforcement"
+    elif data_format == "chat" and layout == "openai_reinforcement":
+        layout = "openai_chat"
     if layout is None or LAYOUTS[layout][0] != data_format:
         seen = f"{LAYOUTS[layout][0]} data ({LAYOUTS[layout][1]})" if layout else "no known format"
         raise ValueError(f"expected a {data_format} example, but this line is {seen}")
@@ -1993,6 +2070,9 @@ def normalize_example(obj: dict[str, Any], data_format: str) -> dict[str, Any]:
         elif obj.get("functions") is not None:
             out["tools"] = [{"type": "function", "function": fn} for fn in obj["functions"]]
         return out
+    if layout == "openai_reinforcement":
+        # the grader fields stay as they are: {{ item.* }} references them
+        return {**obj, "messages": _norm_messages(obj["messages"])}
     if layout == "trl_conversational_prompt_completion":
         prompt = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in obj["prompt"]]
         out = {"messages": _norm_messages(prompt + obj["completion"])}

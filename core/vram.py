@@ -258,6 +258,9 @@ class TrainSpec:
     compile: bool | None = None
     fused_attention: bool | None = None
     kbit_upcast: bool | None = None
+    # Reinforcement (GRPO): sequences sampled at once before a step (prompts x num_generations). Sampling runs
+    # outside backward, so its KV cache and last-token logits compete with the activations, not add to them.
+    generation_sequences: int = 0
 
 
 @dataclass
@@ -399,6 +402,13 @@ def estimate(
         activations = (stored + one_layer) * dtype_scale
     else:
         activations = one_layer * layers * dtype_scale
+    if spec.generation_sequences:
+        # K and V for every layer and position of every sampled sequence, plus one step's logits each
+        kv_cache = 2 * layers * arch.kv_heads * arch.head_dim * spec.seq_len * spec.generation_sequences
+        sampling = (kv_cache + spec.generation_sequences * vocab * 2) * prof["activation_dtype_bytes"]
+        if sampling > activations:
+            notes.append(f"sampling {spec.generation_sequences} sequences needs more than a training step")
+        activations = max(activations, sampling)
 
     # -- logits and loss -----------------------------------------------------------------------------------
     logit_bytes = prof["logit_bytes"].get(loss)
@@ -450,11 +460,17 @@ def spec_for_job(method_type: str, hp: ResolvedHyperparameters) -> TrainSpec:
     runs micro-batches of `micro_batch_size` examples (accumulating `gradient_accumulation_steps` of them per
     optimizer step, which costs no activation memory), each at most `max_seq_length` tokens long: the
     estimate is for the longest micro-batch the job allows. Packed, padding-free batches hold at most that
-    many real tokens, so the same bound covers them."""
+    many real tokens, so the same bound covers them. Reinforcement: each prompt of a micro-batch is
+    num_generations sequences of prompt + max_completion_tokens, and the whole batch is sampled at once
+    (`TrainSpec.generation_sequences`)."""
     targets = hp.target_modules if isinstance(hp.target_modules, str) else tuple(hp.target_modules)
+    group, completion = 1, 0
+    if method_type == "reinforcement":  # each prompt trains as num_generations prompt+answer sequences
+        group, completion = hp.num_generations or 1, hp.max_completion_tokens or 0
     return TrainSpec(
-        micro_batch=hp.micro_batch,
-        seq_len=hp.max_seq_length,
+        micro_batch=hp.micro_batch * group,
+        seq_len=hp.max_seq_length + completion,
+        generation_sequences=hp.batch_size * group if method_type == "reinforcement" else 0,
         method="qlora" if getattr(hp, "quantization", "none") == "4bit" else "lora",
         dpo=method_type in TWO_SEQUENCE_METHODS,
         lora_rank=hp.lora_rank,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from core.hyperparameters import METHODS, Method, ResolvedHyperparameters
 from core.training_data import FORMATS_FOR_METHOD
 
-DataFormat = Literal["chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto"]
+DataFormat = Literal["chat", "prompt_completion", "preference", "sharegpt", "alpaca", "kto", "reinforcement"]
 
 
 @dataclass
@@ -102,6 +102,19 @@ class TrainJobConfig:
             "`chat_template`); None: the tokenizer's"
         },
     )
+    grader: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "Reinforcement only: the OpenAI grader (core.graders) whose score is the GRPO reward. "
+            "score_model graders call `grader_base_url`."
+        },
+    )
+    grader_servers: dict[str, tuple[str, str | None]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "score_model graders: model name -> (base URL, API key or None) of a vLLM serving it."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.base_model_path = Path(self.base_model_path)
@@ -121,3 +134,5 @@ class TrainJobConfig:
             )
         if self.data_format not in FORMATS_FOR_METHOD[self.method]:
             raise ValueError(f"method {self.method!r} cannot train on {self.data_format!r} data")
+        if (self.method == "reinforcement") != (self.grader is not None):
+            raise ValueError("a reinforcement run needs a grader, and only a reinforcement run takes one")

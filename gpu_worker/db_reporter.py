@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -52,6 +53,8 @@ METRIC_KEYS = (
     "train_reward_accuracy",  # DPO
     "train_reward_margin",
 )
+# Reinforcement: the grader's reward per step (mean, std), and each sub-grader's of a multi
+REWARD_METRIC = re.compile(r"^(train|valid|full_valid)_reward_[A-Za-z0-9_]*(mean|std)$")
 LIVE = (jobs.RUNNING, jobs.PAUSED)  # a paused attempt still finishes its step and writes its checkpoint
 # The trainer announces its own stops; the runner reports them instead, because only it knows why (a pause,
 # a cancel, or the worker shutting down), so these are not repeated as job events.
@@ -90,6 +93,12 @@ def metrics_message(data: dict[str, Any]) -> str:
         parts.append(f"training loss={data['train_loss']:.3f}")
     if data.get("valid_loss") is not None:
         parts.append(f"validation loss={data['valid_loss']:.3f}")
+    for split, name in (("train", "reward"), ("valid", "validation reward")):
+        if data.get(f"{split}_reward_mean") is not None:
+            std = data.get(f"{split}_reward_std")
+            parts.append(
+                f"{name}={data[f'{split}_reward_mean']:.3f}" + (f"±{std:.3f}" if std is not None else "")
+            )
     return f"{text}: {', '.join(parts)}" if parts else text
 
 
@@ -100,6 +109,9 @@ def _clean_metrics(data: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         out[key] = int(value) if key in ("step", "total_steps") else float(value)
+    for key, value in data.items():
+        if REWARD_METRIC.match(key) and isinstance(value, int | float) and math.isfinite(value):
+            out[key] = float(value)
     return out
 
 

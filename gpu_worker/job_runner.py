@@ -53,6 +53,7 @@ from sqlmodel import Session, col, select
 from core import ids, jobs
 from core.db import make_engine, session_scope
 from core.errors import FtserveError
+from core.graders import score_model_names
 from core.hyperparameters import (
     ResolvedHyperparameters,
     hyperparameters_model,
@@ -60,12 +61,27 @@ from core.hyperparameters import (
     resolve_hyperparameters,
 )
 from core.model_registry import get_base_model
-from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
+from core.models import (
+    File,
+    FineTunedModel,
+    FineTuningJob,
+    InferenceReplica,
+    JobCheckpoint,
+    JobEvent,
+    Organization,
+    now_s,
+)
 from core.settings import Settings, get_settings
 from core.storage import Storage, make_storage_from_settings
 from core.token_counts import longest_exact_tokens
 from core.usage import gpu_class_of, job_usage, record_training_usage
-from gpu_worker.db_reporter import DbReporter, JobCaps, checkpoint_is_complete, ride_out_db_outage
+from gpu_worker.db_reporter import (
+    REWARD_METRIC,
+    DbReporter,
+    JobCaps,
+    checkpoint_is_complete,
+    ride_out_db_outage,
+)
 from gpu_worker.reporting import StopRequest
 
 log = logging.getLogger("ftserve.job_runner")
@@ -439,11 +455,28 @@ class Attempt:
             seed=job.seed,
             resume_from_checkpoint=resume,
             cache_dir=self.settings.data_dir / "cache" / "tokenized",  # retries and resumes skip tokenising
+            grader=job.hyperparameters.get("grader") if job.method_type == "reinforcement" else None,
+            grader_servers=self._grader_servers(job),
         )
         result = run_training(config, reporter)
         reporter.trained_tokens = result.trained_tokens  # the trainer's own count, as the job reports it
         reporter.flush(force=True)
         self._finish(job, result, reporter, model_name)
+
+    def _grader_servers(self, job: FineTuningJob) -> dict[str, tuple[str, str | None]]:
+        """The vLLM replicas that serve the models a reinforcement job's score_model graders call."""
+        spec = job.hyperparameters.get("grader") if job.method_type == "reinforcement" else None
+        models = score_model_names(spec) if spec else set()
+        if not models:
+            return {}
+        with Session(self.engine) as session:
+            replicas = session.exec(
+                select(InferenceReplica).where(col(InferenceReplica.base_model).in_(models))
+            ).all()
+        servers: dict[str, tuple[str, str | None]] = {}
+        for replica in sorted(replicas, key=lambda r: r.status != "healthy"):  # healthy ones first
+            servers.setdefault(replica.base_model, (replica.url, replica.api_key))
+        return servers
 
     def _caps(self, job: FineTuningJob, hyperparameters: ResolvedHyperparameters) -> JobCaps | None:
         if job.max_trained_tokens is None and job.max_cost is None:
@@ -629,7 +662,9 @@ class Attempt:
                 by_step.setdefault(int(row["step"]), {}).update(row)
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(RESULTS_COLUMNS)
+        # reinforcement jobs add their reward columns (mean, std; each sub-grader's)
+        rewards = sorted({k for row in by_step.values() for k in row if REWARD_METRIC.match(k)})
+        writer.writerow(RESULTS_COLUMNS + tuple(rewards))
         for step in sorted(by_step):
             row = by_step[step]
             writer.writerow(
@@ -639,6 +674,7 @@ class Attempt:
                     row.get("train_mean_token_accuracy", ""),
                     row.get("valid_loss", ""),
                     row.get("valid_mean_token_accuracy", ""),
+                    *(row.get(k, "") for k in rewards),
                 ]
             )
         return out.getvalue().encode()

@@ -1,4 +1,5 @@
-"""Train one LoRA adapter with TRL + PEFT, on CPU or one GPU: SFT, or DPO, KTO, ORPO or SimPO.
+"""Train one LoRA adapter with TRL + PEFT, on CPU or one GPU: SFT, DPO, KTO, ORPO, SimPO, or reinforcement
+(GRPO with a grader as the reward, `gpu_worker.rl`).
 
 Reads top to bottom, nanoGPT-style: threads and seed, data (tokenised once and cached; fails fast, before the
 model loads), batch layout (packed and padding-free when provably exact, see `gpu_worker.packing`), model and
@@ -44,8 +45,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
+from core import graders  # noqa: E402
 from core.hyperparameters import ResolvedHyperparameters, holdout_indices  # noqa: E402
-from gpu_worker import early_stopping, packing  # noqa: E402
+from gpu_worker import early_stopping, packing, rl  # noqa: E402
 from gpu_worker.config import TrainJobConfig  # noqa: E402
 from gpu_worker.data import (  # noqa: E402
     TrainingDataError,
@@ -114,12 +116,24 @@ def _run(
         hp.n_examples + hp.holdout_examples
     )  # the validator's count the hyperparameters were resolved on
     holdout = holdout_indices(file_examples, hp.holdout_examples, config.seed) if hp.holdout_examples else []
-    train_ds, tokens_per_epoch, cached, held_ds = _prepare(
-        config, tokenizer, config.training_file, "training", expected=file_examples, holdout=holdout
-    )
+    reward: rl.GraderReward | None = None
     valid_ds: Any = None
-    if config.validation_file is not None:
-        valid_ds, _, _, _ = _prepare(config, tokenizer, config.validation_file, "validation")
+    if config.method == "reinforcement":  # prompts only: the answers are sampled while training
+        assert config.grader is not None
+        grader = graders.check_grader(config.grader)
+        call = rl.model_call(config.grader_servers) if graders.score_model_names(config.grader) else None
+        reward = rl.GraderReward(grader, call)
+        train_ds, n_prompts = rl.prompt_dataset(config.training_file, grader)
+        _check_count(n_prompts, file_examples)
+        tokens_per_epoch, cached, held_ds = 0, False, None
+        if config.validation_file is not None:
+            valid_ds, _ = rl.prompt_dataset(config.validation_file, grader, label="validation")
+    else:
+        train_ds, tokens_per_epoch, cached, held_ds = _prepare(
+            config, tokenizer, config.training_file, "training", expected=file_examples, holdout=holdout
+        )
+        if config.validation_file is not None:
+            valid_ds, _, _, _ = _prepare(config, tokenizer, config.validation_file, "validation")
     eval_ds = valid_ds.select(range(min(len(valid_ds), config.max_eval_examples))) if valid_ds else held_ds
     if held_ds is not None:
         reporter.event(
@@ -212,10 +226,15 @@ def _run(
         stopping = early_stopping.EarlyStopping(held_out=seen_ds is not None)
     bridge = _ReporterBridge(
         reporter, hp.total_steps, tokens_per_epoch, stopping=stopping,
-        held_ds=None if stop_held_ds is eval_ds else stop_held_ds, seen_ds=seen_ds,
+        held_ds=None if stop_held_ds is eval_ds else stop_held_ds, seen_ds=seen_ds, reward=reward,
     )  # fmt: skip
     trainer: Any
-    if not sft:
+    if reward is not None:
+        trainer = rl.grpo_trainer(
+            model=peft_model, tokenizer=tokenizer, hp=hp, common=common, reward=reward, train_ds=train_ds,
+            eval_ds=eval_ds, callbacks=[bridge],
+        )  # fmt: skip
+    elif not sft:
         config_class, trainer_class, own = _preference_trainer(config.method, hp)
         trainer = trainer_class(
             model=peft_model, args=config_class(**{**common, **own}), train_dataset=train_ds,
@@ -302,7 +321,7 @@ def _run(
     trainer.train(resume_from_checkpoint=resume)
     train_s, train_cpu_s = time.perf_counter() - t_train, time.process_time() - cpu_train
     state = trainer.state
-    trained_tokens = round(tokens_per_epoch * (state.epoch or 0.0))
+    trained_tokens = bridge.trained_tokens(state.epoch)
     result = TrainResult(
         stopped=bridge.stopped,
         adapter_dir=None,
@@ -487,6 +506,7 @@ class _ReporterBridge(TrainerCallback):
     def __init__(
         self, reporter: TrainingReporter, total_steps: int, tokens_per_epoch: int, *,
         stopping: early_stopping.EarlyStopping | None = None, held_ds: Any = None, seen_ds: Any = None,
+        reward: rl.GraderReward | None = None,
     ) -> None:  # fmt: skip
         self.reporter = reporter
         self.total_steps = total_steps
@@ -502,6 +522,14 @@ class _ReporterBridge(TrainerCallback):
         self.seen_ds = seen_ds
         self.steps_per_epoch = 0
         self.inner = False  # inside our own evaluation: its callbacks are not the run's
+        self.reward = reward  # reinforcement: the grader, which counts the sampled (trained) tokens
+
+    def trained_tokens(self, epoch: float | None) -> int:
+        """So far in the whole job: the sampled completion tokens (reinforcement), else the file's loss-bearing
+        tokens per epoch times the epochs run."""
+        if self.reward is not None:
+            return self.reward.completion_tokens
+        return round(self.tokens_per_epoch * (epoch or 0.0))
 
     @property
     def held_out(self) -> bool:
@@ -581,6 +609,9 @@ class _ReporterBridge(TrainerCallback):
                     "full_valid_loss": logs["full_valid_loss"],
                     "full_valid_mean_token_accuracy": logs.get("eval_mean_token_accuracy"),
                 }
+                self.full_valid.update(
+                    {f"full_{k}": v for k, v in rl.reward_metrics(logs, self.reward, "valid").items()}
+                )
             return
         if self.inner:
             return
@@ -596,6 +627,7 @@ class _ReporterBridge(TrainerCallback):
                 self.pending = {"step": state.global_step, "total_steps": self.total_steps}
             self.pending["valid_loss"] = logs["eval_loss"]
             self.pending["valid_mean_token_accuracy"] = logs.get("eval_mean_token_accuracy")
+            self.pending.update(rl.reward_metrics(logs, self.reward, "valid"))
             self._flush()
         elif "loss" in logs:  # a training log (the end-of-run summary has train_loss instead)
             self._flush()
@@ -607,8 +639,9 @@ class _ReporterBridge(TrainerCallback):
                 "train_loss": logs["loss"],
                 "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
                 # So far in the whole job, as TrainResult counts them; the worker's token metrics come from it.
-                "trained_tokens": round(self.tokens_per_epoch * (state.epoch or 0.0)),
+                "trained_tokens": self.trained_tokens(state.epoch),
             }
+            self.pending.update(rl.reward_metrics(logs, self.reward))  # GRPO: the grader's reward
             if "rewards/accuracies" in logs:  # DPO: how often chosen outscores rejected, and by how much
                 self.pending["train_reward_accuracy"] = logs["rewards/accuracies"]
                 self.pending["train_reward_margin"] = logs.get("rewards/margins")

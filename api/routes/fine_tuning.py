@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request, Response
 
-from api.deps import CurrentOrg, IdempotencyKeyHeader, SessionDep, SettingsDep
+from api.deps import CurrentOrg, IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep
 from api.protocol import (
     CreateFineTuningJobRequest,
     CursorListResponse,
@@ -47,10 +47,16 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
+    storage: StorageDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> FineTuningJobObject:
     job, replayed = service.create_job(
-        session=session, settings=settings, org=org, request=body, idempotency_key=idempotency_key
+        session=session,
+        settings=settings,
+        org=org,
+        request=body,
+        idempotency_key=idempotency_key,
+        storage=storage,
     )
     if replayed:
         response.headers[REPLAYED_HEADER] = "true"

@@ -226,11 +226,18 @@ async def create_estimate(
     gpu_class = best[2] if best else (classes[0]["gpu_class"] if classes else None)
     placeable: bool | None = bool(classes) if any_gpu else None
     trained = _trained_tokens(tokens.trained_tokens, hp) if tokens else None
+    processed = _trained_tokens(tokens.total_tokens, hp) if tokens else None
+    if hp.method == "reinforcement":  # the trained tokens are the sampled ones: at most every group's longest
+        sampled = (
+            hp.steps_per_epoch * hp.batch_size * (hp.num_generations or 1) * (hp.max_completion_tokens or 0)
+        )
+        trained = sampled * hp.n_epochs
+        processed = (processed or 0) * (hp.num_generations or 1) + trained
     cpu_only = workers is not None and not any_gpu and any(d.name == "cpu" for w in workers for d in w.gpus)
     cost = estimate_cost(
         settings,
         trained_tokens=trained,
-        processed_tokens=_trained_tokens(tokens.total_tokens, hp) if tokens else None,
+        processed_tokens=processed,
         parameters=gpu.parameters,
         gpu_class=gpu_class or (CPU_CLASS if cpu_only else None),
     )

@@ -22,13 +22,19 @@ from api.protocol import (
     ResumeFineTuningJobRequest,
 )
 from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
-from api.services.job_requests import fine_tune_file, method_and_hyperparameters
+from api.services.job_requests import (
+    check_grader_fields,
+    fine_tune_file,
+    grader_of,
+    method_and_hyperparameters,
+)
 from api.services.pagination import paginate
 from core import ids, jobs
 from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
 from core.model_registry import load_registry
 from core.models import FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings
+from core.storage import Storage
 from core.training_data import format_refusal
 from core.usage import MAX_COST, MAX_TRAINED_TOKENS, cap_reached, check_org_budget, job_usage
 
@@ -112,6 +118,7 @@ def create_job(
     org: Organization,
     request: CreateFineTuningJobRequest,
     idempotency_key: str | None = None,
+    storage: Storage | None = None,
 ) -> tuple[FineTuningJobObject, bool]:
     """Create a job; returns it and whether it is a replay.
 
@@ -169,6 +176,12 @@ def create_job(
                 param=param,
                 code="invalid_file_format",
             )
+
+    grader = grader_of(hyperparameters)
+    if grader is not None and storage is not None:
+        for row, param in files:
+            if row is not None:
+                check_grader_fields(storage, row, grader, param)
 
     _check_active_jobs_quota(session, settings=settings, org=org)
     check_org_budget(session, settings, org)
@@ -228,19 +241,36 @@ def _check_active_jobs_quota(session: Session, *, settings: Settings, org: Organ
         )
 
 
+# OpenAI's reinforcement hyperparameters beyond the three every method has
+RL_HYPERPARAMETERS = ("compute_multiplier", "eval_interval", "eval_samples")
+
+
 def _hyperparameters_out(job: FineTuningJob) -> dict[str, Any]:
     """What the user asked for, with "auto" replaced by the resolved value once the job has run."""
     out: dict[str, Any] = dict.fromkeys(OPENAI_HYPERPARAMETERS, "auto")
     if job.method_type == "dpo":
         out["beta"] = "auto"
-    out.update(job.hyperparameters)
+    if job.method_type == "reinforcement":
+        out.update(dict.fromkeys(RL_HYPERPARAMETERS, "auto"), reasoning_effort="default")
+    out.update({k: v for k, v in job.hyperparameters.items() if k != "grader"})  # the grader is the method's
     resolved = job.resolved_hyperparameters or {}
     for name, value in resolved.items():
         if out.get(name) == "auto":
             out[name] = value
+    if job.method_type == "reinforcement" and resolved:  # OpenAI's names for ours
+        for name, ours in (("eval_interval", "eval_every_steps"), ("eval_samples", "num_generations_eval")):
+            if out.get(name) == "auto" and resolved.get(ours) is not None:
+                out[name] = resolved[ours]
     if resolved.get("micro_batch_size"):  # how the effective batch was run: micro-batches x accumulation
         out["gradient_accumulation_steps"] = resolved.get("gradient_accumulation_steps", 1)
     return out
+
+
+def _method_out(job: FineTuningJob, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    section: dict[str, Any] = {"hyperparameters": hyperparameters}
+    if job.method_type == "reinforcement":
+        section["grader"] = job.hyperparameters.get("grader")
+    return {"type": job.method_type, job.method_type: section}
 
 
 def job_object(job: FineTuningJob) -> FineTuningJobObject:
@@ -263,7 +293,7 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         integrations=job.integrations,
         seed=job.seed,
         estimated_finish=job.estimated_finish if job.status == jobs.RUNNING else None,
-        method={"type": job.method_type, job.method_type: {"hyperparameters": hyperparameters}},
+        method=_method_out(job, hyperparameters),
         metadata=job.job_metadata,
         user_provided_suffix=job.suffix,
         attempt=job.attempt,

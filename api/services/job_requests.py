@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from api.protocol import CreateEstimateRequest, CreateFineTuningJobRequest
 from core.errors import InvalidRequestError
+from core.graders import Grader, GraderError, check_grader, missing_fields
 from core.hyperparameters import hyperparameters_model
 from core.models import File, Organization
+from core.storage import Storage
 
 
 def _pydantic_param(exc: ValidationError, prefix: str) -> tuple[str, str]:
@@ -37,11 +40,6 @@ def method_and_hyperparameters(
     """Returns (method type, validated hyperparameters as a dict with "auto" kept, the param path)."""
     method = request.method
     method_type = method.type if method else "supervised"
-    if method_type == "reinforcement":
-        raise InvalidRequestError(
-            "Reinforcement fine-tuning is not supported; use 'supervised', 'dpo', 'kto', 'orpo' or 'simpo'.",
-            param="method.type",
-        )
     section = getattr(method, method_type, None) if method else None
     raw = section.hyperparameters if section and section.hyperparameters is not None else None
     param = f"method.{method_type}.hyperparameters"
@@ -58,6 +56,9 @@ def method_and_hyperparameters(
                 param="hyperparameters",
             )
         raw, param = request.hyperparameters, "hyperparameters"
+    grader: dict[str, Any] | None = None
+    if method_type == "reinforcement":
+        grader = _reinforcement_grader(section, raw)
     model = hyperparameters_model(method_type)
     try:
         validated = model.model_validate(raw or {})
@@ -66,7 +67,38 @@ def method_and_hyperparameters(
         raise InvalidRequestError(
             f"Invalid hyperparameter '{where}': {why}", param=where, code="invalid_hyperparameter"
         ) from None
-    return method_type, validated.model_dump(mode="json", exclude_none=True), param
+    values = validated.model_dump(mode="json", exclude_none=True)
+    if grader is not None:
+        values["grader"] = (
+            grader  # kept with the hyperparameters: the worker and the job object read it there
+        )
+    return method_type, values, param
+
+
+def _reinforcement_grader(section: Any, raw: dict[str, Any] | None) -> dict[str, Any]:
+    """The checked `method.reinforcement.grader` (400 naming the bad field)."""
+    if raw is not None and "grader" in raw:
+        raise InvalidRequestError(
+            "Give the grader as method.reinforcement.grader, not among the hyperparameters.",
+            param="method.reinforcement.hyperparameters.grader",
+        )
+    spec = getattr(section, "grader", None)
+    if spec is None:
+        raise InvalidRequestError(
+            "A reinforcement job needs a grader: method.reinforcement.grader.",
+            param="method.reinforcement.grader",
+        )
+    try:
+        check_grader(spec, "method.reinforcement.grader")
+    except GraderError as exc:
+        raise InvalidRequestError(exc.message, param=exc.param, code=exc.code) from None
+    return dict(spec)
+
+
+def grader_of(hyperparameters: dict[str, Any]) -> Grader | None:
+    """A reinforcement job's checked grader, from its stored hyperparameters."""
+    spec = hyperparameters.get("grader")
+    return check_grader(spec, "method.reinforcement.grader") if spec is not None else None
 
 
 def fine_tune_file(session: Session, *, org: Organization, file_id: str | None, param: str) -> File | None:
@@ -89,3 +121,35 @@ def fine_tune_file(session: Session, *, org: Organization, file_id: str | None, 
             code="invalid_file_status",
         )
     return row
+
+
+def check_grader_fields(storage: Storage, row: File, grader: Grader, param: str) -> None:
+    """Every line of the file holds the item fields the grader references: a 400 naming the first line that
+    lacks one, and the field."""
+    if not grader.item_fields:
+        return
+    buffer = b""
+    lineno = 0
+
+    def check(line: bytes) -> None:
+        if not line.strip():
+            return
+        item = orjson.loads(line)
+        missing = missing_fields(grader, item) if isinstance(item, dict) else []
+        if missing:
+            raise InvalidRequestError(
+                f"File {row.id} line {lineno}: no field '{missing[0]}', which the grader references as "
+                f"{{{{ item.{missing[0]} }}}}.",
+                param=param,
+                code="invalid_file_format",
+            )
+
+    for chunk in storage.iter_chunks(row.storage_key):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            lineno += 1
+            check(line.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else line)
+    if buffer:
+        lineno += 1
+        check(buffer.removeprefix(b"\xef\xbb\xbf") if lineno == 1 else buffer)

@@ -133,7 +133,7 @@ def test_dpo_job_on_preference_data(
             "method.supervised.hyperparameters.n_epoch",
         ),
         ({"hyperparameters": {"n_epochs": "many"}}, "hyperparameters.n_epochs"),
-        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.reinforcement.grader"),
         ({"method": {"type": "sideways"}}, "method.type"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ],

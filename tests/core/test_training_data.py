@@ -1542,3 +1542,32 @@ def test_every_example_in_docs_data_md_is_valid_in_its_layout() -> None:
         assert detect_layout(obj) == layout, example
         report = validate_bytes(jsonl([obj] * 10))
         assert report.ok, (example, report.errors)
+
+
+# ------------------------------------------------------------------------------------------ reinforcement
+
+
+def test_reinforcement_prompts_keep_their_grader_fields() -> None:
+    def prompt(i: int) -> dict[str, Any]:
+        return {"messages": [{"role": "user", "content": f"What is {i} + 1?"}], "answer": str(i + 1), "id": i}
+
+    report = validate_bytes(jsonl([prompt(i) for i in range(10)]))
+    assert report.ok, report.errors
+    assert (report.data_format, report.layout, report.warnings) == (
+        "reinforcement",
+        "openai_reinforcement",
+        [],
+    )
+    assert normalize_example(prompt(3), "reinforcement") == prompt(3)
+    # a multi-turn prompt with a grader field ends before the answer; a chat ending with a tool message is chat
+    turns = {"messages": [U, A, U], "answer": "x"}
+    assert detect_format(turns) == "reinforcement"
+    assert normalize_example(turns, "reinforcement")["answer"] == "x"
+    assert (
+        detect_format({"messages": [U, A, {"role": "tool", "content": "t", "tool_call_id": "c"}]}) == "chat"
+    )
+    # in a reinforcement file a line with the answer is wrong; in a chat file, a line without one is
+    answered = {"messages": [U, A], "answer": "x"}
+    data = jsonl([prompt(i) for i in range(9)] + [answered])
+    assert_bad(data, 10, "messages[1].role", "wrong_role")
+    assert_bad(with_line(4, {"messages": [U]}), 4, "messages", "missing_assistant_message")

@@ -25,6 +25,7 @@ const METHOD_NAMES = {
   kto: "Labelled answers (KTO)",
   orpo: "Preference (ORPO)",
   simpo: "Preference (SimPO)",
+  reinforcement: "Reinforcement (GRPO)",
 };
 import { ACTIVE, progressText } from "./jobs.js";
 
@@ -32,6 +33,7 @@ const POLL_MS = 1000;
 const MAX_EVENT_ROWS = 300;
 const TRAIN_COLOR = "#4f46e5";
 const VALID_COLOR = "#c2410c";
+const REWARD_COLOR = "#15803d"; // green: a score that should rise
 
 export function render(main, { params }) {
   const jobId = params[0];
@@ -294,22 +296,28 @@ export function render(main, { params }) {
   function drawChart() {
     const train = series("train_loss");
     const valid = series("valid_loss");
+    const reward = series("train_reward_mean"); // reinforcement jobs: the grader's mean score per step
     canvas.dataset.trainPoints = String(train.length);
     canvas.dataset.validPoints = String(valid.length);
-    if (!train.length && !valid.length) return;
+    canvas.dataset.rewardPoints = String(reward.length);
+    if (!train.length && !valid.length && !reward.length) return;
     chartEmpty.hidden = true;
     if (!chart) chart = makeChart(canvas);
     if (chart) {
       chart.data.datasets[0].data = train;
       chart.data.datasets[1].data = valid;
+      chart.data.datasets[2].data = reward;
+      chart.data.datasets[2].hidden = !reward.length;
       chart.update("none");
     }
     const last = train[train.length - 1];
     const lastValid = valid[valid.length - 1];
+    const lastReward = reward[reward.length - 1];
     const text = [
       last ? `step ${last.x}` : null,
       last ? `training ${formatNumber(last.y)}` : null,
       lastValid ? `validation ${formatNumber(lastValid.y)}` : null,
+      lastReward ? `reward ${formatNumber(lastReward.y)}` : null,
     ]
       .filter(Boolean)
       .join(" · ");
@@ -453,6 +461,8 @@ function makeChart(canvas) {
         // Dots only while there are few points; monotone curves never overshoot the measured values.
         { label: "Training loss", data: [], borderColor: TRAIN_COLOR, backgroundColor: TRAIN_COLOR, borderWidth: 2, pointRadius: (c) => (c.dataset.data.length > 40 ? 0 : 2.5), cubicInterpolationMode: "monotone" },
         { label: "Validation loss", data: [], borderColor: VALID_COLOR, backgroundColor: VALID_COLOR, borderWidth: 2, pointRadius: 3.5, borderDash: [6, 3], cubicInterpolationMode: "monotone" },
+        // Reinforcement jobs: the grader's mean reward, on its own axis (a score, not a loss).
+        { label: "Mean reward", data: [], hidden: true, yAxisID: "reward", borderColor: REWARD_COLOR, backgroundColor: REWARD_COLOR, borderWidth: 2, pointRadius: (c) => (c.dataset.data.length > 40 ? 0 : 2.5), cubicInterpolationMode: "monotone" },
       ],
     },
     options: {
@@ -463,6 +473,7 @@ function makeChart(canvas) {
       scales: {
         x: { type: "linear", title: { display: true, text: "Step", color: text }, ticks: { precision: 0, color: text }, grid: { color: grid } },
         y: { title: { display: true, text: "Loss", color: text }, ticks: { color: text }, grid: { color: grid } },
+        reward: { display: "auto", position: "right", title: { display: true, text: "Reward", color: text }, ticks: { color: text }, grid: { drawOnChartArea: false } },
       },
       plugins: {
         legend: { position: "bottom", labels: { color: text, usePointStyle: true, pointStyleWidth: 10, boxHeight: 7, padding: 16 } },
