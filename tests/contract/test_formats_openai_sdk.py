@@ -1,6 +1,6 @@
 """Peers' data layouts as they ship them, uploaded through the official `openai` SDK and trained by the method
 that uses them, on a real `ftserve up` (API + scheduler + worker) with demo-tiny on the CPU: every preference
-layout, KTO, continued pretraining, OpenAI's legacy functions, axolotl's layouts, and JSON arrays. (OpenAI chat,
+layout, KTO, continued pretraining, OpenAI's legacy functions, reasoning_content, axolotl's layouts, and JSON arrays. (OpenAI chat,
 ShareGPT, alpaca and prompt/completion files train in most other end-to-end tests; each job costs CI ~10 s.)
 
 One file per layout (the docs/data.md example, varied over 12 lines), all jobs submitted at once and each
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,6 +59,9 @@ LAYOUTS: dict[str, tuple[str, str, Row]] = {
         {"role": "user", "content": "Again?"}, {"role": "assistant", "content": _good(i), "train": True}]}),
     "axolotl_alpaca_response": ("alpaca", "supervised", lambda i: {
         "instruction": "Greet the guest", "input": f"guest {i}", "response": _good(i)}),
+    "reasoning": ("openai_chat", "supervised", lambda i: {"messages": [
+        {"role": "user", "content": f"What is {i} + {i}?"},
+        {"role": "assistant", "content": str(2 * i), "reasoning_content": f"{i} twice is {2 * i}."}]}),
     "text": ("text", "supervised", lambda i: {"text": f"Guest {i} came in. {_good(i)} said the host."}),
     "openai_preference": ("openai_preference", "dpo", lambda i: {
         "input": {"messages": [{"role": "user", "content": _user(i)}]},
@@ -94,9 +98,19 @@ def _upload(sdk: openai.OpenAI, name: str, rows: list[dict[str, Any]], *, as_jso
     return sdk.files.create(file=(f"{name}.jsonl", data), purpose="fine-tune").id
 
 
+# demo-tiny's own template renders no reasoning; Qwen3's does (a <think> block in the reply), so the reasoning
+# layout trains on demo-tiny's weights registered with Qwen3's real template.
+REASONING_MODEL = "demo-tiny-qwen3-template"
+TEMPLATES = Path(__file__).parents[1] / "support" / "chat_templates"
+
+
 @pytest.fixture(scope="module")
-def submitted(sdk: openai.OpenAI) -> dict[str, tuple[str, str]]:
+def submitted(
+    sdk: openai.OpenAI, ftserve_server: FtserveProcess, demo_model_dir: Path
+) -> dict[str, tuple[str, str]]:
     """layout name -> (file id, job id); every job is submitted before any is waited for."""
+    template = (TEMPLATES / "qwen3.jinja").read_text()
+    ftserve_server.register_model(REASONING_MODEL, demo_model_dir, chat_template=template)
     out = {}
     for name, (_, method, row) in LAYOUTS.items():
         # LLaMA-Factory's and axolotl's layouts arrive as JSON arrays, as their tools write them.
@@ -104,7 +118,7 @@ def submitted(sdk: openai.OpenAI) -> dict[str, tuple[str, str]]:
         file_id = _upload(sdk, name, [row(i) for i in range(N)], as_json_array=as_array)
         hyperparameters = {"n_epochs": 1, "batch_size": 4}
         job = sdk.fine_tuning.jobs.create(
-            model="demo-tiny",
+            model=REASONING_MODEL if name == "reasoning" else "demo-tiny",
             training_file=file_id,
             method={"type": method, method: {"hyperparameters": hyperparameters}},  # type: ignore[misc]
         )

@@ -122,9 +122,10 @@ class FtserveProcess:
             engine.dispose()
         return row.url, {"authorization": f"Bearer {row.api_key}"} if row.api_key else {}
 
-    def register_model(self, model_id: str, path: Path) -> None:
+    def register_model(self, model_id: str, path: Path, *, chat_template: str | None = None) -> None:
         """Add a base model; the registry is read on every request, so this works while running too."""
-        register_model(Settings(data_dir=self.data_dir, model_registry=self.model_registry), model_id, path)
+        settings = Settings(data_dir=self.data_dir, model_registry=self.model_registry)
+        register_model(settings, model_id, path, chat_template=chat_template)
 
     def cli(self, *args: str) -> str:
         """Run `ftserve <args>` against this server's data (server-side verbs); returns stdout."""
