@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,7 @@ TEMPLATES = Path(__file__).parents[1] / "support" / "chat_templates"
 @pytest.fixture(scope="module")
 def submitted(
     sdk: openai.OpenAI, ftserve_server: FtserveProcess, demo_model_dir: Path
-) -> dict[str, tuple[str, str]]:
+) -> Iterator[dict[str, tuple[str, str]]]:
     """layout name -> (file id, job id); every job is submitted before any is waited for."""
     template = (TEMPLATES / "qwen3.jinja").read_text()
     ftserve_server.register_model(REASONING_MODEL, demo_model_dir, chat_template=template)
@@ -123,7 +123,8 @@ def submitted(
             method={"type": method, method: {"hyperparameters": hyperparameters}},  # type: ignore[misc]
         )
         out[name] = (file_id, job.id)
-    return out
+    yield out
+    ftserve_server.unregister_model(REASONING_MODEL)  # the server is shared: leave its registry as found
 
 
 def _wait_all(sdk: openai.OpenAI, job_ids: list[str], timeout_s: float = 900) -> dict[str, Any]:

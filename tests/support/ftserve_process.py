@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from core.model_registry import register_model
+from core.model_registry import register_model, unregister_model
 from core.redis_embedded import free_port
 from core.settings import Settings
 
@@ -126,6 +126,11 @@ class FtserveProcess:
         """Add a base model; the registry is read on every request, so this works while running too."""
         settings = Settings(data_dir=self.data_dir, model_registry=self.model_registry)
         register_model(settings, model_id, path, chat_template=chat_template)
+
+    def unregister_model(self, model_id: str) -> None:
+        """Remove a base model a test added, so later tests on this shared server see the registry they expect."""
+        settings = Settings(data_dir=self.data_dir, model_registry=self.model_registry)
+        unregister_model(settings, model_id)
 
     def cli(self, *args: str) -> str:
         """Run `ftserve <args>` against this server's data (server-side verbs); returns stdout."""
