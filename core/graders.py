@@ -5,9 +5,11 @@ GRPO reward. Types:
 
 - ``string_check``: ``input`` against ``reference`` with ``operation`` eq, ne, like (contains) or ilike
   (contains, ignoring case); 1.0 or 0.0.
-- ``text_similarity``: ``evaluation_metric`` fuzzy_match (rapidfuzz WRatio with its default processor, /100)
-  or bleu (sacrebleu's sentence BLEU with effective order, /100), as OpenAI computes them. The other metrics
-  (cosine, gleu, meteor, rouge_*) are refused: they need libraries or embedding models this server lacks.
+- ``text_similarity``: ``evaluation_metric`` fuzzy_match (rapidfuzz WRatio with its default processor, /100),
+  bleu (sacrebleu's sentence BLEU with effective order, /100), or rouge_1..rouge_5 and rouge_l (torchmetrics'
+  ROUGE F-measure: lower-cased words and digits, no stemming). torchmetrics needs torch, which an API-only
+  install lacks: there rouge graders are refused with a 400. The other metrics (cosine, gleu, meteor) are
+  refused: they need libraries or embedding models this server lacks.
 - ``score_model``: a model this server serves is asked to grade (its ``input`` messages, templated); the first
   number in its answer, clamped to ``range`` (default [0, 1]), is the score. The caller supplies the call.
 - ``multi``: named sub-graders combined by ``calculate_output``, an arithmetic formula over their names
@@ -21,6 +23,7 @@ model's answer), ``{{ sample.output_json.<key> }}`` (the answer parsed as JSON).
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import math
 import operator
@@ -34,18 +37,16 @@ from core.errors import InvalidRequestError
 
 GRADER_TYPES = ("string_check", "text_similarity", "score_model", "multi")
 STRING_OPERATIONS = ("eq", "ne", "like", "ilike")
-SIMILARITY_METRICS = ("fuzzy_match", "bleu")
+# OpenAI's ROUGE metrics -> torchmetrics' rouge_keys
+ROUGE_METRICS = {**{f"rouge_{n}": f"rouge{n}" for n in range(1, 6)}, "rouge_l": "rougeL"}
+SIMILARITY_METRICS = ("fuzzy_match", "bleu", *ROUGE_METRICS)
 # OpenAI's other metrics: refused with the reason.
 _UNSUPPORTED_METRICS = {
     "cosine": "it needs an embedding model",
     "gleu": "it is not implemented here",
     "meteor": "it needs NLTK's WordNet data",
-    **{
-        f"rouge_{n}": "no maintained ROUGE library is installed on this server"
-        for n in ("1", "2", "3", "4", "5")
-    },
-    "rouge_l": "no maintained ROUGE library is installed on this server",
 }
+ROUGE_LIBRARY = "torchmetrics"
 _MAX_DEPTH = 3  # multi graders nest at most this deep
 _MAX_FORMULA = 512
 
@@ -288,7 +289,7 @@ def check_grader(spec: Any, param: str = "grader", *, depth: int = 0) -> Grader:
             if metric in _UNSUPPORTED_METRICS:
                 raise GraderError(
                     f"evaluation_metric '{metric}' is not supported here: {_UNSUPPORTED_METRICS[metric]}. "
-                    f"Use {' or '.join(SIMILARITY_METRICS)}.",
+                    f"Use {', '.join(SIMILARITY_METRICS)}.",
                     param=f"{param}.evaluation_metric",
                     code="unsupported_grader",
                 )
@@ -297,6 +298,8 @@ def check_grader(spec: Any, param: str = "grader", *, depth: int = 0) -> Grader:
                     f"{param}.evaluation_metric must be one of {', '.join(SIMILARITY_METRICS)}, got {metric!r}",
                     param=f"{param}.evaluation_metric",
                 )
+            if metric in ROUGE_METRICS and not rouge_available():
+                raise _rouge_missing(metric, f"{param}.evaluation_metric")
     elif kind == "score_model":
         _known_keys(spec, {"model", "input", "range", "sampling_params"}, param)
         _string(spec, "model", param)
@@ -374,6 +377,37 @@ def bleu(output: str, reference: str) -> float:
     return float(BLEU(effective_order=True).sentence_score(output, [reference]).score) / 100.0
 
 
+def rouge_available() -> bool:
+    """Whether torchmetrics (and torch, which it needs) can be imported here, without importing them."""
+    for module in ("torch", ROUGE_LIBRARY):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return False
+        except (ImportError, ValueError):  # ValueError: a module in sys.modules without a spec
+            return False
+    return True
+
+
+def _rouge_missing(metric: str, param: str) -> GraderError:
+    return GraderError(
+        f"evaluation_metric '{metric}' needs {ROUGE_LIBRARY} (and torch), which this server's install lacks: "
+        "install ftserve with its training extras (pip install 'ftserve[train]') to use ROUGE graders.",
+        param=param,
+        code="unsupported_grader",
+    )
+
+
+def rouge(output: str, reference: str, metric: str) -> float:
+    """ROUGE-N or ROUGE-L F-measure of `output` against `reference` (torchmetrics, as Google's rouge-score
+    computes it without stemming); imported here, so the API imports no torch until a ROUGE grader runs."""
+    try:
+        from torchmetrics.functional.text.rouge import rouge_score
+    except ImportError:
+        raise _rouge_missing(metric, "grader.evaluation_metric") from None
+    key = ROUGE_METRICS[metric]
+    return float(rouge_score(output, reference, rouge_keys=key)[f"{key}_fmeasure"])
+
+
 def parse_model_score(answer: str, low: float, high: float) -> float | None:
     """The score in a grader model's answer: `{"result": x}` if it is JSON, else its first number; clamped."""
     value: Any = None
@@ -409,8 +443,10 @@ def score(grader: Grader, item: dict[str, Any], sample: str, *, model_call: Mode
     if kind == "text_similarity":
         got = render(spec["input"], item, sample, f"{param}.input")
         want = render(spec["reference"], item, sample, f"{param}.reference")
-        metric = fuzzy_match if spec["evaluation_metric"] == "fuzzy_match" else bleu
-        return Score(metric(got, want))
+        metric = spec["evaluation_metric"]
+        if metric in ROUGE_METRICS:
+            return Score(rouge(got, want, metric))
+        return Score(fuzzy_match(got, want) if metric == "fuzzy_match" else bleu(got, want))
     if kind == "score_model":
         low, high = score_range(spec)
         if model_call is None:
@@ -419,7 +455,10 @@ def score(grader: Grader, item: dict[str, Any], sample: str, *, model_call: Mode
             {"role": m["role"], "content": render(m["content"], item, sample, f"{param}.input")}
             for m in spec["input"]
         ]
-        answer = model_call(spec["model"], messages, dict(spec.get("sampling_params") or {}))
+        sampling = dict(spec.get("sampling_params") or {})
+        if sampling.get("max_completion_tokens") is None:  # openai-python spells it max_completions_tokens
+            sampling["max_completion_tokens"] = sampling.get("max_completions_tokens")
+        answer = model_call(spec["model"], messages, sampling)
         value = parse_model_score(answer, low, high)
         if value is None:
             return Score(low, errors=[f"the grader model's answer holds no score: {answer[:200]!r}"])

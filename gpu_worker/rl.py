@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from core import graders
+from core.errors import ServiceUnavailableError
 from core.hyperparameters import ResolvedHyperparameters
 from gpu_worker.data import TrainingDataError, load_examples
 
 # TrainingArguments fields that train.py's common arguments set and GRPOConfig does not take
 _NOT_GRPO = ("max_length", "train_sampling_strategy")
 GRADER_TIMEOUT_S = 60.0
+GRADER_RETRIES = 2
+GRADER_RETRY_DELAY_S = 1.0
 
 
 def prompt_dataset(path: Path, grader: graders.Grader, *, label: str = "training") -> tuple[Any, int]:
@@ -46,13 +50,35 @@ def prompt_dataset(path: Path, grader: graders.Grader, *, label: str = "training
     return datasets.Dataset.from_list(rows), len(rows)
 
 
-def model_call(servers: dict[str, tuple[str, str | None]]) -> graders.ModelCall:
-    """A score_model grader's call: the vLLM that serves the grader's model (found by the job runner)."""
+class GraderModelUnavailable(ServiceUnavailableError):
+    """A score_model grader's model that no vLLM of this deployment serves, or that stopped answering: the job
+    fails with this (never a silent 0 reward)."""
 
-    def call(model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
-        if model not in servers:
-            raise RuntimeError(f"no inference server serves '{model}', which a score_model grader calls")
-        url, key = servers[model]
+    code = "grader_model_unavailable"
+
+
+class ServedModelCall:
+    """A score_model grader's call: the vLLM that serves the grader's model (found by the job runner). A
+    connection error or a 5xx is retried GRADER_RETRIES times (a replica restarting), then fails the job."""
+
+    def __init__(self, servers: dict[str, tuple[str, str | None]]) -> None:
+        self.servers = servers
+
+    def check(self, spec: dict[str, Any]) -> None:
+        """Fail before training when a model the grader calls has no replica here."""
+        missing = sorted(graders.score_model_names(spec) - set(self.servers))
+        if missing:
+            raise GraderModelUnavailable(
+                f"No inference server of this deployment serves '{missing[0]}', which the reinforcement "
+                "grader's score_model calls: during training a score_model grader must name a base model "
+                "that a vLLM replica serves (inference enabled, FTSERVE_INFERENCE_ENABLED).",
+                param="method.reinforcement.grader",
+            )
+
+    def __call__(self, model: str, messages: list[dict[str, str]], sampling: dict[str, Any]) -> str:
+        if model not in self.servers:
+            self.check({"type": "score_model", "model": model})
+        url, key = self.servers[model]
         headers = {"authorization": f"Bearer {key}"} if key else {}
         body: dict[str, Any] = {"model": model, "messages": messages, "temperature": 0.0}
         body.update(
@@ -60,13 +86,42 @@ def model_call(servers: dict[str, tuple[str, str | None]]) -> graders.ModelCall:
         )
         if sampling.get("max_completion_tokens") is not None:
             body["max_tokens"] = sampling["max_completion_tokens"]
-        response = httpx.post(
-            f"{url.rstrip('/')}/v1/chat/completions", json=body, headers=headers, timeout=GRADER_TIMEOUT_S
-        )
-        response.raise_for_status()
+        failure = ""
+        for attempt in range(GRADER_RETRIES + 1):
+            if attempt:
+                time.sleep(GRADER_RETRY_DELAY_S * attempt)
+            try:
+                response = httpx.post(
+                    f"{url.rstrip('/')}/v1/chat/completions",
+                    json=body,
+                    headers=headers,
+                    timeout=GRADER_TIMEOUT_S,
+                )
+            except httpx.HTTPError as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code < 500:
+                break
+            failure = f"HTTP {response.status_code}: {response.text[:300]}"
+        else:
+            # raised outside the except block: a connection error in the chain would read as a database
+            # outage to the job runner, which would hand the job back instead of failing it
+            raise GraderModelUnavailable(
+                f"The score_model grader's model '{model}' did not answer at {url}: {failure}",
+                param="method.reinforcement.grader",
+            )
+        if response.status_code != 200:
+            raise GraderModelUnavailable(
+                f"The score_model grader's model '{model}' refused the grading request: HTTP "
+                f"{response.status_code}: {response.text[:300]}",
+                param="method.reinforcement.grader",
+            )
         return str(response.json()["choices"][0]["message"].get("content") or "")
 
-    return call
+
+def model_call(servers: dict[str, tuple[str, str | None]]) -> ServedModelCall:
+    """A score_model grader's call through the vLLM replicas in `servers` (model -> (URL, API key))."""
+    return ServedModelCall(servers)
 
 
 class GraderReward:
@@ -76,6 +131,8 @@ class GraderReward:
     def __init__(self, grader: graders.Grader, call: graders.ModelCall | None = None) -> None:
         self.grader = grader
         self.call = call
+        if isinstance(call, ServedModelCall):
+            call.check(grader.spec)  # a grader model no replica serves fails the job before training
         self.__name__ = grader.name  # TRL names the reward metrics after it
         self.completion_tokens = 0
         self.sub_names = list(grader.sub_graders())

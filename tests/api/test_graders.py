@@ -4,6 +4,7 @@ scores, the 400s for graders and files that cannot be used, and reinforcement jo
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,33 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], str, float]] = [
     ("bleu-partial", _similarity("bleu"), {"answer": "a b c d"}, "a b x y", (1 / 96) ** 0.25),
 ]
 
+# ROUGE F-measure = 2PR / (P + R), P = matches / n-grams of the sample, R = matches / n-grams of the reference,
+# over lower-cased words and digits (punctuation splits words), no stemming
+ROUGE: list[tuple[str, str, str, str, float]] = [
+    # "the cat sat on the mat" / "the cat lay on a mat": unigram matches the cat on mat = 4 (the sample's
+    # second "the" is clipped to the reference's one); P = R = 4/6
+    ("rouge_1", "the cat sat on the mat", "the cat lay on a mat", "unigrams", 2 / 3),
+    # bigrams: the sample's (the cat, cat sat, sat on, on the, the mat) share only "the cat" with the
+    # reference's 5: P = R = 1/5
+    ("rouge_2", "the cat sat on the mat", "the cat lay on a mat", "bigrams", 1 / 5),
+    # longest common subsequence: the cat on mat = 4 of 6 words each side
+    ("rouge_l", "the cat sat on the mat", "the cat lay on a mat", "lcs", 2 / 3),
+    # "b a c" / "a b c": every unigram matches (1.0), but the longest in-order run is 2 (a c, or b c): 2/3
+    ("rouge_1", "b a c", "a b c", "unigram-order-free", 1.0),
+    ("rouge_l", "b a c", "a b c", "lcs-order", 2 / 3),
+    # P = 2/2, R = 2/6: F = 2 * 1 * 1/3 / (1 + 1/3) = 1/2
+    ("rouge_1", "the cat", "the cat sat on the mat", "short-sample", 0.5),
+    # case and punctuation are normalised away: the same 2 words
+    ("rouge_1", "Hello, World!", "hello world", "normalised", 1.0),
+    ("rouge_3", "a b c", "a b c", "trigram-same", 1.0),
+    # 3 words hold no 4-gram
+    ("rouge_4", "a b c", "a b c", "too-short", 0.0),
+    # 5-grams: (a b c d e, b c d e f) and (a b c d e, b c d e g) share 1 of 2: P = R = 1/2
+    ("rouge_5", "a b c d e f", "a b c d e g", "five-grams", 0.5),
+    ("rouge_l", "dogs run fast", "the cat sat", "disjoint", 0.0),
+    ("rouge_1", "", "the cat", "empty-sample", 0.0),
+]
+
 MULTI = {
     "type": "multi",
     "name": "combo",
@@ -86,6 +114,56 @@ def test_run_matches_hand_computed_scores(client: TestClient, org_a_key: str) ->
         assert body["reward"] == pytest.approx(reward, abs=1e-4), case
         assert body["metadata"]["type"] == grader["type"], case
         assert body["metadata"]["errors"]["formula_parse_error"] is False, case
+
+
+def test_rouge_metrics_match_hand_computed_f_measures(client: TestClient, org_a_key: str) -> None:
+    for metric, sample, answer, case, reward in ROUGE:
+        resp = client.post(
+            "/v1/fine_tuning/alpha/graders/run",
+            headers=_auth(org_a_key),
+            json={"grader": _similarity(metric), "item": {"answer": answer}, "model_sample": sample},
+        )
+        assert resp.status_code == 200, (case, resp.text)
+        assert resp.json()["reward"] == pytest.approx(reward, abs=1e-4), (metric, case)
+
+
+def test_rouge_without_torchmetrics_is_a_400_everywhere(
+    client: TestClient, org_a_key: str, base_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API-only install (no torch, so no torchmetrics): validate, run and job create refuse ROUGE graders
+    with a 400 that says what to install; the other metrics still work."""
+    file_id = _upload(client, org_a_key, _prompts(12))["id"]
+    for module in ("torchmetrics", "torchmetrics.functional.text.rouge"):
+        monkeypatch.setitem(sys.modules, module, None)  # `import` raises ImportError, find_spec ValueError
+    grader = _similarity("rouge_l")
+    for path, body in (
+        ("/v1/fine_tuning/alpha/graders/validate", {"grader": grader}),
+        (
+            "/v1/fine_tuning/alpha/graders/run",
+            {"grader": grader, "item": {"answer": "a"}, "model_sample": "a"},
+        ),
+    ):
+        resp = client.post(path, headers=_auth(org_a_key), json=body)
+        assert resp.status_code == 400, (path, resp.text)
+        error = resp.json()["error"]
+        assert error["param"] == "grader.evaluation_metric" and error["code"] == "unsupported_grader"
+        assert "torchmetrics" in error["message"] and "training extras" in error["message"]
+    resp = _rl_job(client, org_a_key, base_model, file_id, grader=grader)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "method.reinforcement.grader.evaluation_metric"
+    assert "training extras" in error["message"]
+    # scoring itself, should the library go missing after the check
+    from core.graders import GraderError, rouge
+
+    with pytest.raises(GraderError, match="training extras"):
+        rouge("a", "a", "rouge_1")
+    resp = client.post(
+        "/v1/fine_tuning/alpha/graders/run",
+        headers=_auth(org_a_key),
+        json={"grader": _similarity("bleu"), "item": {"answer": "a b"}, "model_sample": "a b"},
+    )
+    assert resp.status_code == 200 and resp.json()["reward"] == pytest.approx(1.0)
 
 
 def test_multi_combines_its_graders_by_the_formula(client: TestClient, org_a_key: str) -> None:
@@ -119,7 +197,7 @@ BAD: list[tuple[str, dict[str, Any], dict[str, Any], str, str]] = [
     ("bad-template", _check("eq", "{{ item.answer "), {"answer": "x"}, "grader.reference", "Unbalanced"),
     ("bad-namespace", _check("eq", "{{ answer }}"), {"answer": "x"}, "grader.reference", "Unknown template"),
     ("missing-item-field", _check("eq", "{{ item.gold }}"), {"answer": "x"}, "item.gold", "no field 'gold'"),
-    ("rouge", _similarity("rouge_l"), {"answer": "x"}, "grader.evaluation_metric", "not supported here"),
+    ("cosine", _similarity("cosine"), {"answer": "x"}, "grader.evaluation_metric", "not supported here"),
     ("formula-call", {**MULTI, "calculate_output": "__import__('os')"}, {"answer": "x"},
      "grader.calculate_output", "may be called"),
     ("formula-name", {**MULTI, "calculate_output": "exact + nope"}, {"answer": "x"},

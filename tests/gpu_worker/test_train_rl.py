@@ -132,3 +132,69 @@ def test_a_multi_grader_reports_each_sub_grader_and_the_validation_reward(
     assert {"full_valid_reward_mean", "full_valid_reward_exact_mean"} <= set(result.metrics)
     # trained tokens count the training samples only: at most 4 prompts x 4 samples x 4 tokens a step
     assert 0 < result.trained_tokens <= 4 * 4 * 4 * 4
+
+
+def test_a_score_model_grader_no_replica_serves_fails_before_training() -> None:
+    from core.graders import check_grader
+    from gpu_worker.job_runner import is_infrastructure_error
+    from gpu_worker.rl import GraderModelUnavailable, GraderReward, model_call
+
+    judge = check_grader(
+        {
+            "type": "multi",
+            "graders": {
+                "exact": GRADER,
+                "judge": {
+                    "type": "score_model",
+                    "model": "unserved",
+                    "input": [{"role": "user", "content": "x"}],
+                },
+            },
+            "calculate_output": "exact + judge",
+        }
+    )
+    with pytest.raises(GraderModelUnavailable, match="serves 'unserved'") as caught:
+        GraderReward(judge, model_call({"demo-tiny": ("http://127.0.0.1:9", None)}))
+    assert caught.value.code == "grader_model_unavailable" and not is_infrastructure_error(caught.value)
+
+
+def test_the_grader_call_retries_a_failing_replica_then_fails_the_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica that answers 5xx, or none at all, fails the job with grader_model_unavailable after the
+    retries: never a 0 reward, and never read as a database outage (the job runner would hand the job back)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from core.redis_embedded import free_port
+    from gpu_worker import rl
+    from gpu_worker.job_runner import is_infrastructure_error
+    from tests.support.http_server import serve
+
+    monkeypatch.setattr(rl, "GRADER_RETRY_DELAY_S", 0.0)
+    seen: list[dict[str, Any]] = []
+    failures = {"left": 2}  # the first two requests fail: a replica restarting
+
+    async def chat(request: Request) -> JSONResponse:
+        seen.append(await request.json())
+        if failures["left"]:
+            failures["left"] -= 1
+            return JSONResponse({"error": "starting"}, status_code=503)
+        return JSONResponse({"choices": [{"message": {"role": "assistant", "content": "7"}}]})
+
+    app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    with serve(app) as url:
+        call = rl.model_call({"demo-tiny": (url, None)})
+        sampling = {"max_completions_tokens": 3, "seed": 1}
+        assert call("demo-tiny", [{"role": "user", "content": "x"}], sampling) == "7"
+        assert len(seen) == 3 and seen[-1]["temperature"] == 0.0 and seen[-1]["seed"] == 1
+        failures["left"] = 10
+        with pytest.raises(rl.GraderModelUnavailable, match="did not answer.*HTTP 503"):
+            call("demo-tiny", [{"role": "user", "content": "x"}], {})
+        assert len(seen) == 3 + 1 + rl.GRADER_RETRIES
+    closed = rl.model_call({"demo-tiny": (f"http://127.0.0.1:{free_port()}", None)})
+    with pytest.raises(rl.GraderModelUnavailable, match="ConnectError") as caught:
+        closed("demo-tiny", [{"role": "user", "content": "x"}], {})
+    assert not is_infrastructure_error(caught.value)

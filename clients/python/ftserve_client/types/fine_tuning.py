@@ -7,6 +7,7 @@ from typing import Any, Literal, TypeAlias
 from pydantic import Field
 
 from .._models import BaseModel
+from .graders import Grader
 
 __all__ = [
     "JobStatus",
@@ -18,6 +19,8 @@ __all__ = [
     "Hyperparameters",
     "Method",
     "MethodSection",
+    "ReinforcementHyperparameters",
+    "ReinforcementMethod",
 ]
 
 JobStatus: TypeAlias = Literal[
@@ -35,7 +38,18 @@ class Hyperparameters(BaseModel):
     batch_size: Auto | int | None = None
     learning_rate_multiplier: Auto | float | None = None
     beta: Auto | float | None = None
-    """dpo, kto, orpo and simpo; their other fields (see docs/api.md) ride along as extra fields."""
+    """dpo, kto, orpo and simpo."""
+    # ftserve extensions of the preference methods; see docs/api.md.
+    loss_type: Auto | Literal["sigmoid", "ipo", "hinge", "robust"] | None = None
+    """dpo"""
+    label_smoothing: Auto | float | None = None
+    """dpo, with loss_type robust"""
+    desirable_weight: Auto | float | None = None
+    """kto"""
+    undesirable_weight: Auto | float | None = None
+    """kto"""
+    gamma: Auto | float | None = None
+    """simpo"""
     # ftserve extensions (LoRA and schedule); see docs/api.md.
     lora_rank: Auto | int | None = None
     lora_alpha: Auto | int | None = None
@@ -46,10 +60,31 @@ class Hyperparameters(BaseModel):
     warmup_ratio: Auto | float | None = None
     eval_every_steps: Auto | int | None = None
     checkpoint_every_steps: Auto | int | None = None
+    micro_batch_size: Auto | int | None = None
+    gradient_accumulation_steps: int | None = None
+    quantization: Auto | Literal["none", "4bit"] | None = None
+    early_stopping: Auto | bool | None = None
+
+
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters, and ftserve's num_generations and max_completion_tokens."""
+
+    compute_multiplier: Auto | float | None = None
+    eval_interval: Auto | int | None = None
+    eval_samples: Auto | int | None = None
+    reasoning_effort: Literal["default", "low", "medium", "high"] | None = None
+    num_generations: Auto | int | None = None
+    """Answers sampled per prompt (GRPO's group)."""
+    max_completion_tokens: Auto | int | None = None
 
 
 class MethodSection(BaseModel):
     hyperparameters: Hyperparameters | None = None
+
+
+class ReinforcementMethod(BaseModel):
+    grader: Grader | None = None
+    hyperparameters: ReinforcementHyperparameters | None = None
 
 
 class Method(BaseModel):
@@ -59,6 +94,7 @@ class Method(BaseModel):
     kto: MethodSection | None = None
     orpo: MethodSection | None = None
     simpo: MethodSection | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class FineTuningJobError(BaseModel):

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..._base_client import NOT_GIVEN, NotGiven, idempotency_headers
+from ..._models import BaseModel
 from ..._resource import AsyncAPIResource, SyncAPIResource
 from ...pagination import AsyncPaginator, SyncCursorPage
 from ...types.fine_tuning import TERMINAL_STATUSES, FineTuningJob, FineTuningJobEvent
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Jobs", "AsyncJobs", "JobFollower", "AsyncJobFollower"]
 
+# a method's name, or OpenAI's method object, e.g. {"type": "reinforcement", "reinforcement": {"grader": ...}}
 MethodParam = Literal["supervised", "dpo", "kto", "orpo", "simpo"] | Mapping[str, Any]
 EVENTS_PAGE = 100
 
@@ -48,7 +50,7 @@ def job_create_body(
     elif isinstance(method, str):
         method_obj = {"type": method}
     else:
-        method_obj = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in method.items()}
+        method_obj = {k: _plain(v) for k, v in method.items()}
     if hyperparameters is not None and method_obj is not None:
         kind = str(method_obj.get("type", "supervised"))
         section = dict(method_obj.get(kind) or {})
@@ -71,6 +73,14 @@ def job_create_body(
     body.update({k: v for k, v in optional.items() if v is not None})
     body.update(extra_body or {})
     return body
+
+
+def _plain(value: Any) -> Any:
+    """A method section as JSON-ready data: typed ones (ReinforcementMethod, a grader) without their unset
+    optional fields."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    return dict(value) if isinstance(value, Mapping) else value
 
 
 def _caps(
