@@ -19,6 +19,7 @@ from api.ratelimit import RateLimitMiddleware
 from api.routes import (
     api_keys,
     estimates,
+    evals,
     exports,
     files,
     fine_tuning,
@@ -29,6 +30,7 @@ from api.routes import (
     usage,
     webhooks,
 )
+from api.services.evals import evals_lifespan
 from api.services.inference import inference_lifespan
 from core.db import make_engine, migrate
 from core.ratelimit import RateLimiter
@@ -71,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = make_storage_from_settings(settings)
         _sweep_stale_uploads(app.state.storage)
         async with inference_lifespan(app):  # pooled client to the vLLM replicas
-            yield
+            async with evals_lifespan(app):  # eval runs sample through that client, in the background
+                yield
         await limiter.aclose()
         app.state.engine.dispose()
 
@@ -98,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(exports.router)
     app.include_router(estimates.router)
     app.include_router(graders.router)
+    app.include_router(evals.router)
     app.include_router(models.router)
     app.include_router(webhooks.router)
     app.include_router(inference.router)

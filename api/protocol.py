@@ -250,6 +250,9 @@ class FineTuningJobObject(OpenAIBaseModel):
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
     # Extensions.
+    # The registry model trained on: `model` itself, or the base model under the fine-tuned model a job
+    # continues (its `model` is then that ft: name or checkpoint, as sent).
+    base_model: str | None = None
     attempt: int = 0
     step: int | None = None
     total_steps: int | None = None
@@ -615,3 +618,101 @@ class ExportObject(OpenAIBaseModel):
     finished_at: int | None = None
     error: ExportError | None = None
     checks: dict[str, Any] = Field(default_factory=dict)  # what was checked before the file was offered
+
+
+# --- Evals (OpenAI's /v1/evals; docs/api.md "Evaluations") -----------------------------------------------------
+# Data source configs, data sources and testing criteria are kept as objects: core.evals checks them so that a
+# bad one is a 400 naming the exact field.
+
+
+class CreateEvalRequest(OpenAIBaseModel):
+    name: str | None = None
+    data_source_config: dict[str, Any]
+    testing_criteria: list[Any]
+    metadata: dict[str, str] | None = None
+
+
+class UpdateEvalRequest(OpenAIBaseModel):
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class EvalObject(OpenAIBaseModel):
+    id: str
+    object: Literal["eval"] = "eval"
+    created_at: int
+    name: str
+    data_source_config: dict[str, Any]
+    testing_criteria: list[dict[str, Any]]
+    metadata: dict[str, str] | None = None
+
+
+class EvalDeleted(OpenAIBaseModel):
+    object: Literal["eval.deleted"] = "eval.deleted"
+    deleted: bool = True
+    eval_id: str
+
+
+class CreateEvalRunRequest(OpenAIBaseModel):
+    name: str | None = None
+    data_source: dict[str, Any]
+    metadata: dict[str, str] | None = None
+
+
+class EvalAPIError(OpenAIBaseModel):
+    code: str
+    message: str
+
+
+class EvalResultCounts(OpenAIBaseModel):
+    total: int  # the run's items; passed + failed + errored counts those graded so far
+    errored: int
+    failed: int
+    passed: int
+
+
+class EvalPerTestingCriteriaResult(OpenAIBaseModel):
+    testing_criteria: str
+    passed: int
+    failed: int
+    mean_score: float | None = None  # extension: the criterion's mean score over the items graded
+
+
+class EvalRunObject(OpenAIBaseModel):
+    id: str
+    object: Literal["eval.run"] = "eval.run"
+    eval_id: str
+    name: str
+    model: str
+    status: Literal["queued", "in_progress", "completed", "failed", "canceled"]
+    created_at: int
+    data_source: dict[str, Any]
+    metadata: dict[str, str] | None = None
+    error: EvalAPIError | None = None
+    result_counts: EvalResultCounts
+    per_testing_criteria_results: list[EvalPerTestingCriteriaResult]
+    per_model_usage: list[dict[str, Any]] = Field(default_factory=list)
+    report_url: str  # the run on the dashboard
+    # Extensions: the report (a File, GET /v1/files/{id}/content) once completed, and when it ran.
+    report_file_id: str | None = None
+    started_at: int | None = None
+    finished_at: int | None = None
+
+
+class EvalRunDeleted(OpenAIBaseModel):
+    object: Literal["eval.run.deleted"] = "eval.run.deleted"
+    deleted: bool = True
+    run_id: str
+
+
+class EvalOutputItemObject(OpenAIBaseModel):
+    id: str
+    object: Literal["eval.run.output_item"] = "eval.run.output_item"
+    created_at: int
+    eval_id: str
+    run_id: str
+    datasource_item_id: int
+    datasource_item: dict[str, Any]
+    status: Literal["pass", "fail", "error"]
+    results: list[dict[str, Any]]
+    sample: dict[str, Any]

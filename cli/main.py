@@ -11,6 +11,7 @@ from rich.console import Console
 from cli import config_file
 from cli.budgets import budgets_app
 from cli.chat import chat
+from cli.evals import evals_app
 from cli.exports import register_export_commands
 from cli.files import files_app
 from cli.inference import inference_app
@@ -36,6 +37,7 @@ app.add_typer(inference_app, name="inference")
 app.add_typer(files_app, name="files")
 register_export_commands(jobs_app)
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(evals_app, name="evals")
 app.add_typer(config_file.config_app, name="config")
 app.add_typer(org_app, name="org")
 app.add_typer(budgets_app, name="budgets")

@@ -82,6 +82,8 @@ GENERALISATION_RATIO = 0.5
 # Without held-out data: the training set counts as learnt once an epoch's mean training loss is below this
 # (each training token predicted with ~95% probability on average).
 TRAIN_LOSS_FLOOR = -math.log(0.95)
+DEFAULT_N_CHECKPOINTS = 3  # checkpoints a job keeps (servable, exportable), as OpenAI keeps
+MAX_N_CHECKPOINTS = 20
 
 
 def longest_example_bytes(files: Iterable[Any]) -> int | None:
@@ -134,6 +136,8 @@ class _Hyperparameters(BaseModel):
     warmup_ratio: Auto | Annotated[float, Field(ge=0, le=0.5)] = "auto"
     eval_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
     checkpoint_every_steps: Auto | Annotated[int, Field(ge=1)] = "auto"
+    # ftserve extension: how many of the newest checkpoints the job keeps (older ones are deleted)
+    n_checkpoints: Auto | Annotated[int, Field(ge=1, le=MAX_N_CHECKPOINTS)] = "auto"
     # ftserve extension: "4bit" = QLoRA (bitsandbytes NF4 + double quantization; workers with bitsandbytes)
     quantization: Auto | Quantization = "auto"
     # ftserve extension: evaluate held-out loss after every epoch, stop when it rises or stops improving, and
@@ -285,6 +289,7 @@ class ResolvedHyperparameters(BaseModel):
     warmup_ratio: float
     eval_every_steps: int
     checkpoint_every_steps: int
+    n_checkpoints: int = DEFAULT_N_CHECKPOINTS  # defaulted: rows resolved before the field existed still load
     quantization: Quantization = "none"  # defaulted: rows resolved before the field existed still load
     # batch_size = micro_batch_size x gradient_accumulation_steps (defaulted for rows resolved before them)
     micro_batch_size: int = 0
@@ -506,7 +511,7 @@ def resolve_hyperparameters(
       no early stopping; an epoch is the whole batches of prompts (GRPO's sampler drops a partial one).
     - `warmup_ratio`: 0.03 (3% of steps, at least one step in practice); linear decay follows.
     - `eval_every_steps` / `checkpoint_every_steps`: ~10 evaluations and ~10 checkpoints per run (with early
-      stopping, one evaluation per epoch).
+      stopping, one evaluation per epoch). `n_checkpoints`: the newest 3 are kept, as OpenAI keeps.
     - `quantization`: "none" (auto). "4bit" loads the frozen base in NF4 (QLoRA), on workers with bitsandbytes.
     - `early_stopping`: on exactly when `n_epochs` is "auto" (then its value is a ceiling). The held-out loss
       is evaluated after every epoch (`eval_every_steps` auto = one epoch) and `early_stopping_decision`
@@ -631,6 +636,7 @@ def resolve_hyperparameters(
         checkpoint_every_steps=every_tenth
         if hp.checkpoint_every_steps == "auto"
         else hp.checkpoint_every_steps,
+        n_checkpoints=DEFAULT_N_CHECKPOINTS if hp.n_checkpoints == "auto" else hp.n_checkpoints,
         quantization="none" if hp.quantization == "auto" else hp.quantization,
         micro_batch_size=micro,
         gradient_accumulation_steps=batch_size // micro,

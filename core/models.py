@@ -474,3 +474,80 @@ class AuditLog(SQLModel, table=True):
     actor_api_key_id: str | None = Field(default=None, max_length=64)
     object_id: str | None = Field(default=None, max_length=512)
     data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+
+
+# --- Evals (issue #18): base against fine-tuned models on held-out data, scored by graders -------------------
+
+
+class Eval(SQLModel, table=True):
+    """OpenAI's eval: what an item looks like (`data_source_config`) and how a sample is graded
+    (`testing_criteria`, core.graders specs). Runs score one model each against it."""
+
+    __tablename__ = "evals"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    name: str = Field(default="", max_length=256)
+    data_source_config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    testing_criteria: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    eval_metadata: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    created_at: int = Field(default_factory=now_s)
+    deleted_at: int | None = None
+
+
+class EvalRun(SQLModel, table=True):
+    """One model sampled on an eval's items and graded. queued → in_progress → completed | failed | canceled.
+
+    The API runs it in the background (api/services/evals.py) under a lease it renews; a run whose lease expired
+    (its API process died) is picked up again and resumes after its last stored output item."""
+
+    __tablename__ = "eval_runs"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    eval_id: str = Field(index=True, max_length=64)
+    organization_id: str = Field(index=True, max_length=64)
+    name: str = Field(default="", max_length=256)
+    model: str = Field(max_length=512)
+    data_source: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    run_metadata: dict[str, str] | None = Field(default=None, sa_column=Column("metadata", JSON))
+    status: str = Field(default="queued", index=True, max_length=16)
+    # {total, errored, failed, passed}, updated as items are graded.
+    result_counts: dict[str, int] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # [{testing_criteria, passed, failed, mean_score}], one per criterion.
+    per_testing_criteria_results: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    report_file_id: str | None = Field(default=None, max_length=64)
+    # {"code", "message"} of a failed run.
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    runner_id: str | None = Field(default=None, max_length=64)
+    lease_expires_at: float | None = None
+    created_at: int = Field(default_factory=now_s)
+    started_at: int | None = None
+    finished_at: int | None = None
+    updated_at: int = Field(default_factory=now_s)
+
+
+class EvalOutputItem(SQLModel, table=True):
+    """One item of a run: the data line, the model's sample, and each criterion's score."""
+
+    __tablename__ = "eval_output_items"
+    __table_args__ = (UniqueConstraint("run_id", "datasource_item_id", name="uq_eval_output_items_run_item"),)
+
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True, max_length=64)
+    run_id: str = Field(index=True, max_length=64)
+    eval_id: str = Field(max_length=64)
+    datasource_item_id: int
+    datasource_item: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # pass | fail | error
+    status: str = Field(max_length=16)
+    # [{name, type, score, passed, sample?, error?}], one per criterion.
+    results: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # {input, output, model, finish_reason, usage, error, seed, temperature, max_completion_tokens, top_p}
+    sample: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: int = Field(default_factory=now_s)

@@ -116,11 +116,16 @@ def load_model_with_lora(
     attn_implementation: str,
     seed: int,
     use_unsloth: bool | None,
+    parent_adapter: Path | None = None,
 ) -> LoadedModel:
-    """The base model with a fresh LoRA adapter, on the fastest path this worker has for it."""
+    """The base model with a fresh LoRA adapter, on the fastest path this worker has for it. With
+    `parent_adapter` (continued training), that adapter is merged into the base weights first
+    (`gpu_worker.parent_adapter.merge_into`), so the new LoRA trains on the parent model."""
     from transformers import AutoConfig
 
     quant = getattr(hp, "quantization", "none")
+    if quant == "4bit" and parent_adapter is not None:
+        raise AccelerationUnavailable("a parent adapter cannot be merged into 4-bit weights exactly")
     if quant == "4bit" and not bnb_4bit_available():
         raise AccelerationUnavailable(
             "quantization '4bit' (QLoRA) needs bitsandbytes >= {}.{}, which this worker lacks".format(
@@ -134,7 +139,9 @@ def load_model_with_lora(
         why_not = _unsloth_unusable(cuda, model_config, hp.max_seq_length)
         if why_not is None:
             try:
-                model = _load_unsloth(path, hp, dtype=dtype, quant=quant, gc=gc, seed=seed)
+                model = _load_unsloth(
+                    path, hp, dtype=dtype, quant=quant, gc=gc, seed=seed, parent=parent_adapter
+                )
                 return LoadedModel(model, "unsloth", quant, gc, ["unsloth FastLanguageModel"])
             except Exception as exc:  # noqa: BLE001 (any unsloth failure: fall back, and say why)
                 why_not = f"unsloth failed to load the model ({type(exc).__name__}: {str(exc)[:300]})"
@@ -142,7 +149,9 @@ def load_model_with_lora(
             raise AccelerationUnavailable(f"use_unsloth=True but {why_not}")
         if cuda:
             notes.append(f"unsloth not used: {why_not}; training with transformers + peft")
-    model = _load_transformers(path, hp, dtype=dtype, quant=quant, gc=gc, attn=attn_implementation)
+    model = _load_transformers(
+        path, hp, dtype=dtype, quant=quant, gc=gc, attn=attn_implementation, parent=parent_adapter
+    )
     return LoadedModel(model, "transformers", quant, gc, notes)
 
 
@@ -166,7 +175,9 @@ def _unsloth_unusable(cuda: bool, model_config: Any, max_seq_length: int) -> str
     return None
 
 
-def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, attn: str) -> Any:
+def _load_transformers(
+    path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, attn: str, parent: Path | None = None
+) -> Any:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -181,6 +192,10 @@ def _load_transformers(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, g
         kwargs["device_map"] = {"": torch.cuda.current_device() if torch.cuda.is_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.config.use_cache = False  # no KV cache during training
+    if parent is not None:
+        from gpu_worker.parent_adapter import merge_into
+
+        merge_into(model, parent)
     if quant == "4bit":
         # Norms and embeddings in fp32, inputs that require grad: the standard QLoRA preparation.
         model = prepare_model_for_kbit_training(
@@ -216,7 +231,9 @@ def unsloth_target_modules(targets: list[str] | str) -> list[str]:
     return list(UNSLOTH_ALL_LINEAR) if targets == "all-linear" else list(targets)
 
 
-def _load_unsloth(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, seed: int) -> Any:
+def _load_unsloth(
+    path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bool, seed: int, parent: Path | None = None
+) -> Any:
     """unsloth 2026.10.9: keywords as in FastLanguageModel.from_pretrained (unsloth/models/loader.py:1241-1274)
     and FastLlamaModel.get_peft_model (unsloth/models/llama.py:4569-4592). Not yet run on a GPU: the unsloth test in
     tests/gpu_worker/test_cuda.py is its check."""
@@ -234,6 +251,10 @@ def _load_unsloth(path: Path, hp: Any, *, dtype: torch.dtype, quant: str, gc: bo
         trust_remote_code=False,
         use_gradient_checkpointing="unsloth" if gc else False,
     )
+    if parent is not None:
+        from gpu_worker.parent_adapter import merge_into
+
+        merge_into(model, parent)
     return FastLanguageModel.get_peft_model(
         model,
         r=hp.lora_rank,

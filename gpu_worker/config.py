@@ -102,6 +102,15 @@ class TrainJobConfig:
             "`chat_template`); None: the tokenizer's"
         },
     )
+    parent_adapter: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Continued training: the local directory of the fine-tuned model's adapter to start from "
+            "(adapter_config.json, adapter_model.safetensors over the same base). It is merged into the base "
+            "weights before the new LoRA is attached; checkpoints and the final adapter store both as one LoRA "
+            "(gpu_worker.parent_adapter)."
+        },
+    )
     grader: dict[str, Any] | None = field(
         default=None,
         metadata={
@@ -126,6 +135,8 @@ class TrainJobConfig:
             self.resume_from_checkpoint = Path(self.resume_from_checkpoint)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
+        if self.parent_adapter is not None:
+            self.parent_adapter = Path(self.parent_adapter)
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.method != self.hyperparameters.method:

@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 
 from core import ids, jobs, webhooks
 from core.db import session_scope
+from core.hyperparameters import DEFAULT_N_CHECKPOINTS
 from core.models import FineTuningJob, JobCheckpoint, now_s
 from core.pricing import training_cost
 from core.settings import Settings
@@ -37,7 +38,6 @@ log = logging.getLogger("ftserve.worker.reporter")
 T = TypeVar("T")
 
 MANIFEST = "_COMPLETE.json"
-KEEP_CHECKPOINTS = 3
 # The metric keys OpenAI shows on metrics events and checkpoints, and the two extra we report when known.
 METRIC_KEYS = (
     "step",
@@ -176,7 +176,7 @@ class DbReporter:
         owner: str | None = None,
         shutdown: threading.Event | None = None,
         flush_interval_s: float = 0.25,
-        keep_checkpoints: int = KEEP_CHECKPOINTS,
+        keep_checkpoints: int = DEFAULT_N_CHECKPOINTS,  # the job's n_checkpoints
         on_tokens: Callable[[int, float], None] | None = None,
         caps: JobCaps | None = None,
     ) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core import exports, ids
+from core.continuation import base_model_of
 from core.db import make_engine, session_scope
 from core.model_registry import get_base_model
 from core.models import File, FineTunedModel, FineTuningJob, JobCheckpoint, JobExport, now_s
@@ -150,7 +151,7 @@ class ExportAttempt:
         with Session(self.engine) as session:
             job = session.exec(select(FineTuningJob).where(FineTuningJob.id == export.job_id)).one()
             prefix = _source_prefix(session, export)
-        base = get_base_model(self.settings, job.model)
+        base = get_base_model(self.settings, base_model_of(job))
         adapter = download_adapter(
             self.storage, prefix, self.work_dir / "source", checkpoint=export.checkpoint_step is not None
         )

@@ -51,6 +51,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from core import ids, jobs
+from core.continuation import base_model_of, parent_of, requested_hyperparameters, resolve_parent
 from core.db import make_engine, session_scope
 from core.errors import FtserveError
 from core.graders import score_model_names
@@ -306,7 +307,7 @@ class Attempt:
         params, context = model_size(model_dir)
         resolved = resolve_hyperparameters(
             job.method_type,
-            requested.model_validate(job.hyperparameters),
+            requested.model_validate(requested_hyperparameters(job)),
             n_examples=n_examples,
             base_model_params=params,
             base_model_max_length=context,
@@ -370,6 +371,28 @@ class Attempt:
             return local
         return None
 
+    def _download_parent(self, job: FineTuningJob) -> Path | None:
+        """Continued training: the adapter of the fine-tuned model (or checkpoint) the job starts from, looked up
+        again (deleted or expired since the job was created: the job fails, naming `model`)."""
+        from gpu_worker.parent_adapter import ParentAdapterError, download
+
+        if parent_of(job) is None:
+            return None
+
+        def read() -> str:
+            with Session(self.engine) as session:
+                parent = resolve_parent(session, organization_id=job.organization_id, model=job.model)
+            return parent.adapter_prefix
+
+        try:
+            prefix = ride_out_db_outage("reading the parent model", read)
+            return download(self.storage, prefix, self.work_dir / "parent")
+        except (FtserveError, ParentAdapterError) as exc:
+            message = exc.message if isinstance(exc, FtserveError) else str(exc)
+            raise JobFailure(
+                "parent_model_unavailable", f"The model {job.model} cannot be continued: {message}", "model"
+            ) from None
+
     def _apply_pinning(self) -> None:
         """Cap this process's CUDA memory at the job's reservation where the worker asked for it, and record the
         placement it trains on (CUDA_VISIBLE_DEVICES as this process got it, the cap, the fraction applied)."""
@@ -406,13 +429,13 @@ class Attempt:
 
         org_name = ride_out_db_outage("reading the organization", read) or job.organization_id
         return jobs.fine_tuned_model_name(
-            base_model=job.model, org_name=org_name, suffix=job.suffix, job_id=job.id
+            base_model=base_model_of(job), org_name=org_name, suffix=job.suffix, job_id=job.id
         )
 
     def _train(self, job: FineTuningJob) -> None:
         from gpu_worker.config import TrainJobConfig
 
-        base = get_base_model(self.settings, job.model)
+        base = get_base_model(self.settings, base_model_of(job))
         training = self._download_file(job.training_file, "training")
         validation = self._download_file(job.validation_file, "validation") if job.validation_file else None
         longest = longest_example_bytes([training, validation] if validation else [training])
@@ -425,6 +448,7 @@ class Attempt:
         from gpu_worker.train import run_training
 
         resume = self._resume_checkpoint()
+        parent = self._download_parent(job)
         model_name = self._model_name(job)
         reporter = DbReporter(
             engine=self.engine,
@@ -437,6 +461,7 @@ class Attempt:
             shutdown=self.shutdown,
             on_tokens=self.on_tokens,
             caps=self._caps(job, hyperparameters),
+            keep_checkpoints=hyperparameters.n_checkpoints,
         )
         self.reporter = reporter
         if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
@@ -454,6 +479,7 @@ class Attempt:
             hyperparameters=hyperparameters,
             seed=job.seed,
             resume_from_checkpoint=resume,
+            parent_adapter=parent,
             cache_dir=self.settings.data_dir / "cache" / "tokenized",  # retries and resumes skip tokenising
             grader=job.hyperparameters.get("grader") if job.method_type == "reinforcement" else None,
             grader_servers=self._grader_servers(job),
@@ -508,7 +534,7 @@ class Attempt:
             with session_scope(self.engine) as session:
                 record_training_usage(
                     session, self.settings, organization_id=job.organization_id, job_id=job.id,
-                    attempt=self.attempt, model=job.model, gpu_class=gpu_class_of(job.gpu_name),
+                    attempt=self.attempt, model=base_model_of(job), gpu_class=gpu_class_of(job.gpu_name),
                     trained_tokens=tokens, gpu_seconds=seconds,
                 )  # fmt: skip
 
@@ -609,7 +635,7 @@ class Attempt:
                         id=model_name,
                         organization_id=job.organization_id,
                         job_id=self.job_id,
-                        base_model=job.model,
+                        base_model=base_model_of(job),
                         adapter_prefix=adapter_prefix + "/",
                     )
                 )
@@ -632,7 +658,7 @@ class Attempt:
             validate_adapter(
                 adapter_dir,
                 max_lora_rank=self.settings.vllm_max_lora_rank,
-                base_model_dir=get_base_model(self.settings, job.model).path,
+                base_model_dir=get_base_model(self.settings, base_model_of(job)).path,
             )
         except AdapterRejected as exc:
             raise JobFailure(exc.code or "adapter_not_servable", exc.message) from None

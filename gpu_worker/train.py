@@ -14,6 +14,12 @@ and writes nothing more; "pause" writes a checkpoint at the current step first. 
 checkpoint as `resume_from_checkpoint` and continues at the same step, with optimizer, scheduler, RNG and data
 order restored, so its losses match an uninterrupted run.
 
+Continued training (`config.parent_adapter`: the job's `model` is a fine-tuned model or checkpoint): the parent
+adapter is merged into the base weights before the new LoRA is attached, so training starts from the parent model
+and DPO's/KTO's reference (the model under the fresh, zero LoRA) is the parent model too. Every checkpoint and the final
+adapter are stored as one exact LoRA over the base (the parent's and the new one concatenated, rank r1 + r2), with
+the new LoRA alone beside it for resuming (`gpu_worker.parent_adapter`, docs/training.md#continue-training).
+
 Early stopping (`hp.early_stopping`, on for "auto" epochs): the loss on held-out examples (the validation
 file's, else `hp.holdout_examples` training examples held out by the job's seed) and on as many trained-on ones,
 before training and after every epoch, decides whether to go on, and which epoch's weights become the adapter
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +54,7 @@ from transformers import AutoTokenizer, TrainerCallback  # noqa: E402
 
 from core import graders  # noqa: E402
 from core.hyperparameters import ResolvedHyperparameters, holdout_indices  # noqa: E402
-from gpu_worker import early_stopping, packing, rl  # noqa: E402
+from gpu_worker import early_stopping, packing, parent_adapter, rl  # noqa: E402
 from gpu_worker.config import TrainJobConfig  # noqa: E402
 from gpu_worker.data import (  # noqa: E402
     TrainingDataError,
@@ -156,16 +163,22 @@ def _run(
         batching, why = packing.preferred_batching(model_config, hp.max_seq_length)
     attn = packing.register_varlen_attention() if batching == "padding_free" else "sdpa"
 
-    # -- model + LoRA --------------------------------------------------------------------------------------
+    # -- model + LoRA (continued training: on the base with the parent adapter merged in) -------------------
     # Seed *before* LoRA is attached: adapter init consumes RNG, and a resumed run must see the same stream.
     transformers.set_seed(config.seed)
     loaded = accel.load_model_with_lora(
         config.base_model_path, hp, cuda=cuda, dtype=dtype, n_params=n_params_est, attn_implementation=attn,
-        seed=config.seed, use_unsloth=config.use_unsloth,
+        seed=config.seed, use_unsloth=config.use_unsloth, parent_adapter=config.parent_adapter,
     )  # fmt: skip
     peft_model = loaded.model
     for note in loaded.notes:
         reporter.event(f"Training backend: {note}", data={"backend": loaded.backend})
+    if config.parent_adapter is not None:
+        reporter.event(
+            f"Continuing from the fine-tuned model's adapter (merged into the base weights); a new LoRA of rank "
+            f"{hp.lora_rank} trains on top, stored together with it as one adapter",
+            data={"lora_rank": hp.lora_rank},
+        )
     if batching in ("padding_free", "bfd"):
         try:  # prove on this very model that packed rows give the logits of separate ones
             packing.packing_is_exact(peft_model, batching, tokenizer.pad_token_id)
@@ -227,6 +240,7 @@ def _run(
     bridge = _ReporterBridge(
         reporter, hp.total_steps, tokens_per_epoch, stopping=stopping,
         held_ds=None if stop_held_ds is eval_ds else stop_held_ds, seen_ds=seen_ds, reward=reward,
+        parent_adapter=config.parent_adapter,
     )  # fmt: skip
     trainer: Any
     if reward is not None:
@@ -308,6 +322,12 @@ def _run(
         saved_state = json.loads(state_file.read_text())
         resumed_step = saved_state["global_step"]
         resume = str(config.resume_from_checkpoint)
+        if config.parent_adapter is not None:  # resume the new LoRA, not the stored concatenation
+            parent_adapter.restore_trained(config.resume_from_checkpoint)
+        # TRL's DPO trainer keeps its reference as a second adapter, "ref" (a frozen copy of the seeded initial
+        # one, which it makes again here), saved in a subdirectory; with one there, the HF Trainer would load
+        # only the subdirectories' adapters and resume from an untrained "default".
+        shutil.rmtree(config.resume_from_checkpoint / "ref", ignore_errors=True)
         if stopping is not None:
             stopping.load(config.resume_from_checkpoint)
         reporter.event(
@@ -347,6 +367,8 @@ def _run(
             result.metrics["kept_epoch"] = result.early_stopping["kept_epoch"]
     adapter_dir = config.output_dir / "adapter"
     trainer.model.save_pretrained(adapter_dir, safe_serialization=True)
+    if config.parent_adapter is not None:  # one LoRA over the base: the parent's and the new one concatenated
+        parent_adapter.make_servable(adapter_dir, config.parent_adapter)
     tokenizer.save_pretrained(adapter_dir)  # carries the chat template the adapter was trained with
     result.adapter_dir = adapter_dir
     if valid_ds is not None:
@@ -506,7 +528,7 @@ class _ReporterBridge(TrainerCallback):
     def __init__(
         self, reporter: TrainingReporter, total_steps: int, tokens_per_epoch: int, *,
         stopping: early_stopping.EarlyStopping | None = None, held_ds: Any = None, seen_ds: Any = None,
-        reward: rl.GraderReward | None = None,
+        reward: rl.GraderReward | None = None, parent_adapter: Path | None = None,
     ) -> None:  # fmt: skip
         self.reporter = reporter
         self.total_steps = total_steps
@@ -523,6 +545,7 @@ class _ReporterBridge(TrainerCallback):
         self.steps_per_epoch = 0
         self.inner = False  # inside our own evaluation: its callbacks are not the run's
         self.reward = reward  # reinforcement: the grader, which counts the sampled (trained) tokens
+        self.parent_adapter = parent_adapter  # continued training: checkpoints store the parent's LoRA too
 
     def trained_tokens(self, epoch: float | None) -> int:
         """So far in the whole job: the sampled completion tokens (reinforcement), else the file's loss-bearing
@@ -655,6 +678,8 @@ class _ReporterBridge(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if self.stopping is not None:
             self.stopping.save(ckpt)
+        if self.parent_adapter is not None:  # servable and exportable like any checkpoint
+            parent_adapter.make_servable(ckpt, self.parent_adapter)
         metrics = dict(self.history[-1]) if self.history else {"step": state.global_step}
         self.reporter.checkpoint(state.global_step, ckpt, metrics)
 

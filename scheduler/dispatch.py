@@ -27,6 +27,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from core import jobs, metrics, webhooks
+from core.continuation import base_model_of, requested_hyperparameters
 from core.db import session_scope
 from core.errors import FtserveError
 from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, longest_example_bytes
@@ -70,13 +71,14 @@ def count_job_tokens(
     fails the job or None, a note for the event log or None). Examples longer than the job can hold fail it
     now, naming their lines, rather than minutes later on a worker. A model without a countable tokenizer (or a
     file the counter cannot render) leaves the sizing to the bytes bound and the checks to the worker."""
-    base = get_base_model(settings, job.model)
+    model = base_model_of(job)
+    base = get_base_model(settings, model)
     explicit = job.hyperparameters.get("max_seq_length")
     context = base.context_length()
     limit = (
         explicit if isinstance(explicit, int) else min(context or MAX_AUTO_SEQ_LENGTH, MAX_AUTO_SEQ_LENGTH)
     )
-    record: dict[str, Any] = {"model": job.model, "max_seq_length": limit}
+    record: dict[str, Any] = {"model": model, "max_seq_length": limit}
     try:
         for kind, row in rows:
             counts = count_stored_file(
@@ -97,7 +99,7 @@ def count_job_tokens(
                     "param": f"{kind}_file",
                     "message": (
                         f"{counts_of['over_limit']} examples of the {kind} file are longer than max_seq_length "
-                        f"{limit} tokens with {job.model}'s tokenizer (lines {lines}{f' and {more} more' if more else ''}; "
+                        f"{limit} tokens with {model}'s tokenizer (lines {lines}{f' and {more} more' if more else ''}; "
                         f"the longest, line {counts_of['longest_example_line']}, has "
                         f"{counts_of['longest_example_tokens']}). Shorten or split them, or raise max_seq_length."
                     ),
@@ -119,9 +121,9 @@ def estimate_fields(
     try:
         estimates = estimate_request(
             settings,
-            model=job.model,
+            model=base_model_of(job),
             method_type=job.method_type,
-            hyperparameters=job.hyperparameters,
+            hyperparameters=requested_hyperparameters(job),
             n_examples=n_examples,
             longest_example_bytes=longest_example_bytes,
             longest_example_tokens=longest_example_tokens,
@@ -726,7 +728,7 @@ def update_forecasts(
         if job.estimated_finish:
             return max(0.0, job.estimated_finish - now)
         total = job.total_steps or (job.vram_estimate or {}).get("total_steps") or 100
-        return max(0.0, (total - job.step) * rate(job.model))
+        return max(0.0, (total - job.step) * rate(base_model_of(job)))
 
     running = [
         (

@@ -10,10 +10,11 @@ from typing import Any
 from sqlmodel import Session, col, func, select
 
 from api.protocol import CreateEstimateRequest, EstimatedCost, EstimateObject, FileTokenCounts, GpuFit
-from api.services.job_requests import fine_tune_file, method_and_hyperparameters
+from api.services.job_requests import base_model_for, fine_tune_file, method_and_hyperparameters
+from core.continuation import CONTINUED_FROM
 from core.errors import InvalidRequestError
 from core.hyperparameters import MAX_AUTO_SEQ_LENGTH, ResolvedHyperparameters, longest_example_bytes
-from core.model_registry import get_base_model, load_registry
+from core.model_registry import get_base_model
 from core.models import File, FineTuningJob, Organization
 from core.pricing import CPU_CLASS, estimate_cost
 from core.queue import WorkerInfo, live_workers
@@ -133,22 +134,18 @@ async def create_estimate(
                 param="max_seq_length",
             )
         hyperparameters["max_seq_length"] = request.max_seq_length
-    if request.model not in load_registry(settings):
-        known = ", ".join(sorted(load_registry(settings))) or "none registered"
-        raise InvalidRequestError(
-            f"The model '{request.model}' does not exist or cannot be fine-tuned (base models: {known}).",
-            param="model",
-            code="model_not_found",
-        )
+    # An ft: model is estimated as the job continuing it would train: on its base model, with its LoRA shape.
+    base_model = base_model_for(
+        session, settings, org=org, model=request.model, hyperparameters=hyperparameters, param=param
+    )
+    hyperparameters.pop(CONTINUED_FROM, None)
     n_examples, longest, row = _n_examples(session, org, request, method)
     token_notes: list[str] = []
-    tokens = _tokens(
-        settings, storage, request.model, row, hyperparameters.get("max_seq_length"), token_notes
-    )
+    tokens = _tokens(settings, storage, base_model, row, hyperparameters.get("max_seq_length"), token_notes)
     try:
         estimates = estimate_request(
             settings,
-            model=request.model,
+            model=base_model,
             method_type=method,
             hyperparameters=hyperparameters,
             n_examples=n_examples,
@@ -158,7 +155,7 @@ async def create_estimate(
         )
     except EstimateError as exc:
         raise InvalidRequestError(
-            f"Cannot size the model '{request.model}': {exc}", param="model", code="model_not_sizable"
+            f"Cannot size the model '{base_model}': {exc}", param="model", code="model_not_sizable"
         ) from None
     gpu, cpu = estimates.gpu, estimates.cpu
     hp = estimates.hyperparameters
@@ -254,7 +251,7 @@ async def create_estimate(
         parameters=gpu.parameters,
         trainable_parameters=gpu.trainable_parameters,
         tokens_per_micro_batch=gpu.tokens_per_micro_batch,
-        tokens=FileTokenCounts(model=request.model, **tokens.as_dict()) if tokens else None,
+        tokens=FileTokenCounts(model=base_model, **tokens.as_dict()) if tokens else None,
         trained_tokens=trained,
         hyperparameters={
             "batch_size": hp.batch_size,

@@ -23,6 +23,7 @@ from api.protocol import (
 )
 from api.services.idempotency import check_idempotency_key, key_expired, key_holder, key_reused, release_key
 from api.services.job_requests import (
+    base_model_for,
     check_grader_fields,
     fine_tune_file,
     grader_of,
@@ -30,8 +31,8 @@ from api.services.job_requests import (
 )
 from api.services.pagination import paginate
 from core import ids, jobs
+from core.continuation import CONTINUED_FROM, base_model_of
 from core.errors import ConflictError, InvalidRequestError, NotFoundError, QuotaExceededError
-from core.model_registry import load_registry
 from core.models import FineTuningJob, JobCheckpoint, JobEvent, Organization, now_s
 from core.settings import Settings
 from core.storage import Storage
@@ -138,22 +139,10 @@ def create_job(
         expired = earlier
 
     method_type, hyperparameters, param = method_and_hyperparameters(request)
-    rank = hyperparameters.get("lora_rank")
-    if isinstance(rank, int) and rank > settings.vllm_max_lora_rank:
-        # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
-        raise InvalidRequestError(
-            f"lora_rank {rank} is above this server's max_lora_rank {settings.vllm_max_lora_rank}; "
-            "such an adapter could not be served.",
-            param=f"{param}.lora_rank",
-            code="invalid_hyperparameter",
-        )
-    if request.model not in load_registry(settings):
-        known = ", ".join(sorted(load_registry(settings))) or "none registered"
-        raise InvalidRequestError(
-            f"The model '{request.model}' does not exist or cannot be fine-tuned (base models: {known}).",
-            param="model",
-            code="model_not_found",
-        )
+    # An ft: model continues that model's training (core.continuation); the job keeps the name it was given.
+    base_model_for(
+        session, settings, org=org, model=request.model, hyperparameters=hyperparameters, param=param
+    )
     if request.suffix is not None and SUFFIX_FORBIDDEN & set(request.suffix):
         raise InvalidRequestError("suffix may not contain ':', '/' or whitespace.", param="suffix")
     _check_metadata(request.metadata)
@@ -252,7 +241,8 @@ def _hyperparameters_out(job: FineTuningJob) -> dict[str, Any]:
         out["beta"] = "auto"
     if job.method_type == "reinforcement":
         out.update(dict.fromkeys(RL_HYPERPARAMETERS, "auto"), reasoning_effort="default")
-    out.update({k: v for k, v in job.hyperparameters.items() if k != "grader"})  # the grader is the method's
+    # the grader is the method's; a continued job's parent is its `model` (and `continued_from`)
+    out.update({k: v for k, v in job.hyperparameters.items() if k not in ("grader", CONTINUED_FROM)})
     resolved = job.resolved_hyperparameters or {}
     for name, value in resolved.items():
         if out.get(name) == "auto":
@@ -296,6 +286,7 @@ def job_object(job: FineTuningJob) -> FineTuningJobObject:
         method=_method_out(job, hyperparameters),
         metadata=job.job_metadata,
         user_provided_suffix=job.suffix,
+        base_model=base_model_of(job),
         attempt=job.attempt,
         step=job.step,
         total_steps=job.total_steps,

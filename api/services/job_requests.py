@@ -10,10 +10,13 @@ from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
 from api.protocol import CreateEstimateRequest, CreateFineTuningJobRequest
+from core.continuation import is_fine_tuned_name, resolve_parent, take_parent_shape
 from core.errors import InvalidRequestError
 from core.graders import Grader, GraderError, check_grader, missing_fields
 from core.hyperparameters import hyperparameters_model
+from core.model_registry import load_registry
 from core.models import File, Organization
+from core.settings import Settings
 from core.storage import Storage
 
 
@@ -73,6 +76,55 @@ def method_and_hyperparameters(
             grader  # kept with the hyperparameters: the worker and the job object read it there
         )
     return method_type, values, param
+
+
+def base_model_for(
+    session: Session,
+    settings: Settings,
+    *,
+    org: Organization,
+    model: str,
+    hyperparameters: dict[str, Any],
+    param: str,
+) -> str:
+    """The registry model a job on `model` trains: `model` itself, or, for a fine-tuned model or checkpoint of
+    the organization, its base model. A continued job takes its parent's LoRA shape into `hyperparameters`
+    (core.continuation). Refuses what could not be served: a rank above vLLM's max_lora_rank."""
+    parent = None
+    if is_fine_tuned_name(model):
+        parent = resolve_parent(session, organization_id=org.id, model=model)
+        take_parent_shape(parent, hyperparameters, param=param)
+        base = parent.base_model
+    else:
+        base = model
+    registry = load_registry(settings)
+    if base not in registry:
+        known = ", ".join(sorted(registry)) or "none registered"
+        raise InvalidRequestError(
+            f"The model '{base}' does not exist or cannot be fine-tuned (base models: {known}).",
+            param="model",
+            code="model_not_found",
+        )
+    rank = hyperparameters.get("lora_rank")
+    limit = settings.vllm_max_lora_rank
+    if parent is not None and isinstance(rank, int) and rank + parent.served_lora_rank > limit:
+        # The stored adapter concatenates the parent's and the new LoRA (gpu_worker/parent_adapter.py).
+        raise InvalidRequestError(
+            f"Continuing '{model[:300]}' would store an adapter of rank {rank + parent.served_lora_rank} (its "
+            f"{parent.served_lora_rank} plus a new {rank}), above this server's max_lora_rank {limit}; such an "
+            "adapter could not be served. Continue from a model with fewer rounds of training behind it.",
+            param="model",
+            code="invalid_hyperparameter",
+        )
+    if isinstance(rank, int) and rank > limit:
+        # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
+        raise InvalidRequestError(
+            f"lora_rank {rank} is above this server's max_lora_rank {limit}; such an adapter could not be "
+            "served.",
+            param=f"{param}.lora_rank",
+            code="invalid_hyperparameter",
+        )
+    return base
 
 
 def _reinforcement_grader(section: Any, raw: dict[str, Any] | None) -> dict[str, Any]:

@@ -80,10 +80,11 @@ def resolve_adapter(session: Session, *, organization_id: str, model_id: str) ->
 
 
 def _job_base_model(session: Session, job_id: str) -> str:
+    from core.continuation import base_model_of
     from core.models import FineTuningJob
 
     job = session.exec(select(FineTuningJob).where(FineTuningJob.id == job_id)).one()
-    return job.model
+    return base_model_of(job)  # a continued job's `model` is the ft: model it started from
 
 
 def set_adapter_version(engine: Engine, adapter_id: str, version: str, rel_path: str) -> None:

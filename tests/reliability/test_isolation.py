@@ -28,6 +28,9 @@ ID_KINDS: dict[str, tuple[str, str]] = {
     "endpoint_id": ("endpoint_id", "whep_000000000000000000000000"),
     "export_id": ("export_id", "ftexp-000000000000000000000000"),
     "key_id": ("key_id", "key-000000000000000000000000"),
+    "eval_id": ("eval_id", "eval_000000000000000000000000"),
+    "run_id": ("run_id", "evalrun_000000000000000000000000"),
+    "output_item_id": ("output_item_id", "outputitem_000000000000000000000000"),
 }
 # Path parameters that are not object ids.
 NOT_OBJECT_IDS = {("/ui/static/{path:path}", "path"), ("/ui/{page:path}", "page")}
@@ -37,6 +40,15 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/webhook_endpoints/{endpoint_id}"): {"name": "owned", "url": "http://127.0.0.1:9/evil"},
     ("PATCH", "/v1/webhook_endpoints/{endpoint_id}"): {"name": "owned", "url": "http://127.0.0.1:9/evil"},
     ("POST", "/v1/webhook_endpoints/{endpoint_id}/test"): {"event_type": "fine_tuning.job.succeeded"},
+    ("POST", "/v1/evals/{eval_id}"): {"name": "owned"},
+    ("POST", "/v1/evals/{eval_id}/runs"): {
+        "data_source": {
+            "type": "completions",
+            "model": "demo-tiny",
+            "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+            "source": {"type": "file_content", "content": [{"item": {"messages": []}}]},
+        }
+    },
     ("POST", "/v1/webhook_endpoints/{endpoint_id}/rotate_secret"): {
         "keep_old_secret_active_for_24_hours": False
     },

@@ -28,6 +28,9 @@ class Tenant:
     endpoint_id: str
     export_id: str
     key_id: str = ""  # the id (key-...) of `key`
+    eval_id: str = ""
+    run_id: str = ""  # a completed run of eval_id
+    output_item_id: str = ""  # an output item of run_id
 
 
 def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
@@ -36,6 +39,8 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
     from core import ids, jobs
     from core.models import (
         ApiKey,
+        EvalOutputItem,
+        EvalRun,
         FineTunedModel,
         JobCheckpoint,
         JobExport,
@@ -65,6 +70,15 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
     )
     assert resp.status_code == 200, resp.text
     endpoint_id = resp.json()["id"]
+    resp = client.post(
+        "/v1/evals",
+        headers=headers,
+        json={"data_source_config": {"type": "custom", "item_schema": {"type": "object"}},
+              "testing_criteria": [{"type": "string_check", "name": "eq", "input": "{{ sample.output_text }}",
+                                    "reference": "a", "operation": "eq"}]},
+    )  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    eval_id = resp.json()["id"]
 
     engine = make_engine(settings.resolved_database_url)
     with Session(engine) as session:
@@ -138,7 +152,26 @@ def seed_tenant(client: TestClient, settings: Settings, org: str) -> Tenant:
                 response_status_code=500,
             )
         )
+        # A finished run (no runner takes it up) and its output item, as the API's eval runner makes them.
+        run_id, output_item_id = ids.new_id("evalrun_"), ids.new_id("outputitem_")
+        session.add(EvalRun(id=run_id, eval_id=eval_id, organization_id=org_row.id, model="demo-tiny",
+                            status="completed", data_source={}, result_counts={"total": 1, "errored": 0,
+                            "failed": 0, "passed": 1}))  # fmt: skip
+        session.add(EvalOutputItem(id=output_item_id, run_id=run_id, eval_id=eval_id, datasource_item_id=0,
+                                   datasource_item={}, status="pass", results=[], sample={}))  # fmt: skip
         session.commit()
         key_id = session.exec(select(ApiKey.id).where(ApiKey.organization_id == org_row.id)).one()
     engine.dispose()
-    return Tenant(key, file_id, job_id, model_id, checkpoint_model_id, endpoint_id, export_id, key_id)
+    return Tenant(
+        key,
+        file_id,
+        job_id,
+        model_id,
+        checkpoint_model_id,
+        endpoint_id,
+        export_id,
+        key_id,
+        eval_id,
+        run_id,
+        output_item_id,
+    )

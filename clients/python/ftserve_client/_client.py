@@ -12,6 +12,7 @@ from ._base_client import NOT_GIVEN, AsyncAPIClient, NotGiven, SyncAPIClient, Ti
 from ._constants import DEFAULT_MAX_RETRIES
 from .resources.chat import AsyncChat, Chat
 from .resources.estimates import AsyncEstimates, Estimates
+from .resources.evals import AsyncEvals, Evals
 from .resources.files import AsyncFiles, Files
 from .resources.fine_tuning import AsyncFineTuning, FineTuning
 from .resources.models import AsyncModels, Models
@@ -70,6 +71,10 @@ class Client(SyncAPIClient):
     @cached_property
     def estimates(self) -> Estimates:
         return Estimates(self)
+
+    @cached_property
+    def evals(self) -> Evals:
+        return Evals(self)
 
     @cached_property
     def webhooks(self) -> Webhooks:
@@ -151,6 +156,10 @@ class AsyncClient(AsyncAPIClient):
     @cached_property
     def estimates(self) -> AsyncEstimates:
         return AsyncEstimates(self)
+
+    @cached_property
+    def evals(self) -> AsyncEvals:
+        return AsyncEvals(self)
 
     @cached_property
     def webhooks(self) -> AsyncWebhooks:

@@ -1,6 +1,7 @@
 // The dashboard shell: sign-in, navigation (History API under /ui) and page lifecycles.
 import { ApiError, UI, api, clearKey, getKey, setKey, setUnauthorizedHandler } from "./api.js";
 import { alertBox, clear, h } from "./dom.js";
+import * as evals from "./pages/evals.js";
 import * as files from "./pages/files.js";
 import * as job from "./pages/job.js";
 import * as jobs from "./pages/jobs.js";
@@ -15,6 +16,8 @@ const ROUTES = [
   { pattern: /^\/jobs\/?$/, page: jobs, nav: "jobs", title: "Jobs" },
   { pattern: /^\/playground\/?$/, page: playground, nav: "playground", title: "Playground" },
   { pattern: /^\/usage\/?$/, page: usage, nav: "usage", title: "Usage" },
+  { pattern: /^\/evals\/([^/]+)\/?$/, page: evals, nav: "evals", title: "Eval" },
+  { pattern: /^\/evals\/?$/, page: evals, nav: "evals", title: "Evals" },
 ];
 
 const main = document.getElementById("main");
