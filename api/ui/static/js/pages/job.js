@@ -34,6 +34,8 @@ const MAX_EVENT_ROWS = 300;
 const TRAIN_COLOR = "#4f46e5";
 const VALID_COLOR = "#c2410c";
 const REWARD_COLOR = "#15803d"; // green: a score that should rise
+const REWARD_BAND_COLOR = "rgba(21, 128, 61, 0.15)";
+const REWARD_BAND_LOWER = "Reward − std";
 
 export function render(main, { params }) {
   const jobId = params[0];
@@ -297,9 +299,13 @@ export function render(main, { params }) {
     const train = series("train_loss");
     const valid = series("valid_loss");
     const reward = series("train_reward_mean"); // reinforcement jobs: the grader's mean score per step
+    // The spread of the step's rewards, drawn as a band of mean ± std around the mean.
+    const rewardStd = new Map(series("train_reward_std").map((p) => [p.x, p.y]));
+    const band = (sign) => reward.map((p) => ({ x: p.x, y: p.y + sign * (rewardStd.get(p.x) ?? 0) }));
     canvas.dataset.trainPoints = String(train.length);
     canvas.dataset.validPoints = String(valid.length);
     canvas.dataset.rewardPoints = String(reward.length);
+    canvas.dataset.rewardStdPoints = String(rewardStd.size);
     if (!train.length && !valid.length && !reward.length) return;
     chartEmpty.hidden = true;
     if (!chart) chart = makeChart(canvas);
@@ -308,6 +314,9 @@ export function render(main, { params }) {
       chart.data.datasets[1].data = valid;
       chart.data.datasets[2].data = reward;
       chart.data.datasets[2].hidden = !reward.length;
+      chart.data.datasets[3].data = band(-1);
+      chart.data.datasets[4].data = band(+1);
+      chart.data.datasets[3].hidden = chart.data.datasets[4].hidden = !rewardStd.size;
       chart.update("none");
     }
     const last = train[train.length - 1];
@@ -317,7 +326,9 @@ export function render(main, { params }) {
       last ? `step ${last.x}` : null,
       last ? `training ${formatNumber(last.y)}` : null,
       lastValid ? `validation ${formatNumber(lastValid.y)}` : null,
-      lastReward ? `reward ${formatNumber(lastReward.y)}` : null,
+      lastReward
+        ? `reward ${formatNumber(lastReward.y)}${rewardStd.has(lastReward.x) ? ` ± ${formatNumber(rewardStd.get(lastReward.x))}` : ""}`
+        : null,
     ]
       .filter(Boolean)
       .join(" · ");
@@ -463,6 +474,9 @@ function makeChart(canvas) {
         { label: "Validation loss", data: [], borderColor: VALID_COLOR, backgroundColor: VALID_COLOR, borderWidth: 2, pointRadius: 3.5, borderDash: [6, 3], cubicInterpolationMode: "monotone" },
         // Reinforcement jobs: the grader's mean reward, on its own axis (a score, not a loss).
         { label: "Mean reward", data: [], hidden: true, yAxisID: "reward", borderColor: REWARD_COLOR, backgroundColor: REWARD_COLOR, borderWidth: 2, pointRadius: (c) => (c.dataset.data.length > 40 ? 0 : 2.5), cubicInterpolationMode: "monotone" },
+        // mean − std, then mean + std filled down to it: the band of the step's rewards.
+        { label: REWARD_BAND_LOWER, data: [], hidden: true, yAxisID: "reward", borderWidth: 0, pointRadius: 0, fill: false },
+        { label: "Reward ± std", data: [], hidden: true, yAxisID: "reward", borderWidth: 0, pointRadius: 0, fill: "-1", backgroundColor: REWARD_BAND_COLOR, borderColor: REWARD_BAND_COLOR },
       ],
     },
     options: {
@@ -476,8 +490,8 @@ function makeChart(canvas) {
         reward: { display: "auto", position: "right", title: { display: true, text: "Reward", color: text }, ticks: { color: text }, grid: { drawOnChartArea: false } },
       },
       plugins: {
-        legend: { position: "bottom", labels: { color: text, usePointStyle: true, pointStyleWidth: 10, boxHeight: 7, padding: 16 } },
-        tooltip: { callbacks: { title: (items) => `Step ${items[0].parsed.x}` } },
+        legend: { position: "bottom", labels: { color: text, usePointStyle: true, pointStyleWidth: 10, boxHeight: 7, padding: 16, filter: (item) => item.text !== REWARD_BAND_LOWER } },
+        tooltip: { filter: (item) => item.datasetIndex < 3, callbacks: { title: (items) => `Step ${items[0].parsed.x}` } },
       },
     },
   });
