@@ -155,6 +155,7 @@ def test_a_job_followed_waited_listed_and_served(
         jobs_module.EVENTS_PAGE = saved_page
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:demo-tiny:{ORG}:sdk:{job.id}"
+    assert done.base_model == "demo-tiny"  # the same as `model` here: the job starts from the base
     assert follower.job is not None and follower.job.status == "succeeded"
     assert done.hyperparameters is not None and done.hyperparameters.n_epochs == 3
     assert done.hyperparameters.lora_rank == 8 and done.step == done.total_steps

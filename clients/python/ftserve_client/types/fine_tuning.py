@@ -126,6 +126,8 @@ class FineTuningJob(BaseModel):
     metadata: dict[str, str] | None = None
     user_provided_suffix: str | None = None
     # ftserve extensions.
+    base_model: str | None = None
+    """The registered base model under `model`; differs from it when the job continues an `ft:` model."""
     attempt: int = 0
     step: int | None = None
     """The last optimizer step the worker reported."""
