@@ -12,8 +12,9 @@ from typing import Any
 import openai
 import pytest
 
+from core.graders import parse_model_score
 from tests.support.evals import SECRET, SecretEval, secret_eval, start_run, wait_run
-from tests.support.ftserve_process import FtserveProcess
+from tests.support.ftserve_process import FtserveProcess, vllm_chat_requests
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +191,63 @@ def test_errors_in_openai_envelope(
                                "operation": "eq"}],
         )  # fmt: skip
         start_run(other, other_eval.id, compared.tuned_model, compared.file_id)
+
+
+def test_score_model_criterion_scores_with_the_served_model(
+    sdk: openai.OpenAI, ftserve_server: FtserveProcess, compared: SecretEval
+) -> None:
+    """A score_model criterion asks our own vLLM: each item's score is demo-tiny's answer to the grader's prompt
+    (it repeats a number it is given), parsed as the grader parses it."""
+    grader_prompt = [{"role": "user", "content": "Repeat after me: {{ item.n }}"}]
+    created = sdk.evals.create(
+        name="judged",
+        data_source_config={
+            "type": "custom",
+            "item_schema": {
+                "type": "object",
+                "properties": {"q": {"type": "string"}, "n": {"type": "string"}},
+            },
+        },
+        testing_criteria=[
+            {
+                "type": "score_model",
+                "name": "judge",
+                "model": "demo-tiny",
+                "input": grader_prompt,
+                "range": [0, 10],
+                "pass_threshold": 5,
+                "sampling_params": {"temperature": 0, "max_completions_tokens": 8},
+            },
+        ],  # type: ignore[list-item]  # fmt: skip
+    )
+    numbers = ["7", "3"]
+    before = vllm_chat_requests(ftserve_server, "demo-tiny")
+    run = sdk.evals.runs.create(
+        created.id,
+        data_source={
+            "type": "completions",
+            "model": compared.tuned_model,
+            "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{ item.q }}"}]},
+            "source": {"type": "file_content", "content": [{"item": {"q": "Hi?", "n": n}} for n in numbers]},
+            "sampling_params": {"temperature": 0, "max_completion_tokens": 8},
+        },
+    )
+    done = wait_run(sdk, created.id, run.id)
+    assert done.status == "completed" and done.result_counts.errored == 0, done.error
+    # 2 samples of the tuned model and 2 grader calls of demo-tiny, all through the one vLLM
+    assert vllm_chat_requests(ftserve_server, "demo-tiny") - before >= 4
+    expected = {}
+    for n in numbers:
+        reply = sdk.chat.completions.create(
+            model="demo-tiny", messages=[{"role": "user", "content": f"Repeat after me: {n}"}],
+            temperature=0, max_tokens=8,
+        )  # fmt: skip
+        expected[n] = parse_model_score(reply.choices[0].message.content or "", 0, 10)
+    assert any(v is not None for v in expected.values()), expected  # demo-tiny repeats at least one number
+    items = list(sdk.evals.runs.output_items.list(run.id, eval_id=created.id, limit=10))
+    scores = {i.datasource_item["n"]: i.results[0].score for i in items}
+    # an answer that holds no number scores the range's minimum
+    assert scores == {n: 0.0 if v is None else v for n, v in expected.items()}, (scores, expected)
+    by_item = {i.datasource_item["n"]: i.status for i in items}
+    assert by_item == {n: "pass" if scores[n] >= 5 else "fail" for n in numbers}
+    assert sdk.evals.delete(created.id).deleted is True

