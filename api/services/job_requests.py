@@ -90,6 +90,16 @@ def base_model_for(
     """The registry model a job on `model` trains: `model` itself, or, for a fine-tuned model or checkpoint of
     the organization, its base model. A continued job takes its parent's LoRA shape into `hyperparameters`
     (core.continuation). Refuses what could not be served: a rank above vLLM's max_lora_rank."""
+    rank = hyperparameters.get("lora_rank")
+    limit = settings.vllm_max_lora_rank
+    if isinstance(rank, int) and rank > limit:
+        # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
+        raise InvalidRequestError(
+            f"lora_rank {rank} is above this server's max_lora_rank {limit}; such an adapter could not be "
+            "served.",
+            param=f"{param}.lora_rank",
+            code="invalid_hyperparameter",
+        )
     parent = None
     if is_fine_tuned_name(model):
         parent = resolve_parent(session, organization_id=org.id, model=model)
@@ -106,7 +116,6 @@ def base_model_for(
             code="model_not_found",
         )
     rank = hyperparameters.get("lora_rank")
-    limit = settings.vllm_max_lora_rank
     if parent is not None and isinstance(rank, int) and rank + parent.served_lora_rank > limit:
         # The stored adapter concatenates the parent's and the new LoRA (gpu_worker/parent_adapter.py).
         raise InvalidRequestError(
@@ -114,14 +123,6 @@ def base_model_for(
             f"{parent.served_lora_rank} plus a new {rank}), above this server's max_lora_rank {limit}; such an "
             "adapter could not be served. Continue from a model with fewer rounds of training behind it.",
             param="model",
-            code="invalid_hyperparameter",
-        )
-    if isinstance(rank, int) and rank > limit:
-        # vLLM refuses adapters above its max_lora_rank: say so now rather than after training.
-        raise InvalidRequestError(
-            f"lora_rank {rank} is above this server's max_lora_rank {limit}; such an adapter could not be "
-            "served.",
-            param=f"{param}.lora_rank",
             code="invalid_hyperparameter",
         )
     return base
