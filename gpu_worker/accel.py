@@ -91,10 +91,13 @@ def cpu_threads(n_params: int, requested: int | None = None) -> int:
     work they split: on a 2-core box demo-tiny (0.46M) trains ~1.4x faster on 1 thread than on 2, and a 25M model
     about the same on both (docs/training.md#threads has the figures). Above that, every usable core. torch's
     own default counts the host's cores, not a container's quota, which oversubscribes and is much slower.
+    OMP_NUM_THREADS, where set, caps the count: a worker sharing its cores with other training (or vLLM) says so.
     """
     if requested:
         return requested
-    return 1 if n_params < TINY_MODEL_PARAMS else available_cpus()
+    n = 1 if n_params < TINY_MODEL_PARAMS else available_cpus()
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(n, int(cap)) if cap.isdigit() and int(cap) > 0 else n
 
 
 @dataclass

@@ -307,9 +307,15 @@ def test_tokenised_data_is_cached_by_file_tokenizer_and_length(
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 3
 
 
-def test_cpu_threads_rule() -> None:
+def test_cpu_threads_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     from gpu_worker import accel
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # `make test` sets it for its two workers
     assert accel.cpu_threads(459_392) == 1  # demo-tiny: one thread (measured faster)
     assert accel.cpu_threads(7_000_000_000) == accel.available_cpus() >= 1
     assert accel.cpu_threads(7_000_000_000, requested=3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an operator's cap holds, unless the job asks for a count
+    assert accel.cpu_threads(7_000_000_000) == 1
+    assert accel.cpu_threads(7_000_000_000, requested=3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")
+    assert accel.cpu_threads(7_000_000_000) == accel.available_cpus()
