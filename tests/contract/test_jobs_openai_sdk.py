@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
+from tests.support.code_task import code_task, kto_rows
 from tests.support.ftserve_process import FtserveProcess
 
 pytestmark = pytest.mark.slow
@@ -194,12 +195,10 @@ def test_dpo_job_on_preference_data_succeeds_and_its_loss_falls(sdk: openai.Open
 def test_kto_job_on_kto_data_succeeds_echoes_its_hyperparameters_and_its_loss_falls(
     sdk: openai.OpenAI,
 ) -> None:
-    """An extension method through the official SDK: a file in TRL's unpaired KTO layout, method kto."""
-    rows = [
-        {"prompt": f"Is {i} even?", "completion": answer, "label": answer == ("yes" if i % 2 == 0 else "no")}
-        for i in range(12)
-        for answer in ("yes", "no")
-    ]
+    """An extension method through the official SDK: a file in TRL's unpaired KTO layout, method kto. Each
+    step's loss depends on its batch's mix of desirable and undesirable rows (undesirable_weight 1.2), so whole
+    epochs are compared: every epoch holds the same rows."""
+    rows = kto_rows(code_task(12, seed=7))  # 24 rows: 6 steps of 4 an epoch
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     kto_file = sdk.files.create(file=("kto.jsonl", data), purpose="fine-tune").id
     hyperparameters = {"beta": 0.1, "undesirable_weight": 1.2, "n_epochs": 6, "batch_size": 4}
@@ -216,7 +215,9 @@ def test_kto_job_on_kto_data_succeeds_echoes_its_hyperparameters_and_its_loss_fa
     assert (shown["beta"], shown["undesirable_weight"], shown["batch_size"]) == (0.1, 1.2, 4)
     assert shown["desirable_weight"] == 1.0  # "auto", resolved
     losses = [e.data["train_loss"] for e in reversed(_events(sdk, job.id)) if e.type == "metrics"]
-    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    assert len(losses) == 36, losses
+    first_epoch, last_epoch = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last_epoch < first_epoch - 0.05, losses
 
 
 def test_job_list_pages_and_filters_by_metadata(sdk: openai.OpenAI, training_file: str) -> None:

@@ -12,16 +12,7 @@ pytest.importorskip("peft")
 
 from gpu_worker.reporting import RecordingReporter
 from gpu_worker.train import TrainResult, run_training
-from tests.support.code_task import code_task, preference_rows, question, write_jsonl
-
-
-def kto_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Unpaired rows in TRL's layout: the right code desirable, the code reversed undesirable."""
-    return [
-        {"prompt": question(w), "completion": answer, "label": good}
-        for w, c in pairs
-        for answer, good in ((c, True), (c[::-1], False))
-    ]
+from tests.support.code_task import code_task, kto_rows, preference_rows, write_jsonl
 
 
 def train(

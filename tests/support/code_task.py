@@ -48,6 +48,15 @@ def preference_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
     ]
 
 
+def kto_rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Unpaired KTO rows in TRL's layout: the right code desirable, the code reversed undesirable."""
+    return [
+        {"prompt": question(w), "completion": answer, "label": good}
+        for w, c in pairs
+        for answer, good in ((c, True), (c[::-1], False))
+    ]
+
+
 def exact_match(model_dir: Path, adapter_dir: Path | None, pairs: list[tuple[str, str]]) -> float:
     """Greedy-decode every training prompt in-process; the fraction answered exactly."""
     import torch
