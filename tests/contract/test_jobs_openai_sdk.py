@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.fine_tuning import FineTuningJob
 
-from tests.support.code_task import code_task, kto_rows
+from tests.support.code_task import code_task, kto_rows, preference_rows
 from tests.support.ftserve_process import FtserveProcess
 
 pytestmark = pytest.mark.slow
@@ -169,14 +169,11 @@ def test_pause_then_resume_continues_from_the_paused_step(sdk: openai.OpenAI, tr
 
 
 def test_dpo_job_on_preference_data_succeeds_and_its_loss_falls(sdk: openai.OpenAI) -> None:
-    rows = [
-        {
-            "input": {"messages": [{"role": "user", "content": f"Is {i} even?"}]},
-            "preferred_output": [{"role": "assistant", "content": "yes" if i % 2 == 0 else "no"}],
-            "non_preferred_output": [{"role": "assistant", "content": "no" if i % 2 == 0 else "yes"}],
-        }
-        for i in range(20)
-    ]
+    """The right code preferred over it reversed. The parity of a number, tested before, is not learnable by
+    demo-tiny: its last step's loss came out above its first by chance. Whole epochs are compared, as every epoch
+    holds the same rows; at the learning rate the job resolves for demo-tiny (5e-4) the epoch mean fell from
+    0.69-0.70 to 0.21-0.22 for each of 8 seeds."""
+    rows = preference_rows(code_task(20, seed=7))  # 5 steps of 4 an epoch
     data = "".join(json.dumps(r) + "\n" for r in rows).encode()
     preference_file = sdk.files.create(file=("prefs.jsonl", data), purpose="fine-tune").id
     job = sdk.fine_tuning.jobs.create(
@@ -189,7 +186,9 @@ def test_dpo_job_on_preference_data_succeeds_and_its_loss_falls(sdk: openai.Open
     assert done.status == "succeeded", done.error
     assert done.method.dpo.hyperparameters.beta == 0.1
     losses = [e.data["train_loss"] for e in reversed(_events(sdk, job.id)) if e.type == "metrics"]
-    assert len(losses) >= 2 and losses[-1] < losses[0], losses
+    assert len(losses) == 30, losses
+    first_epoch, last_epoch = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last_epoch < first_epoch - 0.3, losses
 
 
 def test_kto_job_on_kto_data_succeeds_echoes_its_hyperparameters_and_its_loss_falls(
