@@ -25,6 +25,7 @@ from api.services.idempotency import check_idempotency_key, key_expired, key_hol
 from api.services.job_requests import (
     base_model_for,
     check_grader_fields,
+    check_grader_models,
     fine_tune_file,
     grader_of,
     method_and_hyperparameters,
@@ -167,6 +168,8 @@ def create_job(
             )
 
     grader = grader_of(hyperparameters)
+    if grader is not None:
+        check_grader_models(settings, grader)
     if grader is not None and storage is not None:
         for row, param in files:
             if row is not None:

@@ -154,6 +154,26 @@ def grader_of(hyperparameters: dict[str, Any]) -> Grader | None:
     return check_grader(spec, "method.reinforcement.grader") if spec is not None else None
 
 
+def check_grader_models(
+    settings: Settings, grader: Grader, param: str = "method.reinforcement.grader"
+) -> None:
+    """A training job's score_model graders call the vLLM replicas of registered base models (the worker looks
+    them up by base model): any other model is a 400 now, rather than a job that fails once it is placed."""
+    if grader.type == "score_model":
+        model = str(grader.spec.get("model"))
+        registry = load_registry(settings)
+        if model not in registry:
+            known = ", ".join(sorted(registry)) or "none registered"
+            raise InvalidRequestError(
+                f"The score_model grader's model '{model[:300]}' is not a base model this server serves "
+                f"(base models: {known}). A training job's grader calls a served base model.",
+                param=f"{param}.model",
+                code="model_not_found",
+            )
+    for name, sub in grader.subs.items():
+        check_grader_models(settings, sub, f"{param}.graders.{name}")
+
+
 def fine_tune_file(session: Session, *, org: Organization, file_id: str | None, param: str) -> File | None:
     """The org's processed fine-tune file `file_id` (None: None), or a 400 naming `param`."""
     if file_id is None:

@@ -309,6 +309,28 @@ def test_reinforcement_job_400s(client: TestClient, org_a_key: str, base_model: 
     resp = _rl_job(client, org_a_key, base_model, good, hyperparameters={"reasoning_effort": "extreme"})
     assert resp.status_code == 400
 
+    # a score_model grader calls a base model this server serves; any other is refused before queueing
+    judge = {
+        "type": "score_model", "name": "judge", "model": "gpt-4o", "range": [0, 1],
+        "input": [{"role": "user", "content": "Rate: {{ sample.output_text }}"}],
+    }  # fmt: skip
+    resp = _rl_job(client, org_a_key, base_model, good, grader=judge)
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert (error["param"], error["code"]) == ("method.reinforcement.grader.model", "model_not_found")
+    assert "'gpt-4o'" in error["message"] and "demo-tiny" in error["message"]
+    multi = {
+        "type": "multi", "name": "both", "calculate_output": "0.5 * exact + 0.5 * judge",
+        "graders": {"exact": _check("eq"), "judge": judge},
+    }  # fmt: skip
+    resp = _rl_job(client, org_a_key, base_model, good, grader=multi)
+    assert (
+        resp.status_code == 400
+        and resp.json()["error"]["param"] == "method.reinforcement.grader.graders.judge.model"
+    )
+    resp = _rl_job(client, org_a_key, base_model, good, grader={**judge, "model": base_model})
+    assert resp.status_code == 200, resp.text
+
     chat = _upload(client, org_a_key, _chat_file(12))["id"]
     resp = _rl_job(client, org_a_key, base_model, chat)
     assert resp.status_code == 400 and "reinforcement job needs prompts" in resp.json()["error"]["message"]

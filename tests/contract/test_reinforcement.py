@@ -164,8 +164,10 @@ def test_score_model_grader_rewards_a_training_job_through_vllm(
     assert graded >= 2 * 5 * 2
 
 
-def test_a_score_model_grader_no_replica_serves_fails_the_job_clearly(sdk: openai.OpenAI) -> None:
-    """Never a silent 0 reward: a grader model without a vLLM replica fails the job before training, naming it."""
+def test_a_score_model_grader_on_a_model_no_replica_serves_is_refused_at_create(sdk: openai.OpenAI) -> None:
+    """Never a silent 0 reward, nor a job that fails once placed: a grader model that is not a served base model
+    is a 400 naming it. (A registered model whose replica is gone fails the job with grader_model_unavailable:
+    tests/gpu_worker/test_train_rl.py.)"""
     grader = {
         "type": "score_model",
         "model": "no-such-grader-model",
@@ -174,11 +176,9 @@ def test_a_score_model_grader_no_replica_serves_fails_the_job_clearly(sdk: opena
     data = "".join(json.dumps(r) + "\n" for r in count_prompts(10, seed=4)).encode()
     training_file = sdk.files.create(file=("unjudged.jsonl", data), purpose="fine-tune")
     method: Any = {"type": "reinforcement", "reinforcement": {"grader": grader}}
-    job = sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file.id, method=method)
-    deadline = time.monotonic() + 120
-    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = sdk.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "failed" and job.error is not None
-    assert job.error.code == "grader_model_unavailable" and "no-such-grader-model" in job.error.message
-    assert not [e for e in sdk.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.fine_tuning.jobs.create(model="demo-tiny", training_file=training_file.id, method=method)
+    error = refused.value.body
+    assert isinstance(error, dict), error
+    assert (error["param"], error["code"]) == ("method.reinforcement.grader.model", "model_not_found")
+    assert "no-such-grader-model" in error["message"] and "demo-tiny" in error["message"]
