@@ -179,6 +179,8 @@ class DbReporter:
         keep_checkpoints: int = DEFAULT_N_CHECKPOINTS,  # the job's n_checkpoints
         on_tokens: Callable[[int, float], None] | None = None,
         caps: JobCaps | None = None,
+        meter: Callable[[Session], None] | None = None,
+        meter_interval_s: float = 5.0,
     ) -> None:
         self.engine = engine
         self.storage = storage
@@ -208,6 +210,11 @@ class DbReporter:
         self.trained_tokens = 0
         self.tokens_per_epoch: int | None = None
         self.caps = caps
+        # Metering while the attempt runs: `meter(session)` writes its usage so far with the events, at most
+        # every meter_interval_s, so a runner killed mid-training (OOM, node loss) leaves its usage behind.
+        self.meter = meter
+        self.meter_interval_s = meter_interval_s
+        self._last_meter = -math.inf
         self._polls = 0  # should_stop is polled once per optimizer step
 
     # -- writes --------------------------------------------------------------------------------------------
@@ -235,6 +242,9 @@ class DbReporter:
                 return False
             for event in events:
                 jobs.append_event(session, job_id=self.job_id, **event)
+            if self.meter is not None and time.monotonic() - self._last_meter >= self.meter_interval_s:
+                self.meter(session)  # same transaction as the events: no extra commit
+                self._last_meter = time.monotonic()
         return True
 
     def flush(self, *, force: bool = False) -> None:

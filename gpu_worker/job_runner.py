@@ -462,6 +462,7 @@ class Attempt:
             on_tokens=self.on_tokens,
             caps=self._caps(job, hyperparameters),
             keep_checkpoints=hyperparameters.n_checkpoints,
+            meter=lambda session: self._write_usage(session, job),
         )
         self.reporter = reporter
         if self.shutdown.is_set():  # stopped while downloading: nothing to checkpoint
@@ -523,20 +524,23 @@ class Attempt:
             total_steps=hyperparameters.total_steps,
         )
 
-    def _record_usage(self, job: FineTuningJob) -> None:
-        """Meter the attempt however it ended: the tokens it trained (from where it started to where it stopped)
-        and the time it held its GPU. Recorded even when the job is no longer ours: the GPU was used."""
+    def _write_usage(self, session: Session, job: FineTuningJob) -> None:
+        """The attempt's usage so far: the tokens it trained (from where it started) and the time it has held its
+        GPU. Written while it trains (DbReporter's meter) and once more as it ends; each write replaces the last."""
         reporter = self.reporter
         tokens = max(0, reporter.trained_tokens - reporter.start_tokens) if reporter is not None else 0
-        seconds = time.monotonic() - self.started
+        record_training_usage(
+            session, self.settings, organization_id=job.organization_id, job_id=job.id, attempt=self.attempt,
+            model=base_model_of(job), gpu_class=gpu_class_of(job.gpu_name), trained_tokens=tokens,
+            gpu_seconds=time.monotonic() - self.started,
+        )  # fmt: skip
+
+    def _record_usage(self, job: FineTuningJob) -> None:
+        """Meter the attempt however it ended. Recorded even when the job is no longer ours: the GPU was used."""
 
         def write() -> None:
             with session_scope(self.engine) as session:
-                record_training_usage(
-                    session, self.settings, organization_id=job.organization_id, job_id=job.id,
-                    attempt=self.attempt, model=base_model_of(job), gpu_class=gpu_class_of(job.gpu_name),
-                    trained_tokens=tokens, gpu_seconds=seconds,
-                )  # fmt: skip
+                self._write_usage(session, job)
 
         try:
             ride_out_db_outage("recording the attempt's usage", write)

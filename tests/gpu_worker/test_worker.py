@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
 
 from core import jobs
 from core.model_registry import register_model
+from core.models import TrainingUsage
+from core.pricing import training_cost
 from core.queue import Device, WorkerInfo, live_workers, registry_key
 from core.settings import Settings
 from core.storage import make_storage_from_settings
@@ -188,6 +191,14 @@ async def test_scheduler_and_workers_train_a_job_across_a_worker_restart(
     assert texts[-1] == "The job has successfully completed"
 
 
+def _metered_tokens(engine: Engine, job_id: str) -> int:
+    with Session(engine) as session:
+        total = session.exec(
+            select(func.sum(TrainingUsage.trained_tokens)).where(TrainingUsage.job_id == job_id)
+        ).one()
+    return int(total or 0)
+
+
 @pytest.mark.slow
 async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_on(
     settings: Settings, engine: Engine, start_worker: Callable[[str], subprocess.Popen[bytes]]
@@ -206,7 +217,10 @@ async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_o
     try:
         worker = start_worker("w-oom")
         await _until(lambda: get_job(engine, job_id).step >= 2 or _ended(engine, job_id), 90, "training")
+        # the attempt meters itself while it trains (every 5 s), so what it used survives the kill below
+        await _until(lambda: _metered_tokens(engine, job_id) > 0, 30, "usage metered while training")
         (runner,) = psutil.Process(worker.pid).children()
+        held_s = time.time() - runner.create_time()
         runner.kill()  # what the kernel's OOM killer does
         await _until(lambda: _ended(engine, job_id), 30, "the job to fail")
         job = get_job(engine, job_id)
@@ -216,6 +230,15 @@ async def test_a_runner_killed_mid_training_fails_its_job_and_the_worker_lives_o
             "message": "The training process was killed by signal 9 (SIGKILL; out of memory?).",
             "param": None,
         }
+        with Session(engine) as session:
+            (usage,) = session.exec(select(TrainingUsage).where(TrainingUsage.job_id == job_id)).all()
+        assert (usage.attempt, usage.organization_id, usage.model) == (1, org, "demo-tiny")
+        assert usage.trained_tokens > 0
+        assert 0 < usage.gpu_seconds <= held_s  # up to 5 s short: the time since its last metered write
+        assert usage.cost == pytest.approx(
+            training_cost(settings, trained_tokens=usage.trained_tokens, gpu_seconds=usage.gpu_seconds,
+                          gpu_class=usage.gpu_class), abs=1e-9,
+        )  # fmt: skip
         assert worker.poll() is None and {w.id for w in await live_workers(redis)} == {"w-oom"}
     finally:
         stop.set()
