@@ -7,6 +7,7 @@ check, through the real vLLM server, is tests/inference/test_mixed_batches.py.""
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,6 +17,13 @@ from core.inference.vllm_plugin import PATCHED, register, skip_no_lora_tokens
 lora_ops = pytest.importorskip("vllm.lora.ops.torch_ops.lora_ops", reason="vllm is part of the train install")
 
 SLOTS, RANK, HIDDEN, OUT = 2, 4, 8, 6
+
+
+def _vllms(name: str) -> Callable[..., None]:
+    """vLLM's own op, as shipped: anything in this process that loaded vLLM's plugins (register below, or vLLM
+    itself) has wrapped the module's attribute."""
+    op = getattr(lora_ops, name)
+    return getattr(op, "__wrapped__", op) if getattr(op, PATCHED, False) else op
 
 
 @pytest.fixture
@@ -32,7 +40,7 @@ def test_unpatched_ops_give_a_base_token_the_last_slots_lora(
     lora_a, _ = weights
     x = torch.randn(2, HIDDEN)
     shrunk = torch.zeros(2, RANK)
-    lora_ops.bgmv_shrink(x, lora_a, shrunk, torch.tensor([-1, 1]), 1.0)
+    _vllms("bgmv_shrink")(x, lora_a, shrunk, torch.tensor([-1, 1]), 1.0)
     # The bug the plugin exists for: token 0 has no adapter, yet it got slot 1's A.
     assert torch.allclose(shrunk[0], lora_a[1, 0] @ x[0])
 
@@ -44,9 +52,9 @@ def test_wrapped_ops_leave_base_tokens_alone_and_adapter_tokens_exact(
     lora_a, lora_b = weights
     indices = torch.tensor([-1, 0, 1, -1, 1])
     x = torch.randn(len(indices), HIDDEN)
-    shrink = skip_no_lora_tokens(lora_ops.bgmv_shrink)
-    expand = skip_no_lora_tokens(lora_ops.bgmv_expand)
-    expand_slice = skip_no_lora_tokens(lora_ops.bgmv_expand_slice)
+    shrink = skip_no_lora_tokens(_vllms("bgmv_shrink"))
+    expand = skip_no_lora_tokens(_vllms("bgmv_expand"))
+    expand_slice = skip_no_lora_tokens(_vllms("bgmv_expand_slice"))
 
     shrunk = torch.full((len(indices), RANK), 7.0)
     shrink(x, lora_a, shrunk, indices, 0.5)
@@ -74,7 +82,7 @@ def test_wrapped_ops_leave_base_tokens_alone_and_adapter_tokens_exact(
 def test_a_batch_of_base_tokens_only_is_untouched(weights: tuple[torch.Tensor, torch.Tensor]) -> None:
     lora_a, _ = weights
     shrunk = torch.full((3, RANK), 2.0)
-    skip_no_lora_tokens(lora_ops.bgmv_shrink)(
+    skip_no_lora_tokens(_vllms("bgmv_shrink"))(
         torch.randn(3, HIDDEN), lora_a, shrunk, torch.tensor([-1, -1, -1]), 1.0
     )
     assert torch.equal(shrunk, torch.full((3, RANK), 2.0))
